@@ -1,0 +1,54 @@
+"""instseg: semantic instance segmentation with a discriminative loss.
+
+Public API (torch is imported only when a torch-backed name is first used, so the ONNX
+inference path stays torch-free):
+
+    from instseg import hookimpl, ModelSpec, Backbone, Decoder, create_model, list_models
+"""
+
+from __future__ import annotations
+
+from importlib import metadata as _metadata
+from typing import Any
+
+from instseg.core.registry import (
+    BackboneSpec,
+    ExportCaps,
+    ModelSpec,
+    PluginError,
+    RegistryError,
+    create_backbone,
+    create_model,
+    get_registry,
+    hookimpl,
+    hookspec,
+    list_backbones,
+    list_models,
+)
+from instseg.errors import InstsegError
+
+try:
+    __version__ = _metadata.version("instseg")
+except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+_LAZY = {
+    "Backbone": "instseg.core.interfaces",
+    "Decoder": "instseg.core.interfaces",
+    "SegOutput": "instseg.core.interfaces",
+    "SegmentationModel": "instseg.core.interfaces",
+}
+
+__all__ = [
+    "Backbone", "BackboneSpec", "Decoder", "ExportCaps", "InstsegError", "ModelSpec", "PluginError",
+    "RegistryError", "SegOutput", "SegmentationModel", "create_backbone", "create_model", "get_registry",
+    "hookimpl", "hookspec", "list_backbones", "list_models", "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'instseg' has no attribute '{name}'")

@@ -1,0 +1,3 @@
+from instseg.cli.main import main
+
+main()

@@ -1,0 +1,130 @@
+"""Checkpoints: atomic writes, safe loads, and rebuilding a model from one.
+
+A checkpoint holds only tensors and plain data (dicts, lists, str, numbers), so it loads
+with `torch.load(weights_only=True)`: a model file never runs code. Files are written to a
+temporary sibling, fsync'ed and renamed, so a crash mid-write never leaves a truncated file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from instseg.errors import CheckpointError
+
+FORMAT = "instseg.checkpoint"
+FORMAT_VERSION = 1
+CHECKPOINT_NAMES = ("best.pt", "last.pt")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file, fsync and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run directory (its best.pt, else last.pt)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in CHECKPOINT_NAMES:
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path}: run directory holds no checkpoint ({' or '.join(CHECKPOINT_NAMES)})")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file or run directory")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load safely (weights_only=True) and validate the format; clear errors otherwise."""
+    path = resolve_checkpoint(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: refused to load - it holds objects that could run code ({first})") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(f"{path}: checkpoint is truncated or corrupted ({type(exc).__name__})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an instseg checkpoint")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {payload['format_version']} is newer than this instseg "
+            f"understands ({FORMAT_VERSION}); upgrade instseg")
+    payload["path"] = str(path)
+    return payload
+
+
+def build_model(checkpoint: dict[str, Any]) -> torch.nn.Module:
+    """Recreate the model a checkpoint describes and load its weights (eval mode, CPU)."""
+    from instseg.core.registry import RegistryError, create_model
+
+    init = checkpoint["model"]
+    try:
+        model = create_model(
+            init["name"],
+            backbone=init.get("backbone"),
+            width=init.get("width"),
+            embedding_dim=init["embedding_dim"],
+            max_instances=init["max_instances"],
+            mean=tuple(init["mean"]),
+            std=tuple(init["std"]),
+            **init.get("kwargs", {}),
+        )
+    except RegistryError as exc:
+        raise CheckpointError(_missing_plugin_message(checkpoint, exc)) from exc
+    missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{checkpoint.get('path', 'checkpoint')}: weights do not fit model '{init['name']}' "
+            f"(missing {len(missing)} keys e.g. {missing[:3]}, unexpected {len(unexpected)} e.g. {unexpected[:3]})")
+    return model.eval()
+
+
+def _missing_plugin_message(checkpoint: dict[str, Any], exc: Exception) -> str:
+    where = checkpoint.get("path", "checkpoint")
+    plugins = {d: v for d, v in checkpoint.get("plugins", {}).items() if d != "instseg"}
+    if plugins:
+        wanted = " ".join(f"{d}=={v}" if v else d for d, v in plugins.items())
+        return f"{where}: model '{checkpoint['model']['name']}' needs plugin(s) not loaded here: pip install {wanted} ({exc})"
+    return f"{where}: {exc}"

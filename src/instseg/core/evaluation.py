@@ -1,0 +1,73 @@
+"""Run a model over images or a dataset, cluster, and score with the CVPPP metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from instseg.core.clustering import ClusterParams, instances_from_outputs
+from instseg.core.interfaces import SegOutput
+from instseg.core.metrics import ImageScores, score_image, summarize
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray  # H x W int32 instance map
+    count: float  # counter head, in instances (not normalised)
+
+
+@dataclass
+class EvalResult:
+    names: list[str] = field(default_factory=list)
+    scores: list[ImageScores] = field(default_factory=list)
+    head_counts: list[float] = field(default_factory=list)
+    predictions: list[np.ndarray] = field(default_factory=list)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return summarize(self.scores)
+
+
+def outputs_to_predictions(output: SegOutput, max_instances: int, params: ClusterParams) -> list[Prediction]:
+    semantic = output.semantic.float().cpu().numpy()
+    embedding = output.embedding.float().cpu().numpy()
+    count = output.count.float().cpu().numpy().reshape(-1)
+    return [
+        Prediction(instances_from_outputs(semantic[i], embedding[i], count[i], max_instances, params),
+                   float(count[i] * max_instances))
+        for i in range(len(count))
+    ]
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: torch.Tensor, params: ClusterParams = ClusterParams()) -> list[Prediction]:
+    """B x 3 x H x W images in [0, 1] (on the model's device) -> one Prediction per image."""
+    model.eval()
+    return outputs_to_predictions(model(images), model.max_instances, params)
+
+
+@torch.no_grad()
+def evaluate_dataset(
+    model: torch.nn.Module,
+    dataset: Dataset | Iterable,
+    device: torch.device,
+    *,
+    batch_size: int = 8,
+    params: ClusterParams = ClusterParams(),
+    keep_predictions: int = 0,
+) -> EvalResult:
+    """Score every image of a labelled dataset; keep the first `keep_predictions` label maps."""
+    loader = dataset if isinstance(dataset, DataLoader) else DataLoader(dataset, batch_size=batch_size)
+    result = EvalResult()
+    for batch in loader:
+        predictions = predict(model, batch["image"].to(device), params)
+        for name, labels, pred in zip(batch["name"], batch["labels"].numpy(), predictions):
+            result.names.append(name)
+            result.scores.append(score_image(pred.labels, labels))
+            result.head_counts.append(pred.count)
+            if len(result.predictions) < keep_predictions:
+                result.predictions.append(pred.labels)
+    return result

@@ -1,0 +1,200 @@
+"""The contracts every architecture meets: Backbone, Decoder, the three heads, SegOutput.
+
+A model is always `SegmentationModel(backbone, decoder)`: the wrapper owns what must not
+differ between architectures - input normalisation, padding to the stride the network
+needs, the three heads and cropping back - so training, clustering, metrics and export
+treat every registered model alike.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SegOutput(NamedTuple):
+    """What every model returns.
+
+    semantic:  B x 2 x H x W logits (background, foreground).
+    embedding: B x D x H x W pixel embeddings for the discriminative loss.
+    count:     B x 1 normalised instance count in [0, 1] (count / max_instances).
+    """
+
+    semantic: Tensor
+    embedding: Tensor
+    count: Tensor
+
+
+class Backbone(nn.Module):
+    """An encoder yielding a feature pyramid, highest resolution first.
+
+    Subclasses set `out_channels` and `strides` (one entry per returned feature map,
+    strides relative to the input and ascending) and implement `forward(x) -> list[Tensor]`.
+    A backbone factory has the signature `factory(in_channels: int = 3, **kwargs)`.
+    """
+
+    out_channels: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+
+    def forward(self, x: Tensor) -> list[Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Decoder(nn.Module):
+    """Turns a backbone's feature pyramid into one feature map for the heads.
+
+    `out_channels` is the channel count of that map and `out_stride` its stride relative
+    to the input (1 for UNet-style decoders; DeepLab-style decoders may stop at 4 and let
+    the wrapper up-sample the head outputs bilinearly).
+    """
+
+    out_channels: int = 0
+    out_stride: int = 1
+
+    def forward(self, features: list[Tensor]) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class ImageInput(Backbone):
+    """The identity backbone for architectures whose encoder is fused to the decoder.
+
+    SegNet needs its own pooling indices, so its "decoder" is the whole network and
+    receives the (normalised, padded) image itself.
+    """
+
+    def __init__(self, in_channels: int = 3) -> None:
+        super().__init__()
+        self.out_channels = (in_channels,)
+        self.strides = (1,)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return [x]
+
+
+class SemanticHead(nn.Module):
+    """1x1 convolution to two-class (background, foreground) logits."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 2, kernel_size=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class EmbeddingHead(nn.Module):
+    """1x1 convolution to D-dimensional pixel embeddings."""
+
+    def __init__(self, in_channels: int, embedding_dim: int = 32) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, embedding_dim, kernel_size=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class CounterHead(nn.Module):
+    """Normalised instance count: two strided convs, global avg+max pooling, linear, sigmoid.
+
+    The strided convs give the pooled descriptor a receptive field larger than one pixel,
+    so it can respond to leaf tips and boundaries rather than only to mean colour.
+    """
+
+    def __init__(self, in_channels: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+        )
+        self.fc = nn.Linear(2 * hidden, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = self.features(x)
+        pooled = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
+        return torch.sigmoid(self.fc(pooled))
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std with per-channel statistics stored as buffers.
+
+    Living inside the model, the statistics travel with checkpoints and ONNX graphs, so
+    prediction normalises exactly as training did.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if len(mean) != len(std):
+            raise ValueError(f"mean and std differ in length: {len(mean)} vs {len(std)}")
+        if min(std) <= 0:
+            raise ValueError(f"std must be positive, got {tuple(std)}")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, int, int]:
+    """Replicate-pad H and W up to a multiple; returns the padded tensor and original H, W."""
+    h, w = x.shape[-2:]
+    pad_h = (multiple - h % multiple) % multiple
+    pad_w = (multiple - w % multiple) % multiple
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+    return x, h, w
+
+
+class SegmentationModel(nn.Module):
+    """normalise -> pad -> backbone -> decoder -> heads -> (up-sample) -> crop.
+
+    `multiple_of` is the size H and W are padded to internally (the largest stride the
+    network divides by); any input size is accepted.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        decoder: Decoder,
+        *,
+        embedding_dim: int = 32,
+        max_instances: int = 20,
+        multiple_of: int = 1,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        if embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
+        if max_instances < 1:
+            raise ValueError(f"max_instances must be >= 1, got {max_instances}")
+        self.normalize = Normalize(mean, std)
+        self.backbone = backbone
+        self.decoder = decoder
+        self.semantic_head = SemanticHead(decoder.out_channels)
+        self.embedding_head = EmbeddingHead(decoder.out_channels, embedding_dim)
+        self.counter_head = CounterHead(decoder.out_channels)
+        self.embedding_dim = embedding_dim
+        self.max_instances = max_instances
+        self.multiple_of = max(1, int(multiple_of))
+
+    def forward(self, x: Tensor) -> SegOutput:
+        x, h, w = pad_to_multiple(self.normalize(x), self.multiple_of)
+        features = self.decoder(self.backbone(x))
+        semantic = self.semantic_head(features)
+        embedding = self.embedding_head(features)
+        count = self.counter_head(features)
+        if self.decoder.out_stride != 1:
+            size = (x.shape[-2], x.shape[-1])
+            semantic = F.interpolate(semantic, size=size, mode="bilinear", align_corners=False)
+            embedding = F.interpolate(embedding, size=size, mode="bilinear", align_corners=False)
+        return SegOutput(semantic[..., :h, :w], embedding[..., :h, :w], count)

@@ -1,0 +1,1 @@
+"""Built-in architectures, each registered through the `instseg` entry points like any plugin."""
