@@ -3,7 +3,8 @@ import pickle
 import pytest
 import torch
 
-from instseg.core.checkpoint import atomic_write_bytes, build_model, load_checkpoint, save_checkpoint
+from instseg.atomic import atomic_write_bytes
+from instseg.core.checkpoint import build_model, load_checkpoint, save_checkpoint
 from instseg.errors import CheckpointError
 from instseg.testing import tiny_model
 

@@ -22,7 +22,8 @@ def evaluate(
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where metrics.json goes (default: <run>/eval).")] = None,
 ) -> None:
     """Print SBD / FG Dice / DiC / |DiC| (mean ± std) on a validation set and write metrics.json."""
-    from instseg.core.checkpoint import atomic_write_text, build_model, load_checkpoint
+    from instseg.atomic import atomic_write_text
+    from instseg.core.checkpoint import build_model, load_checkpoint
     from instseg.core.clustering import ClusterParams
     from instseg.core.data import build_datasets
     from instseg.core.device import resolve_device

@@ -8,29 +8,32 @@ import typer
 from rich.table import Table
 
 from instseg.cli.console import err, fmt_mean_std, out
+from instseg.core.config import OPTIMIZERS, SCHEDULERS, TrainConfig
+
+D = TrainConfig()  # the defaults live in one place
 
 
 def train(
-    model: Annotated[str, typer.Option("--model", "-m", help="Registered model name (see `instseg models`).")] = "unet-cbam",
+    model: Annotated[str, typer.Option("--model", "-m", help="Registered model name (see `instseg models`).")] = D.model,
     backbone: Annotated[Optional[str], typer.Option(help="Backbone for decoders that take one.")] = None,
     width: Annotated[Optional[int], typer.Option(help="Base channel width (default: the architecture's).")] = None,
-    data: Annotated[str, typer.Option(help="'synthetic', 'cvppp:PATH' or 'folder:PATH'.")] = "synthetic",
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 12,
-    image_size: Annotated[int, typer.Option(help="Training image size (square).")] = 128,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 8,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-3,
-    optimizer: Annotated[str, typer.Option(help="adamw or adam.")] = "adamw",
-    scheduler: Annotated[str, typer.Option(help="cosine (with warm-up) or constant.")] = "cosine",
-    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 1e-4,
-    grad_clip: Annotated[float, typer.Option(help="Gradient-norm clip (0 disables).")] = 5.0,
-    embedding_dim: Annotated[int, typer.Option(help="Embedding dimension D.")] = 32,
-    max_instances: Annotated[int, typer.Option(help="Count normalisation: counter output x this = count.")] = 20,
-    train_size: Annotated[int, typer.Option(help="Synthetic training images per epoch.")] = 384,
-    val_size: Annotated[int, typer.Option(help="Synthetic validation images.")] = 32,
-    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Seed for data, initialisation and shuffling.")] = 0,
-    out_dir: Annotated[str, typer.Option("--out", help="Parent directory of run directories.")] = "runs",
+    data: Annotated[str, typer.Option(help="'synthetic', 'cvppp:PATH' or 'folder:PATH'.")] = D.data,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = D.epochs,
+    image_size: Annotated[int, typer.Option(help="Training image size (square).")] = D.image_size,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = D.batch_size,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = D.lr,
+    optimizer: Annotated[str, typer.Option(help="/".join(OPTIMIZERS))] = D.optimizer,
+    scheduler: Annotated[str, typer.Option(help="/".join(SCHEDULERS) + " (after a linear warm-up)")] = D.scheduler,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = D.weight_decay,
+    grad_clip: Annotated[float, typer.Option(help="Gradient-norm clip (0 disables).")] = D.grad_clip,
+    embedding_dim: Annotated[int, typer.Option(help="Embedding dimension D.")] = D.embedding_dim,
+    max_instances: Annotated[int, typer.Option(help="Count normalisation: counter output x this = count.")] = D.max_instances,
+    train_size: Annotated[int, typer.Option(help="Synthetic training images per epoch.")] = D.train_size,
+    val_size: Annotated[int, typer.Option(help="Synthetic validation images.")] = D.val_size,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = D.workers,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = D.device,
+    seed: Annotated[int, typer.Option(help="Seed for data, initialisation and shuffling.")] = D.seed,
+    out_dir: Annotated[str, typer.Option("--out", help="Parent directory of run directories.")] = D.out,
     name: Annotated[Optional[str], typer.Option(help="Run directory name (default <model>-<timestamp>).")] = None,
 ) -> None:
     """Train a model; writes runs/<model>-<timestamp>/ with config.json, metrics.jsonl, last.pt, best.pt."""

@@ -2,7 +2,8 @@
 
 A checkpoint holds only tensors and plain data (dicts, lists, str, numbers), so it loads
 with `torch.load(weights_only=True)`: a model file never runs code. Files are written to a
-temporary sibling, fsync'ed and renamed, so a crash mid-write never leaves a truncated file.
+temporary sibling, fsync'ed and renamed (`instseg.atomic`), so a crash mid-write never
+leaves a truncated file.
 """
 
 from __future__ import annotations
@@ -10,49 +11,18 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from instseg.atomic import atomic_write_bytes
 from instseg.errors import CheckpointError
 
 FORMAT = "instseg.checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINT_NAMES = ("best.pt", "last.pt")
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file, fsync and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:

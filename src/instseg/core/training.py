@@ -12,7 +12,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,73 +24,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader
 
 import instseg
-from instseg.core.checkpoint import atomic_write_text, save_checkpoint
+from instseg.atomic import atomic_write_text
+from instseg.core.checkpoint import save_checkpoint
 from instseg.core.clustering import ClusterParams
 from instseg.core.data import build_datasets, estimate_mean_std
 from instseg.core.device import DeviceChoice, resolve_device
 from instseg.core.evaluation import evaluate_dataset
+from instseg.core.config import TrainConfig
 from instseg.core.losses import LossWeights, MultiTaskLoss
 from instseg.core.registry import create_model, get_registry, plugin_requirements
 from instseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class TrainConfig:
-    """Every option of a training run; saved as config.json. Defaults: ~5 min on 2 CPU cores."""
-
-    model: str = "unet-cbam"
-    backbone: str | None = None
-    width: int | None = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    embedding_dim: int = 32
-    max_instances: int = 20
-    data: str = "synthetic"
-    image_size: int = 128
-    train_size: int = 384  # synthetic images per epoch
-    val_size: int = 32
-    epochs: int = 12
-    batch_size: int = 8
-    optimizer: str = "adamw"
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    scheduler: str = "cosine"
-    warmup_epochs: float = 0.5
-    grad_clip: float = 5.0
-    delta_v: float = 0.5
-    delta_d: float = 1.5
-    loss_weights: dict[str, float] = field(default_factory=lambda: asdict(LossWeights()))
-    cluster: str = "kmeans"
-    device: str = "auto"
-    amp: bool = True
-    workers: int = 0
-    seed: int = 0
-    out: str = "runs"
-    name: str | None = None  # run directory name; default <model>-<timestamp>
-
-    def validate(self) -> None:
-        checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "image_size": 16 <= self.image_size <= 4096,
-            "lr": self.lr > 0,
-            "train_size": self.train_size >= 1,
-            "val_size": self.val_size >= 1,
-            "workers": self.workers >= 0,
-            "grad_clip": self.grad_clip >= 0,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ConfigError(f"invalid training option(s): {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"--optimizer {self.optimizer}: choose from {', '.join(OPTIMIZERS)}")
-        if self.scheduler not in SCHEDULERS:
-            raise ConfigError(f"--scheduler {self.scheduler}: choose from {', '.join(SCHEDULERS)}")
-
-
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-SCHEDULERS = ("cosine", "constant")
 
 
 @dataclass
