@@ -45,3 +45,23 @@ def test_errors_name_the_file(tmp_path):
     Image.fromarray(np.zeros((3, 3), np.float32), "F").save(tmp_path / "f.tif")
     with pytest.raises(DataError, match="floating-point"):
         read_label_map(tmp_path / "f.tif")
+
+
+def test_working_size_keeps_aspect_and_maps_shorter_side():
+    from instseg.imageio import working_size
+
+    assert working_size(530, 500, 256) == (271, 256)
+    assert working_size(100, 300, 50) == (50, 150)
+
+
+def test_resize_image_and_labels():
+    from instseg.imageio import resize_image, resize_labels
+
+    img = np.random.rand(10, 20, 3).astype(np.float32)
+    out = resize_image(img, (5, 7))
+    assert out.shape == (5, 7, 3) and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+    labels = np.zeros((10, 20), np.int64)
+    labels[:, 10:] = 7
+    small = resize_labels(labels, (4, 6))
+    assert set(np.unique(small)) == {0, 7} and small.dtype == np.int64
+    assert resize_labels(small, (10, 20)).shape == (10, 20)

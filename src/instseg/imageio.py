@@ -81,3 +81,34 @@ def _atomic_save(image: Image.Image, path: Path) -> None:
     buffer = io.BytesIO()
     image.save(buffer, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def working_size(height: int, width: int, image_size: int) -> tuple[int, int]:
+    """The size an image is processed at: shorter side -> image_size, aspect ratio kept.
+
+    Training resizes by this rule before cropping `image_size` squares, and prediction resizes
+    by it too, so objects appear at the same scale in both; label maps go back to the original
+    size with nearest-neighbour resampling.
+    """
+    scale = image_size / min(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an H x W x C float32 image to `size` = (height, width)."""
+    if image.shape[:2] == tuple(size):
+        return image
+    channels = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], dtype=np.float32), "F")
+                   .resize((size[1], size[0]), Image.BILINEAR))
+        for c in range(image.shape[2])
+    ]
+    return np.stack(channels, axis=2)
+
+
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an H x W integer label map (ids are never blended)."""
+    if labels.shape == tuple(size):
+        return labels
+    resized = Image.fromarray(labels.astype(np.int32), "I").resize((size[1], size[0]), Image.NEAREST)
+    return np.asarray(resized).astype(labels.dtype)
