@@ -55,6 +55,11 @@ def test_train_and_evaluate_on_cvppp_with_a_val_list(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert report["images"] == 2 and report["data"] == f"cvppp:{root}"
+    (tmp_path / "one.txt").write_text("plant004\n")
+    result = runner.invoke(app, ["evaluate", str(run), "--val-list", str(tmp_path / "one.txt"),
+                                 "--out", str(tmp_path / "eval1")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "eval1" / "metrics.json").read_text())["images"] == 1
 
 
 def test_train_on_a_folder_with_mixed_sizes_workers_and_too_many_instances(tmp_path):

@@ -111,14 +111,14 @@ def _orientation(image: Image.Image, path: str | os.PathLike) -> int:
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """H x W x 3 float32 RGB in [0, 1]; alpha is dropped, grey is repeated, 16-bit is scaled."""
     with _opened(path) as opened:
+        if opened.mode == "F":
+            raise DataError(f"{display_path(path)}: floating-point images are not supported as input")
         image = _decode(opened, path)
         if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
             array = np.asarray(image, dtype=np.float32)
             scale = 65535.0 if array.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
             array = np.clip(array / scale, 0.0, 1.0)
             return np.repeat(array[..., None], 3, axis=2)
-        if image.mode == "F":
-            raise DataError(f"{display_path(path)}: floating-point images are not supported as input")
         if image.mode != "RGB":
             try:  # palette, grey, RGBA (alpha dropped), CMYK ...
                 image = image.convert("RGB")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -12,6 +12,9 @@ from rich.table import Table
 
 from instseg.cli.console import err, out
 from instseg.core.config import TrainConfig
+
+if TYPE_CHECKING:  # the checks module is imported by the command only
+    from instseg.core.data.checks import CheckReport
 
 app = typer.Typer(help="Inspect datasets.", no_args_is_help=True, add_completion=False)
 BAR_WIDTH = 30
@@ -48,7 +51,7 @@ def check(
         out.print("usable for training" if report.labelled else "usable for prediction only", highlight=False)
 
 
-def summary_table(report) -> Table:
+def summary_table(report: CheckReport) -> Table:
     table = Table(title=f"dataset {escape(report.data)}", show_header=False)
     table.add_column("what")
     table.add_column("value", overflow="fold")
