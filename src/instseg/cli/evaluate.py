@@ -17,6 +17,8 @@ def evaluate(
     data: Annotated[Optional[str], typer.Option(help="Dataset spec (default: the run's own).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Image size (default: the run's).")] = None,
     val_size: Annotated[Optional[int], typer.Option(help="Synthetic validation images (default: the run's).")] = None,
+    val_list: Annotated[Optional[Path], typer.Option(help="Dataset folders: stems to score (default: the run's "
+                                                          "validation split).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where metrics.json goes (default: <run>/eval).")] = None,
@@ -36,10 +38,12 @@ def evaluate(
     spec = data or cfg["data"]
     size = image_size or cfg["image_size"]
     _, val_set = build_datasets(spec, image_size=size, seed=cfg["seed"], train_size=1,
-                                val_size=val_size or cfg["val_size"])
+                                val_size=val_size or cfg["val_size"], val_split=cfg.get("val_split", 0.2),
+                                val_list=val_list or cfg.get("val_list"), augment=False,
+                                max_instances=ckpt["model"]["max_instances"])
     err.print(f"evaluating {ckpt['path']} (epoch {ckpt['epoch']}) on {spec} ({len(val_set)} images, {size}px) "
               f"on {choice.describe()}", highlight=False)
-    result = evaluate_dataset(model, val_set, choice.device, batch_size=batch_size,
+    result = evaluate_dataset(model, val_set, choice.device, batch_size=batch_size, image_size=size,
                               params=ClusterParams(method=cfg.get("cluster", "kmeans"), seed=cfg["seed"]))
     summary = result.summary()
 

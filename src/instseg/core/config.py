@@ -28,7 +28,10 @@ class TrainConfig:
     data: str = "synthetic"
     image_size: int = 128
     train_size: int = 384  # synthetic images per epoch
-    val_size: int = 32
+    val_size: int = 32  # synthetic validation images
+    val_split: float = 0.2  # file datasets: seeded fraction of images for validation
+    val_list: str | None = None  # file datasets: stems of the validation images (overrides val_split)
+    augment: bool = True  # file datasets: paired flips, rotations, zoom, colour jitter, blur
     epochs: int = 12
     batch_size: int = 8
     optimizer: str = "adamw"
@@ -58,6 +61,7 @@ class TrainConfig:
             "val_size": self.val_size >= 1,
             "workers": self.workers >= 0,
             "grad_clip": self.grad_clip >= 0,
+            "val_split": 0 < self.val_split < 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

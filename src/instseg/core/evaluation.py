@@ -10,8 +10,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from instseg.core.clustering import ClusterParams, instances_from_outputs
+from instseg.core.data.loaders import eval_loader
+from instseg.core.data.transforms import resize_image_tensor
 from instseg.core.interfaces import SegOutput
 from instseg.core.metrics import ImageScores, score_image, summarize
+from instseg.imageio import resize_labels, working_size
 
 
 @dataclass
@@ -58,16 +61,26 @@ def evaluate_dataset(
     batch_size: int = 8,
     params: ClusterParams = ClusterParams(),
     keep_predictions: int = 0,
+    image_size: int | None = None,
 ) -> EvalResult:
-    """Score every image of a labelled dataset; keep the first `keep_predictions` label maps."""
-    loader = dataset if isinstance(dataset, DataLoader) else DataLoader(dataset, batch_size=batch_size)
+    """Score every image of a labelled dataset; keep the first `keep_predictions` label maps.
+
+    With `image_size`, each image is predicted at its working size (shorter side = image_size,
+    as in training) and the predicted label map is brought back to the original resolution
+    with nearest neighbour, where it is scored: metrics never depend on the training size.
+    """
+    loader = dataset if isinstance(dataset, DataLoader) else eval_loader(dataset, batch_size)
     result = EvalResult()
     for batch in loader:
-        predictions = predict(model, batch["image"].to(device), params)
+        images = batch["image"].to(device)
+        original = tuple(images.shape[-2:])
+        work = working_size(*original, image_size) if image_size else original
+        predictions = predict(model, resize_image_tensor(images, work), params)
         for name, labels, pred in zip(batch["name"], batch["labels"].numpy(), predictions):
+            predicted = resize_labels(pred.labels, original)
             result.names.append(name)
-            result.scores.append(score_image(pred.labels, labels))
+            result.scores.append(score_image(predicted, labels))
             result.head_counts.append(pred.count)
             if len(result.predictions) < keep_predictions:
-                result.predictions.append(pred.labels)
+                result.predictions.append(predicted)
     return result

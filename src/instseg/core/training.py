@@ -27,7 +27,7 @@ import instseg
 from instseg.atomic import atomic_write_text
 from instseg.core.checkpoint import save_checkpoint
 from instseg.core.clustering import ClusterParams
-from instseg.core.data import build_datasets, estimate_mean_std
+from instseg.core.data import build_datasets, estimate_mean_std, eval_loader
 from instseg.core.device import DeviceChoice, resolve_device
 from instseg.core.evaluation import evaluate_dataset
 from instseg.core.config import TrainConfig
@@ -106,7 +106,8 @@ class Trainer:
         spec = get_registry().model_spec(config.model)
         self.train_set, self.val_set = build_datasets(
             config.data, image_size=config.image_size, seed=config.seed,
-            train_size=config.train_size, val_size=config.val_size)
+            train_size=config.train_size, val_size=config.val_size, val_split=config.val_split,
+            val_list=config.val_list, augment=config.augment, max_instances=config.max_instances)
         self.mean, self.std = estimate_mean_std(self.train_set)
         self.model = create_model(
             spec.name, backbone=config.backbone, width=config.width, embedding_dim=config.embedding_dim,
@@ -133,8 +134,7 @@ class Trainer:
             self.train_set, batch_size=config.batch_size, shuffle=True, drop_last=len(self.train_set) > config.batch_size,
             num_workers=config.workers, worker_init_fn=seed_worker, generator=generator, pin_memory=pin,
             persistent_workers=config.workers > 0)
-        self.val_loader = DataLoader(self.val_set, batch_size=config.batch_size, num_workers=config.workers,
-                                     pin_memory=pin)
+        self.val_loader = eval_loader(self.val_set, config.batch_size, config.workers, pin)
         total = config.epochs * len(self.train_loader)
         warmup = int(config.warmup_epochs * len(self.train_loader))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -162,7 +162,8 @@ class Trainer:
                 train_terms, n_images = self._train_epoch(epoch, progress, task)
                 train_seconds += time.perf_counter() - t0
                 train_images += n_images
-                last = evaluate_dataset(self.model, self.val_loader, self.device.device, params=self.cluster).summary()
+                last = evaluate_dataset(self.model, self.val_loader, self.device.device, params=self.cluster,
+                                        image_size=cfg.image_size).summary()
                 improved = last["sbd"]["mean"] > best_sbd
                 if improved:
                     best_sbd, best_epoch, best = last["sbd"]["mean"], epoch, last

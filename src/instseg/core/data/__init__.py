@@ -1,5 +1,27 @@
-"""Datasets: every item is {"image": 3xHxW float32 in [0, 1], "labels": HxW int64, "name": str}."""
+"""Datasets: every item is {"image": 3xHxW float32 in [0, 1], "labels": HxW int64, "name": str}.
 
-from instseg.core.data.datasets import SyntheticLeaves, build_datasets, estimate_mean_std, parse_data_spec
+Names are imported lazily: the torch-free modules of this package (samples, cvppp, folder,
+layouts, checks, synthetic) can be used without importing torch.
+"""
 
-__all__ = ["SyntheticLeaves", "build_datasets", "estimate_mean_std", "parse_data_spec"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "LabelledImages": "instseg.core.data.datasets",
+    "SyntheticLeaves": "instseg.core.data.datasets",
+    "build_datasets": "instseg.core.data.datasets",
+    "estimate_mean_std": "instseg.core.data.datasets",
+    "parse_data_spec": "instseg.core.data.layouts",
+    "eval_loader": "instseg.core.data.loaders",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'instseg.core.data' has no attribute '{name}'")

@@ -1,32 +1,87 @@
-"""Dataset construction from a `--data` spec and per-dataset normalisation statistics."""
+"""Dataset construction from a `--data` spec, and per-dataset normalisation statistics.
+
+`build_datasets` is the one entry point: synthetic leaves, or a CVPPP / folder dataset split
+into training and validation by `--val-list` or a seeded `--val-split`. Training items are
+transformed (`transforms.TrainTransform`) to `image_size` squares; validation items stay at
+their original resolution, so scores are computed there (see `core/evaluation.py`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import os
+from typing import Callable
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from instseg.core.data.layouts import DataSpec, discover, parse_data_spec
+from instseg.core.data.samples import Sample, read_sample, scan_sizes, split_samples
 from instseg.core.data.synthetic import render_plant
+from instseg.core.data.transforms import Augment, TrainTransform
 from instseg.errors import ConfigError
 
+__all__ = ["DataSpec", "LabelledImages", "SyntheticLeaves", "build_datasets", "estimate_mean_std", "parse_data_spec"]
 
-class SyntheticLeaves(Dataset):
+log = logging.getLogger(__name__)
+
+
+class ItemDataset(Dataset):
+    """Items {"image": 3xHxW float32 in [0, 1], "labels": HxW int64, "name": str}.
+
+    `read(i)` gives the stored item (labels contiguous 1..N, so the count is the largest id);
+    `__getitem__` applies the training transform, if any, and warns once per loading process
+    when an image holds more instances than `max_instances` (the count target is clipped).
+    """
+
+    transform: Callable[[dict], dict] | None = None
+    max_instances: int | None = None
+    _warned = False
+
+    def read(self, index: int) -> dict:
+        raise NotImplementedError
+
+    def sizes(self) -> list[tuple[int, int]]:
+        """(H, W) of every item as `read` returns it (evaluation batches images of one size)."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.read(index)
+        self._check_count(item)
+        return self.transform(item) if self.transform is not None else item
+
+    def _check_count(self, item: dict) -> None:
+        if self.max_instances is None or self._warned:
+            return
+        count = int(item["labels"].max()) if item["labels"].numel() else 0
+        if count > self.max_instances:
+            self._warned = True
+            log.warning("%s has %d instances, more than --max-instances %d: its count target is clipped to %d "
+                        "(raise --max-instances to count them all; further images are not reported)",
+                        item["name"], count, self.max_instances, self.max_instances)
+
+
+class SyntheticLeaves(ItemDataset):
     """Generated rosettes (see `synthetic.py`): nothing to download, deterministic per index."""
 
-    def __init__(self, length: int, image_size: int = 128, seed: int = 0, split: str = "train") -> None:
+    def __init__(self, length: int, image_size: int = 128, seed: int = 0, split: str = "train",
+                 max_instances: int | None = None) -> None:
         if length < 1:
             raise ConfigError(f"synthetic dataset length must be >= 1, got {length}")
         self.length = length
         self.image_size = image_size
         self.seed = seed
         self.split = split
+        self.max_instances = max_instances
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> dict:
+    def sizes(self) -> list[tuple[int, int]]:
+        return [(self.image_size, self.image_size)] * self.length
+
+    def read(self, index: int) -> dict:
         if not 0 <= index < self.length:
             raise IndexError(index)
         image, labels = render_plant(self.seed, index, self.image_size, self.split)
@@ -37,20 +92,30 @@ class SyntheticLeaves(Dataset):
         }
 
 
-@dataclass(frozen=True)
-class DataSpec:
-    kind: str  # "synthetic" (more kinds: cvppp, folder)
-    path: str | None = None
+class LabelledImages(ItemDataset):
+    """Image / label-map pairs from disk; sizes and label modes are checked from headers up front."""
 
+    def __init__(self, samples: list[Sample], transform: Callable[[dict], dict] | None = None,
+                 max_instances: int | None = None) -> None:
+        self.samples = samples
+        self.transform = transform
+        self.max_instances = max_instances
+        self._sizes = scan_sizes(samples)
 
-def parse_data_spec(spec: str) -> DataSpec:
-    """`synthetic` or `KIND:PATH`."""
-    if spec == "synthetic":
-        return DataSpec("synthetic")
-    kind, sep, path = spec.partition(":")
-    if sep and kind in {"cvppp", "folder"} and path:
-        return DataSpec(kind, path)
-    raise ConfigError(f"unknown --data '{spec}': use 'synthetic', 'cvppp:PATH' or 'folder:PATH'")
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def sizes(self) -> list[tuple[int, int]]:
+        return list(self._sizes)
+
+    def read(self, index: int) -> dict:
+        sample = self.samples[index]
+        image, labels = read_sample(sample)
+        return {
+            "image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
+            "labels": torch.from_numpy(labels),
+            "name": sample.name,
+        }
 
 
 def build_datasets(
@@ -60,25 +125,40 @@ def build_datasets(
     seed: int,
     train_size: int,
     val_size: int,
-) -> tuple[Dataset, Dataset]:
-    """Train and validation datasets for a `--data` spec."""
+    val_split: float = 0.2,
+    val_list: str | os.PathLike | None = None,
+    augment: bool = True,
+    max_instances: int | None = None,
+) -> tuple[ItemDataset, ItemDataset]:
+    """Train and validation datasets for a `--data` spec.
+
+    Synthetic data is rendered at `image_size` (`train_size` / `val_size` images) and not
+    augmented: every image is new geometry already. File datasets use every labelled image,
+    split by `val_list` (stems) or a seeded `val_split` fraction; `train_size` / `val_size`
+    do not apply to them.
+    """
     data = parse_data_spec(spec)
     if data.kind == "synthetic":
+        if val_list is not None:
+            raise ConfigError("--val-list selects images of a dataset folder; synthetic data uses --val-size")
         return (
-            SyntheticLeaves(train_size, image_size, seed, "train"),
-            SyntheticLeaves(val_size, image_size, seed, "val"),
+            SyntheticLeaves(train_size, image_size, seed, "train", max_instances),
+            SyntheticLeaves(val_size, image_size, seed, "val", max_instances),
         )
-    raise ConfigError(f"--data {data.kind}: is not supported yet")
+    samples = discover(data).require_labels()
+    train, val = split_samples(samples, val_split=val_split, val_list=val_list, seed=seed)
+    transform = TrainTransform(image_size, Augment() if augment else None)
+    return LabelledImages(train, transform, max_instances), LabelledImages(val, None, max_instances)
 
 
-def estimate_mean_std(dataset: Dataset, max_images: int = 32) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std over (up to) the first `max_images` images."""
-    n = min(len(dataset), max_images)
+def estimate_mean_std(dataset: ItemDataset, max_images: int = 32) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of (up to) `max_images` evenly spaced, un-augmented images."""
+    indices = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), max_images)).round().astype(int))
     total = torch.zeros(3, dtype=torch.float64)
     total_sq = torch.zeros(3, dtype=torch.float64)
     pixels = 0
-    for i in range(n):
-        image = dataset[i]["image"].double()
+    for i in indices:
+        image = dataset.read(int(i))["image"].double()
         total += image.sum(dim=(1, 2))
         total_sq += image.pow(2).sum(dim=(1, 2))
         pixels += image.shape[1] * image.shape[2]

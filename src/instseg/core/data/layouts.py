@@ -1,0 +1,72 @@
+"""`--data` specs and dataset folders: `synthetic`, `cvppp:PATH`, `folder:PATH`, or a bare PATH.
+
+A bare path is recognised by its contents: `*_rgb.png` files mean CVPPP, an `images/`
+subfolder means the folder layout. Torch-free (`instseg data check` does not need torch);
+`datasets.build_datasets` is the entry point that turns a spec into torch datasets.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from instseg.core.data.cvppp import discover_cvppp, looks_like_cvppp
+from instseg.core.data.folder import discover_folder, looks_like_folder
+from instseg.core.data.samples import Layout
+from instseg.errors import ConfigError, DataError
+from instseg.imageio import display_path
+
+FILE_KINDS = ("cvppp", "folder")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    kind: str  # "synthetic", "cvppp" or "folder"
+    path: str | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.path is None else f"{self.kind}:{self.path}"
+
+    def absolute(self) -> DataSpec:
+        """The same spec with an absolute path, so a run's config.json works from any directory."""
+        return self if self.path is None else DataSpec(self.kind, str(Path(self.path).absolute()))
+
+
+def parse_data_spec(spec: str) -> DataSpec:
+    """`synthetic`, `KIND:PATH`, or the path of a folder whose layout is detected."""
+    if spec == "synthetic":
+        return DataSpec("synthetic")
+    kind, sep, path = spec.partition(":")
+    if sep and kind in FILE_KINDS and path:
+        return DataSpec(kind, path)
+    if Path(spec).is_dir():
+        return DataSpec(detect_kind(Path(spec)), spec)
+    if "/" in spec or os.sep in spec:
+        raise DataError(f"{display_path(spec)}: no such directory")
+    raise ConfigError(f"unknown --data '{spec}': use 'synthetic', 'cvppp:PATH', 'folder:PATH' or an existing folder")
+
+
+def detect_kind(root: Path) -> str:
+    if looks_like_folder(root):
+        return "folder"
+    if looks_like_cvppp(root):
+        return "cvppp"
+    raise DataError(f"{display_path(root)}: neither a CVPPP folder (*_rgb.png files) nor a folder dataset "
+                    "(images/ and masks/ subfolders)")
+
+
+def discover(spec: DataSpec) -> Layout:
+    """The samples of a file dataset; DataError when the folder is missing, empty or not a dataset."""
+    if spec.kind not in FILE_KINDS or spec.path is None:
+        raise ConfigError(f"--data {spec}: not a dataset folder")
+    root = Path(spec.path)
+    if not root.exists():
+        raise DataError(f"{display_path(root)}: no such directory")
+    if not root.is_dir():
+        raise DataError(f"{display_path(root)}: not a directory")
+    if not any(root.iterdir()):
+        raise DataError(f"{display_path(root)}: folder is empty")
+    if spec.kind == "cvppp":
+        return discover_cvppp(root)
+    return discover_folder(root)
