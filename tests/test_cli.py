@@ -70,3 +70,13 @@ def test_bad_input_gives_one_line_error_and_nonzero_exit(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
     result = run_cli("evaluate", str(tmp_path / "missing"))
     assert result.returncode == 1 and "no such checkpoint file or run directory" in result.stderr
+
+
+def test_worker_wrapped_error_is_reduced_to_its_message():
+    from instseg.cli.main import one_line
+    from instseg.errors import DataError
+
+    wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                        '  File "x.py", line 1, in f\ninstseg.errors.DataError: a.png: image is truncated')
+    assert one_line(wrapped) == "a.png: image is truncated"
+    assert one_line(DataError("b.png: no such file")) == "b.png: no such file"

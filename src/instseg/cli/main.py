@@ -23,12 +23,24 @@ app.command("evaluate")(evaluate.evaluate)
 app.add_typer(data.app, name="data")
 
 
+def one_line(exc: InstsegError) -> str:
+    """The error's own message, also when a DataLoader worker re-raised it with its traceback.
+
+    PyTorch re-raises a worker's exception as the same type whose message is the whole
+    worker traceback; its last line is `instseg.errors.<Name>: <our message>`.
+    """
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    last = lines[-1]
+    prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+    return last.removeprefix(prefix) if len(lines) > 1 else last
+
+
 def main() -> None:
     """Run the CLI; user errors become one line on stderr and a non-zero exit."""
     try:
         app()
     except InstsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
