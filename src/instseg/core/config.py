@@ -30,7 +30,8 @@ class TrainConfig:
     train_size: int = 384  # synthetic images per epoch
     val_size: int = 32
     epochs: int = 12
-    batch_size: int = 8
+    batch_size: int = 8  # per process; the global batch is batch_size x accumulate x processes
+    accumulate: int = 1  # micro-batches whose gradients add up to one optimizer step
     optimizer: str = "adamw"
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -43,6 +44,9 @@ class TrainConfig:
     cluster: str = "kmeans"
     device: str = "auto"
     amp: bool = True
+    compile: bool = False  # torch.compile the training forward
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
+    max_nonfinite: int = 5  # stop after this many non-finite losses in a row
     workers: int = 0
     seed: int = 0
     out: str = "runs"
@@ -58,6 +62,8 @@ class TrainConfig:
             "val_size": self.val_size >= 1,
             "workers": self.workers >= 0,
             "grad_clip": self.grad_clip >= 0,
+            "accumulate": self.accumulate >= 1,
+            "max_nonfinite": self.max_nonfinite >= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
