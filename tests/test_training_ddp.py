@@ -28,7 +28,8 @@ from instseg.core.distributed import DistContext, GlobalBatchSampler
 from instseg.core.evaluation import evaluate_dataset
 from instseg.core.training import Trainer
 from instseg.errors import ConfigError
-from training_support import PYTHON, cli_args, one_thread, parameters, recording_console, subprocess_env, tiny_config
+from training_support import single_threaded_torch  # noqa: F401 - autouse: in-process training on one thread
+from training_support import PYTHON, cli_args, parameters, recording_console, subprocess_env, tiny_config
 
 # Runs under torchrun: the real CLI, plus a dump of every rank's final state dict.
 DUMPING_LAUNCHER = textwrap.dedent("""
@@ -117,10 +118,8 @@ def test_two_gloo_processes_match_each_other_and_one_process(tmp_path):
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2] and lines[-1]["step"] == 4
 
-    with one_thread():
-        reference = Trainer(tiny_config(tmp_path / "single", train_size=16, epochs=2, accumulate=4),
-                            recording_console())
-        reference.fit()
+    reference = Trainer(tiny_config(tmp_path / "single", train_size=16, epochs=2, accumulate=4), recording_console())
+    reference.fit()
     expected = parameters(reference.model.state_dict(), reference.model)
     got = parameters(ranks[0], reference.model)
     worst = max((got[k] - expected[k]).abs().max().item() for k in expected)

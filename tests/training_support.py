@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import pytest
 import torch
 from rich.console import Console
 
@@ -47,6 +48,15 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def single_threaded_torch() -> Iterator[None]:
+    """Import into a test module: its in-process training runs on one thread, like the
+    subprocesses (OMP_NUM_THREADS=1) - comparable bit for bit, and immune to the slowdown of
+    OpenMP threads on a shared, oversubscribed CPU."""
+    with one_thread():
+        yield
 
 
 def subprocess_env() -> dict[str, str]:

@@ -24,6 +24,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -451,7 +452,11 @@ class Trainer:
                 sums[name] = sums.get(name, 0.0) + value / k_total
         if not skipped:
             self._optimizer_step()
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # The schedule follows the step count on purpose, also over skipped steps (ours, or
+            # the grad scaler's while it calibrates): torch warns when no optimizer.step() ran.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            self.scheduler.step()
         return StepResult(None if skipped else sums, images, local_bad)
 
     def _to_device(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
