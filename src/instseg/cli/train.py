@@ -102,6 +102,6 @@ def resume_command(run_dir: Path, dist: Any) -> str:
         return tail
     nodes = dist.world_size // max(dist.local_world_size, 1)
     if nodes == 1:
-        return f"torchrun --nproc_per_node {dist.local_world_size} -m {tail}"
+        return f"torchrun --standalone --nproc_per_node {dist.local_world_size} -m {tail}"
     return (f"torchrun --nnodes {nodes} --nproc_per_node {dist.local_world_size} -m {tail}"
             "  # with your rendezvous options, on every node")
