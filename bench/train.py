@@ -120,8 +120,14 @@ def worker(args: argparse.Namespace) -> None:
             images = args.steps * args.batch_size * world
             Path(args.result).write_text(json.dumps({"images_per_second": images / seconds,
                                                      "step_ms": 1000 * seconds / args.steps,
-                                                     "device": trainer.device.describe()}))
+                                                     "device": describe_hardware(trainer.device.device)}))
         trainer.dist.close()
+
+
+def describe_hardware(device) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
 
 
 # -- the driver ------------------------------------------------------------------------------
@@ -157,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
 def table(rows: list[tuple[Setup, dict]], args: argparse.Namespace) -> str:
     base = rows[0][1]["images_per_second"]
     lines = [f"{args.model}{f' (width {args.width})' if args.width else ''}, {args.size}x{args.size}, "
-             f"batch {args.batch_size} per process, {args.steps} timed steps; device: {rows[0][1]['device']}",
+             f"batch {args.batch_size} per process, {args.steps} timed steps; {rows[0][1]['device']}",
              "", "| setup | global batch | ms / step | images/s | vs first row |", "|---|---:|---:|---:|---:|"]
     for setup, m in rows:
         lines.append(f"| {setup.label} | {setup.processes * args.batch_size} | {m['step_ms']:.0f} | "

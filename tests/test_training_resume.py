@@ -116,15 +116,25 @@ def test_resume_of_a_finished_run_trains_nothing_more(tmp_path):
     assert (trainer.run_dir / "last.pt").read_bytes() == before
 
 
-def test_truncated_or_missing_last_checkpoint_is_a_clear_error(tmp_path):
+class RunsCode:
+    def __reduce__(self):
+        return (print, ("a checkpoint just ran code",))
+
+
+def test_missing_truncated_or_unsafe_last_checkpoint_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="no last.pt"):
         load_resume_checkpoint(tmp_path)
     trainer = Trainer(tiny_config(tmp_path), recording_console())
     trainer.fit()
     last = trainer.run_dir / "last.pt"
-    last.write_bytes(last.read_bytes()[:1000])
+    data = last.read_bytes()
+    last.write_bytes(data[:len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupted"):
         load_resume_checkpoint(trainer.run_dir)
+    torch.save({**torch.load(trainer.run_dir / "best.pt", weights_only=True), "rng": RunsCode()}, last)
+    with pytest.raises(CheckpointError, match="could run code"):
+        load_resume_checkpoint(trainer.run_dir)
+    assert "ran code" not in capsys.readouterr().out
 
 
 def test_first_signal_asks_to_stop_and_second_aborts():

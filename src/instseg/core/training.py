@@ -487,7 +487,6 @@ class Trainer:
                  else "on another process")
         message = (f"epoch {self.epoch} step {self.epoch_step}: non-finite loss ({where}); step skipped "
                    f"({self.nonfinite_streak}/{limit} in a row)")
-        log.warning(message)
         self.console.print(f"[yellow]{message}[/]", highlight=False)
         if self.nonfinite_streak >= limit:
             self._save()
