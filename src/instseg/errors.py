@@ -18,3 +18,7 @@ class CheckpointError(InstsegError):
 
 class ConfigError(InstsegError):
     """An option or combination of options is invalid."""
+
+
+class TrainingError(InstsegError):
+    """Training cannot go on (a loss that stays non-finite, a checkpoint that cannot be written)."""

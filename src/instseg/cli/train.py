@@ -1,9 +1,14 @@
-"""`instseg train`: train a registered model; defaults finish in ~5 min on a 2-core CPU."""
+"""`instseg train`: train a registered model; defaults finish in ~5 min on a 2-core CPU.
+
+The same command runs under `torchrun --nproc_per_node N -m instseg train ...` (one process per
+device); Ctrl-C or SIGTERM saves last.pt and prints the `--resume` command.
+"""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -12,9 +17,11 @@ from instseg.cli.console import err, fmt_mean_std, out
 from instseg.core.config import OPTIMIZERS, SCHEDULERS, TrainConfig
 
 D = TrainConfig()  # the defaults live in one place
+CLI_TO_CONFIG = {"out_dir": "out", "compile_": "compile"}  # parameter names that differ from TrainConfig's
 
 
 def train(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="Registered model name (see `instseg models`).")] = D.model,
     backbone: Annotated[Optional[str], typer.Option(help="Backbone for decoders that take one.")] = None,
     width: Annotated[Optional[int], typer.Option(help="Base channel width (default: the architecture's).")] = None,
@@ -26,7 +33,8 @@ def train(
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = D.epochs,
     image_size: Annotated[int, typer.Option(help="Training crop size (square); images are scaled so that their "
                                                  "shorter side is this, here and at prediction.")] = D.image_size,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = D.batch_size,
+    batch_size: Annotated[int, typer.Option(help="Images per step and process (global batch: x accumulate x processes).")] = D.batch_size,
+    accumulate: Annotated[int, typer.Option(help="Micro-batches whose gradients add up to one step (a large batch on a small GPU).")] = D.accumulate,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = D.lr,
     optimizer: Annotated[str, typer.Option(help="/".join(OPTIMIZERS))] = D.optimizer,
     scheduler: Annotated[str, typer.Option(help="/".join(SCHEDULERS) + " (after a linear warm-up)")] = D.scheduler,
@@ -37,25 +45,46 @@ def train(
     train_size: Annotated[int, typer.Option(help="Synthetic data only: training images per epoch.")] = D.train_size,
     val_size: Annotated[int, typer.Option(help="Synthetic data only: validation images.")] = D.val_size,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = D.workers,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = D.device,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK).")] = D.device,
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (bf16, else fp16 with a grad scaler).")] = D.amp,
+    compile_: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model (slow first steps).")] = D.compile,
+    sync_bn: Annotated[bool, typer.Option("--sync-bn/--no-sync-bn", help="SyncBatchNorm across processes (CUDA).")] = D.sync_bn,
+    max_nonfinite: Annotated[int, typer.Option(help="Stop after this many non-finite losses in a row (each one skips its step).")] = D.max_nonfinite,
     seed: Annotated[int, typer.Option(help="Seed for data, initialisation and shuffling.")] = D.seed,
     out_dir: Annotated[str, typer.Option("--out", help="Parent directory of run directories.")] = D.out,
     name: Annotated[Optional[str], typer.Option(help="Run directory name (default <model>-<timestamp>).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        "--resume", metavar="RUN_DIR",
+        help="Continue an interrupted run from its last.pt, with its saved options.")] = None,
 ) -> None:
     """Train a model; writes runs/<model>-<timestamp>/ with config.json, metrics.jsonl, last.pt, best.pt."""
+    from instseg.core.checkpoint import load_resume_checkpoint
     from instseg.core.data.layouts import parse_data_spec
-    from instseg.core.training import TrainConfig, Trainer
+    from instseg.core.distributed import DistContext
+    from instseg.core.training import Trainer, resume_config
 
-    config = TrainConfig(
-        model=model, backbone=backbone, width=width, data=str(parse_data_spec(data).absolute()),
-        val_split=val_split, val_list=str(val_list.absolute()) if val_list else None, augment=augment,
-        epochs=epochs, image_size=image_size,
-        batch_size=batch_size, lr=lr, optimizer=optimizer, scheduler=scheduler, weight_decay=weight_decay,
-        grad_clip=grad_clip, embedding_dim=embedding_dim, max_instances=max_instances, train_size=train_size,
-        val_size=val_size, workers=workers, device=device, seed=seed, out=out_dir, name=name)
-    result = Trainer(config, console=err).fit()
+    options = {CLI_TO_CONFIG.get(k, k): v for k, v in ctx.params.items() if k != "resume"}
+    options["data"] = str(parse_data_spec(data).absolute())  # runs stay valid from any directory
+    options["val_list"] = str(val_list.absolute()) if val_list else None
+    checkpoint = None
+    if resume is None:
+        config = TrainConfig(**options)
+    else:
+        checkpoint = load_resume_checkpoint(resume)
+        given = {CLI_TO_CONFIG.get(k, k) for k in ctx.params if k != "resume" and _given(ctx, k)}
+        config = resume_config(checkpoint, {k: options[k] for k in given})
+    with DistContext.from_env() as dist:
+        result = Trainer(config, console=err, dist=dist, resume=checkpoint).fit()
+    if result.interrupted_by is not None:
+        if dist.is_main:
+            err.print(f"interrupted at epoch {result.epoch}, step {result.epoch_step}/{result.steps_per_epoch}: "
+                      f"saved {result.run_dir / 'last.pt'}\nresume with: {resume_command(result.run_dir, dist)}",
+                      highlight=False, soft_wrap=True)  # never wrap a command users copy
+        raise typer.Exit(128 + result.interrupted_by)
+    if not dist.is_main:
+        return
 
-    table = Table(title=f"{model}: best epoch {result.best_epoch}/{epochs}")
+    table = Table(title=f"{config.model}: best epoch {result.best_epoch}/{config.epochs}")
     table.add_column("metric")
     table.add_column("best (mean ± std)", justify="right")
     table.add_column("last epoch", justify="right")
@@ -66,3 +95,21 @@ def train(
     out.print(table)
     out.print(f"run directory: {result.run_dir}")
     out.print(f"next: instseg evaluate {result.run_dir}")
+
+
+def _given(ctx: typer.Context, param: str) -> bool:
+    """Whether the user typed the option (click's ParameterSource, compared by name: typer vendors click)."""
+    source = ctx.get_parameter_source(param)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def resume_command(run_dir: Path, dist: Any) -> str:
+    """The command that continues this run, launched the way this one was."""
+    tail = f"instseg train --resume {shlex.quote(str(run_dir))}"
+    if not dist.enabled:
+        return tail
+    nodes = dist.world_size // max(dist.local_world_size, 1)
+    if nodes == 1:
+        return f"torchrun --standalone --nproc_per_node {dist.local_world_size} -m {tail}"
+    return (f"torchrun --nnodes {nodes} --nproc_per_node {dist.local_world_size} -m {tail}"
+            "  # with your rendezvous options, on every node")

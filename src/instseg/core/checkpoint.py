@@ -11,10 +11,12 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import random
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from instseg.atomic import atomic_write_bytes
@@ -63,6 +65,51 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"understands ({FORMAT_VERSION}); upgrade instseg")
     payload["path"] = str(path)
     return payload
+
+
+def load_resume_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A run directory's last.pt, which must carry the training state `--resume` needs."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"--resume {run_dir}: not a run directory")
+    path = run_dir / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"--resume {run_dir}: no last.pt in the run directory, nothing to resume")
+    checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint.get("training"), dict):
+        raise CheckpointError(f"{path}: holds weights but no training state (written by an older instseg); "
+                              "it cannot be resumed")
+    return checkpoint
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """This process's torch, CUDA, numpy and python RNG states as tensors and plain data.
+
+    numpy's and python's states are tuples holding arrays and big ints; stored as int64
+    tensors they load with `torch.load(weights_only=True)` and no pickled object is needed.
+    """
+    kind, key, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
+        "numpy": {"kind": str(kind), "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of `capture_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
 
 
 def build_model(checkpoint: dict[str, Any]) -> torch.nn.Module:

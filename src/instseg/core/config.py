@@ -33,7 +33,8 @@ class TrainConfig:
     val_list: str | None = None  # file datasets: stems of the validation images (overrides val_split)
     augment: bool = True  # file datasets: paired flips, rotations, zoom, colour jitter, blur
     epochs: int = 12
-    batch_size: int = 8
+    batch_size: int = 8  # per process; the global batch is batch_size x accumulate x processes
+    accumulate: int = 1  # micro-batches whose gradients add up to one optimizer step
     optimizer: str = "adamw"
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -46,6 +47,9 @@ class TrainConfig:
     cluster: str = "kmeans"
     device: str = "auto"
     amp: bool = True
+    compile: bool = False  # torch.compile the training forward
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
+    max_nonfinite: int = 5  # stop after this many non-finite losses in a row
     workers: int = 0
     seed: int = 0
     out: str = "runs"
@@ -62,6 +66,8 @@ class TrainConfig:
             "workers": self.workers >= 0,
             "grad_clip": self.grad_clip >= 0,
             "val_split": 0 < self.val_split < 1,
+            "accumulate": self.accumulate >= 1,
+            "max_nonfinite": self.max_nonfinite >= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:

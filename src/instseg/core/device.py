@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -24,12 +27,19 @@ class DeviceChoice:
         return f"{self.device}{amp} ({self.reason})"
 
 
-def resolve_device(spec: str = "auto", amp: bool = True) -> DeviceChoice:
-    """`auto`, `cpu`, `cuda` or `cuda:N`. Asking for CUDA where there is none is an error."""
+def resolve_device(spec: str = "auto", amp: bool = True, local_rank: int | None = None) -> DeviceChoice:
+    """`auto`, `cpu`, `cuda` or `cuda:N`. Asking for CUDA where there is none is an error.
+
+    `local_rank` is set when torchrun started one process per device: CUDA then means
+    `cuda:LOCAL_RANK`, and naming a device index is refused (every process would use it).
+    """
     spec = spec.strip().lower()
+    if local_rank is not None and spec.startswith("cuda:"):
+        raise ConfigError(f"--device {spec}: under torchrun each process uses cuda:LOCAL_RANK; "
+                          "pass --device cuda or auto")
     if spec == "auto":
         if torch.cuda.is_available():
-            return _cuda(torch.device("cuda", torch.cuda.current_device()), amp, "auto: CUDA available")
+            return _cuda(_default_cuda(local_rank), amp, "auto: CUDA available")
         return DeviceChoice(torch.device("cpu"), None, f"auto: CUDA not available; {torch.get_num_threads()} CPU threads")
     if spec == "cpu":
         return DeviceChoice(torch.device("cpu"), None, f"{torch.get_num_threads()} CPU threads")
@@ -40,11 +50,20 @@ def resolve_device(spec: str = "auto", amp: bool = True) -> DeviceChoice:
             device = torch.device(spec)
         except RuntimeError as exc:
             raise ConfigError(f"--device {spec}: {exc}") from exc
-        index = device.index if device.index is not None else torch.cuda.current_device()
+        index = device.index if device.index is not None else _default_cuda(local_rank).index
         if index >= torch.cuda.device_count():
             raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
         return _cuda(torch.device("cuda", index), amp, "requested")
     raise ConfigError(f"--device {spec}: use auto, cpu, cuda or cuda:N")
+
+
+def _default_cuda(local_rank: int | None) -> torch.device:
+    if local_rank is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    if local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s): "
+                          "start at most that many processes per node (torchrun --nproc_per_node)")
+    return torch.device("cuda", local_rank)
 
 
 def _cuda(device: torch.device, amp: bool, reason: str) -> DeviceChoice:
@@ -53,3 +72,14 @@ def _cuda(device: torch.device, amp: bool, reason: str) -> DeviceChoice:
         return DeviceChoice(device, None, f"{reason}; {name}")
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return DeviceChoice(device, dtype, f"{reason}; {name}")
+
+
+def check_compile_supported(device: torch.device) -> None:
+    """`torch.compile` generates C++ kernels on the CPU: refuse up front when no compiler exists."""
+    if device.type != "cpu":
+        return
+    default = "clang++" if sys.platform == "darwin" else "cl" if sys.platform == "win32" else "g++"
+    compiler = os.environ.get("CXX") or default
+    if shutil.which(compiler) is None:
+        raise ConfigError(f"--compile on the CPU needs a C++ compiler (torch.compile builds C++ kernels) "
+                          f"and '{compiler}' was not found: install one, set CXX, or drop --compile")
