@@ -44,6 +44,12 @@ def register_models(register):
 {body}'''
 
 
+def failing_hook_source(prefix: str) -> str:
+    """Like plugin_source, but register_models raises after registering its model."""
+    return plugin_source(prefix).replace(
+        f'default_backbone="{prefix}-encoder"))', f'default_backbone="{prefix}-encoder"))\n    raise RuntimeError("boom")')
+
+
 @contextlib.contextmanager
 def installed(root: Path, distribution: str, module: str, source: str, *, entry_point: str | None = None,
               version: str = "0.1.0") -> Iterator[Path]:

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from fakeplugins import installed, plugin_source
+from fakeplugins import failing_hook_source, installed, plugin_source
 
 from instseg import create_model, list_backbones, list_models
 from instseg.core.registry import PluginError, RegistryError, get_registry, plugin_requirements
@@ -75,8 +75,7 @@ def test_plugin_that_raises_on_import_is_isolated(tmp_path):
 
 
 def test_plugin_that_raises_inside_a_hook_is_rolled_back_whole(tmp_path):
-    source = plugin_source("half").replace(
-        'default_backbone="half-encoder"))', 'default_backbone="half-encoder"))\n    raise RuntimeError("boom")')
+    source = failing_hook_source("half")
     with installed(tmp_path, "instseg-half", "halfway", source), only_plugins("instseg-half"):
         reg = get_registry()
         info = reg.plugins["halfway"]

@@ -53,6 +53,6 @@ def models(
         table.add_row(name, row["kind"], row["plugin"], row["params"], desc)
     out.print(table)
     for p in reg.failed_plugins():
-        err.print(f"[red]plugin failed[/] {escape(p.label)}: {escape(p.error or '')}", highlight=False)
+        err.print(f"[red]plugin failed[/] {escape(p.label)}: {escape(p.error or '')}", highlight=False, soft_wrap=True)
     if failed:
         err.print("its models and backbones are not listed; `instseg plugins` shows details", highlight=False)
