@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from importlib import metadata
 from math import lcm
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, NoReturn, Union
 
 import pluggy
 
@@ -477,7 +477,7 @@ class Registry:
             self._raise_unknown("backbone", name, self._backbones)
         return self._backbones[name]
 
-    def _raise_unknown(self, kind: str, name: str, known: Iterable[str]) -> None:
+    def _raise_unknown(self, kind: str, name: str, known: Iterable[str]) -> NoReturn:
         """RegistryError for a plain unknown name; PluginError when a failed plugin may own it."""
         failed = self.failed_plugins()
         owner = next((p for p in failed if f"{kind}:{name}" in p.attempted), None)
