@@ -67,9 +67,9 @@ def test_missing_file_and_foreign_file(tmp_path):
 def test_missing_plugin_names_the_package(tmp_path):
     p = payload(tiny_model("unet"))
     p["model"]["name"] = "mobile-unet"
-    p["plugins"] = {"instseg": "0", "instseg-plugin-example": "0.1.0"}
+    p["plugins"] = {"instseg": "0", "instseg-plugin-not-installed": "0.1.0"}
     save_checkpoint(tmp_path / "m.pt", p)
-    with pytest.raises(CheckpointError, match="pip install instseg-plugin-example==0.1.0"):
+    with pytest.raises(CheckpointError, match="pip install instseg-plugin-not-installed==0.1.0"):
         build_model(load_checkpoint(tmp_path / "m.pt"))
 
 

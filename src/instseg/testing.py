@@ -1,26 +1,44 @@
 """Checks a model must pass, shared by instseg's own tests and by plugin authors.
 
-    from instseg.testing import check_forward_shapes, check_backward, check_overfit
+    from instseg.testing import check_backbone, check_forward_shapes, check_backward, plugin_models
 
-    @pytest.mark.parametrize("name", ["my-model"])
+    @pytest.mark.parametrize("name", plugin_models("instseg-mything"))
     def test_my_model(name):
         check_forward_shapes(name)
         check_backward(name)
 
 Every check builds a tiny-width instance (`width=TINY_WIDTH`), runs on the CPU and raises
-AssertionError with a message naming the model when the contract is broken.
+AssertionError with a message naming the model when the contract is broken. The plugin
+helpers (`only_plugins`, `plugin_models`, `plugin_backbones`, `fake_distribution`) let a
+test see exactly the plugins it is about, whatever else is installed.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+import importlib
+import os
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
 from instseg.core.data.synthetic import render_plant
 from instseg.core.interfaces import SegOutput
 from instseg.core.losses import MultiTaskLoss
-from instseg.core.registry import create_model
+from instseg.core.registry import (
+    DISABLE_ENV,
+    ONLY_ENV,
+    PluginError,
+    PluginSelection,
+    Registry,
+    create_backbone,
+    create_model,
+    normalise_distribution,
+    reset_registry,
+)
 
 TINY_WIDTH = 4
 SHAPES = ((64, 64), (72, 88))
@@ -89,3 +107,122 @@ def check_overfit(name: str, steps: int = 60, lr: float = 3e-3, size: int = 64, 
         first = last if step == 0 else first
     assert last < factor * first, f"{name}: loss fell only from {first:.4f} to {last:.4f} in {steps} steps"
     return first, last
+
+
+def check_backbone(name: str, size: int | None = None, batch: int = 2, **kwargs: Any) -> None:
+    """The Backbone contract: `width` and `in_channels` are honoured, and `forward` returns
+    one map per entry of `out_channels` / `strides` with those channels at H/stride x W/stride
+    (for an input whose sides divide by the largest stride)."""
+    for in_channels in (3, 1):
+        try:
+            backbone = create_backbone(name, in_channels=in_channels, **{"width": TINY_WIDTH, **kwargs}).eval()
+        except TypeError as exc:
+            raise AssertionError(f"{name}: factory(in_channels, width=...) failed: {exc}") from exc
+        assert isinstance(backbone, torch.nn.Module), f"{name}: a backbone must be an nn.Module"
+        channels, strides = tuple(backbone.out_channels), tuple(backbone.strides)
+        side = size or max(64, 2 * max(strides))
+        assert side % max(strides) == 0, f"{name}: size {side} must divide by the largest stride {max(strides)}"
+        with torch.no_grad():
+            features = backbone(torch.rand(batch, in_channels, side, side))
+        assert isinstance(features, (list, tuple)), f"{name}: forward must return a list of tensors"
+        assert len(features) == len(channels), \
+            f"{name}: forward returned {len(features)} maps, out_channels declares {len(channels)}"
+        for i, (f, c, s) in enumerate(zip(features, channels, strides)):
+            expected = (batch, c, side // s, side // s)
+            assert tuple(f.shape) == expected, f"{name}: feature {i} is {tuple(f.shape)}, declared {expected}"
+
+
+@contextlib.contextmanager
+def only_plugins(*distributions: str) -> Iterator[None]:
+    """Inside: discovery loads the built-ins and only these third-party distributions.
+
+    Sets INSTSEG_PLUGINS (and clears INSTSEG_DISABLE_PLUGINS) for this process and the
+    processes it starts, resets the registry on entry and exit, restores the environment.
+    A distribution that is not installed is an error here, not an empty test later.
+    """
+    for dist in distributions:
+        _require_installed(dist)
+    saved = {k: os.environ.get(k) for k in (DISABLE_ENV, ONLY_ENV)}
+    os.environ.pop(DISABLE_ENV, None)
+    os.environ[ONLY_ENV] = ",".join(distributions)
+    reset_registry()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        reset_registry()
+
+
+def plugin_models(distribution: str) -> list[str]:
+    """Names of the models a distribution registers, for `pytest.mark.parametrize`.
+
+    Reads a private registry that loads only this distribution, so it works at collection
+    time whatever the environment says; a distribution that is missing, failed to load or
+    registers no model is an error.
+    """
+    return _contributions(distribution, "model")
+
+
+def plugin_backbones(distribution: str) -> list[str]:
+    """Names of the backbones a distribution registers (see `plugin_models`)."""
+    return _contributions(distribution, "backbone")
+
+
+def _contributions(distribution: str, kind: str) -> list[str]:
+    _require_installed(distribution)
+    registry = Registry(PluginSelection.only_distributions(distribution))
+    wanted = normalise_distribution(distribution)
+    mine = [p for p in registry.plugins.values()
+            if p.distribution and normalise_distribution(p.distribution) == wanted]
+    failed = [p for p in mine if p.error]
+    if failed:
+        raise PluginError("; ".join(f"{p.label} failed to load: {p.error}" for p in failed))
+    names = [key.split(":", 1)[1] for p in mine for key in p.registered if key.startswith(f"{kind}:")]
+    if not names:
+        raise PluginError(f"distribution '{distribution}' registers no {kind}")
+    return sorted(names)
+
+
+def _require_installed(distribution: str) -> None:
+    try:
+        metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        raise PluginError(f"distribution '{distribution}' is not installed in this environment "
+                          f"({sys.executable}); pip install it first") from None
+
+
+@contextlib.contextmanager
+def fake_distribution(directory: str | os.PathLike, name: str, entry_points: Mapping[str, str],
+                      files: Mapping[str, str], version: str = "0.1.0") -> Iterator[Path]:
+    """An installed-looking distribution without pip: test discovery in milliseconds.
+
+    Writes `files` ({relative path: source}) and a `<name>-<version>.dist-info` folder
+    (METADATA, entry_points.txt with `entry_points` in the `instseg` group) into
+    `directory`, puts it on sys.path and resets the registry, so real importlib.metadata
+    discovery finds it (child processes inherit sys.path through multiprocessing spawn).
+    On exit it is removed from sys.path and its modules are forgotten.
+    """
+    root = Path(directory)
+    for rel, source in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(source)
+    info = root / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    lines = "".join(f"{ep} = {target}\n" for ep, target in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[instseg]\n{lines}")
+    top_level = {Path(rel).parts[0].removesuffix(".py") for rel in files}
+    sys.path.insert(0, str(root))
+    importlib.invalidate_caches()
+    reset_registry()
+    try:
+        yield root
+    finally:
+        sys.path.remove(str(root))
+        for module in [m for m in sys.modules if m.split(".")[0] in top_level]:
+            del sys.modules[module]
+        reset_registry()

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from instseg.cli import data, evaluate, models, train
+from instseg.cli import data, evaluate, models, plugins, train
 from instseg.errors import InstsegError
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.command("models")(models.models)
+app.command("plugins")(plugins.plugins)
 app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
 app.add_typer(data.app, name="data")

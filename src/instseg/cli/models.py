@@ -39,7 +39,8 @@ def models(
         spec = reg.backbone_spec(name)
         rows.append({"name": name, "kind": "backbone", "plugin": spec.plugin, "backbone": "", "aliases": [],
                      "params": _params(lambda: reg.create_backbone(name)), "description": spec.description})
-    failed = [{"plugin": p.name, "distribution": p.distribution, "error": p.error} for p in reg.failed_plugins()]
+    failed = [{"plugin": p.name, "distribution": p.distribution, "version": p.version, "error": p.error}
+              for p in reg.failed_plugins()]
     if as_json:
         out.print_json(json.dumps({"models": rows, "failed_plugins": failed}))
         return
@@ -51,6 +52,7 @@ def models(
         desc = escape(row["description"]) + (f" [dim]\\[backbone: {row['backbone']}][/]" if row["backbone"] else "")
         table.add_row(name, row["kind"], row["plugin"], row["params"], desc)
     out.print(table)
-    for f in failed:
-        err.print(f"[red]plugin failed[/] {escape(f['plugin'])} ({escape(f['distribution'] or 'in-process')}): "
-                  f"{escape(f['error'] or '')}", highlight=False)
+    for p in reg.failed_plugins():
+        err.print(f"[red]plugin failed[/] {escape(p.label)}: {escape(p.error or '')}", highlight=False, soft_wrap=True)
+    if failed:
+        err.print("its models and backbones are not listed; `instseg plugins` shows details", highlight=False)

@@ -114,7 +114,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def build_model(checkpoint: dict[str, Any]) -> torch.nn.Module:
     """Recreate the model a checkpoint describes and load its weights (eval mode, CPU)."""
-    from instseg.core.registry import RegistryError, create_model
+    from instseg.core.registry import PluginError, RegistryError, create_model
 
     init = checkpoint["model"]
     try:
@@ -128,7 +128,7 @@ def build_model(checkpoint: dict[str, Any]) -> torch.nn.Module:
             std=tuple(init["std"]),
             **init.get("kwargs", {}),
         )
-    except RegistryError as exc:
+    except (RegistryError, PluginError) as exc:
         raise CheckpointError(_missing_plugin_message(checkpoint, exc)) from exc
     missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
     if missing or unexpected:
@@ -139,9 +139,13 @@ def build_model(checkpoint: dict[str, Any]) -> torch.nn.Module:
 
 
 def _missing_plugin_message(checkpoint: dict[str, Any], exc: Exception) -> str:
+    """Say which plugin distribution to install (or why the installed one is not loaded)."""
+    from instseg.core.registry import BUILTIN_DISTRIBUTION, get_registry, normalise_distribution
+
     where = checkpoint.get("path", "checkpoint")
-    plugins = {d: v for d, v in checkpoint.get("plugins", {}).items() if d != "instseg"}
+    plugins = {d: v for d, v in checkpoint.get("plugins", {}).items()
+               if normalise_distribution(d) != BUILTIN_DISTRIBUTION}
     if plugins:
-        wanted = " ".join(f"{d}=={v}" if v else d for d, v in plugins.items())
-        return f"{where}: model '{checkpoint['model']['name']}' needs plugin(s) not loaded here: pip install {wanted} ({exc})"
+        hints = "; ".join(get_registry().install_hint(d, v) for d, v in plugins.items())
+        return f"{where}: model '{checkpoint['model']['name']}' needs plugin(s) not loaded here: {hints} ({exc})"
     return f"{where}: {exc}"

@@ -3,11 +3,13 @@
 Every architecture - built-in or third-party - arrives the same way: a module named in the
 `instseg` entry-point group implements `register_backbones(register)` and/or
 `register_models(register)`. Discovery is lazy and happens once per process (spawned
-DataLoader workers and DDP ranks discover on first use). Each plugin's hooks are called on
-their own, so a plugin that fails to import or raises inside a hook is recorded as failed
-and everything else keeps working; a name registered twice is an error naming both plugins.
+DataLoader workers and DDP ranks discover on first use), built-ins first. A plugin is
+all-or-nothing: if it fails to import, names an unknown hook, raises inside a hook or
+registers a name another plugin already owns, nothing it registered is kept, it is
+recorded as failed (with the reason) and everything else keeps working. Asking for a name
+that a failed plugin provides (or might provide) raises PluginError naming its distribution.
 
-Environment:
+Environment (read when discovery runs):
   INSTSEG_DISABLE_PLUGINS=1   load the built-in plugins only
   INSTSEG_PLUGINS=a,b         load built-ins plus only these third-party distributions
 """
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from importlib import metadata
 from math import lcm
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, NoReturn, Union
 
 import pluggy
 
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 
 PROJECT = "instseg"
 BUILTIN_DISTRIBUTION = "instseg"
+DISABLE_ENV = "INSTSEG_DISABLE_PLUGINS"
+ONLY_ENV = "INSTSEG_PLUGINS"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -56,7 +60,7 @@ class HookSpecs:
     def register_backbones(self, register: Callable[..., None]) -> None:
         """Call `register(name, factory, description="")` for each backbone.
 
-        `factory(in_channels: int = 3, **kwargs) -> Backbone`.
+        `factory(in_channels: int = 3, **kwargs) -> Backbone`; it must accept `width`.
         """
 
     @hookspec
@@ -75,12 +79,17 @@ class ExportCaps:
         when False the model is exported at one static size and `infer` resizes to it.
     dynamic_batch: the batch dimension may vary.
     exporter: "dynamo" (torch.onnx.export(dynamo=True)) or "legacy" where only it works.
+    notes: free text shown to users (why an export is static, which op forced the exporter).
     """
 
     dynamic_hw: bool = True
     dynamic_batch: bool = True
     exporter: Literal["dynamo", "legacy"] = "dynamo"
     notes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.exporter not in ("dynamo", "legacy"):
+            raise ValueError(f"ExportCaps.exporter must be 'dynamo' or 'legacy', got {self.exporter!r}")
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,11 @@ class BackboneSpec:
     description: str = ""
     plugin: str = ""
     distribution: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_name("backbone", self.name)
+        if not callable(self.factory):
+            raise TypeError(f"backbone '{self.name}': factory must be callable, got {type(self.factory).__name__}")
 
 
 @dataclass(frozen=True)
@@ -104,9 +118,12 @@ class ModelSpec:
         `ImageInput`, a `width` argument goes to the decoder, and `--backbone` is refused.
     multiple_of: the size H and W must divide by, beyond the backbone's largest stride
         (inputs are padded internally, so any size works).
+    export: what its ONNX export supports (ExportCaps).
+    aliases: other names that resolve to this model.
     defaults: keyword arguments for the decoder, so variants (e.g. `reseg-coord`) are one line.
     backbone_defaults: keyword arguments for the default backbone only (UNet-CBAM puts CBAM
         in the UNet encoder); a user-chosen `--backbone` does not receive them.
+    plugin, distribution: filled in by the registry; a plugin leaves them empty.
     """
 
     name: str
@@ -121,14 +138,44 @@ class ModelSpec:
     plugin: str = ""
     distribution: str | None = None
 
+    def __post_init__(self) -> None:
+        _check_name("model", self.name)
+        if not callable(self.decoder):
+            raise TypeError(f"model '{self.name}': decoder must be callable, got {type(self.decoder).__name__}")
+        if self.default_backbone is not None:
+            _check_name(f"model '{self.name}': default_backbone", self.default_backbone)
+        if not isinstance(self.multiple_of, int) or self.multiple_of < 1:
+            raise ValueError(f"model '{self.name}': multiple_of must be an int >= 1, got {self.multiple_of!r}")
+        if not isinstance(self.export, ExportCaps):
+            raise TypeError(f"model '{self.name}': export must be ExportCaps, got {type(self.export).__name__}")
+        if isinstance(self.aliases, str):
+            raise TypeError(f"model '{self.name}': aliases must be a tuple of names, got the string {self.aliases!r}")
+        object.__setattr__(self, "aliases", tuple(self.aliases))
+        for alias in self.aliases:
+            _check_name(f"model '{self.name}': alias", alias)
+
     @property
     def fused(self) -> bool:
         return self.default_backbone is None
 
 
+Spec = Union[BackboneSpec, ModelSpec]
+
+
+def _check_name(what: str, name: Any) -> None:
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise ValueError(f"{what} name must be a non-empty string without surrounding spaces, got {name!r}")
+
+
 @dataclass
 class PluginInfo:
-    """One loaded (or failed) plugin, for `instseg plugins` and error messages."""
+    """One loaded, failed or skipped plugin, for `instseg plugins` and error messages.
+
+    registered: what it contributes ("backbone:NAME", "model:NAME").
+    attempted: for a failed plugin, the names it tried to register before failing, so a
+        request for one of them can say which distribution to fix.
+    skipped: why discovery did not load it (INSTSEG_DISABLE_PLUGINS / INSTSEG_PLUGINS).
+    """
 
     name: str
     module: str
@@ -138,15 +185,87 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
     registered: list[str] = field(default_factory=list)
     error: str | None = None
+    traceback: str | None = None
+    attempted: list[str] = field(default_factory=list)
+    skipped: str | None = None
+
+    @property
+    def status(self) -> str:
+        return "failed" if self.error else "skipped" if self.skipped else "loaded"
 
     @property
     def label(self) -> str:
-        dist = f"{self.distribution} {self.version or ''}".strip() if self.distribution else "in-process"
+        if self.distribution:
+            dist = f"{self.distribution} {self.version or ''}".strip()
+        else:
+            dist = "in-process"
         return f"plugin '{self.name}' ({dist})"
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "module": self.module, "distribution": self.distribution,
+                "version": self.version, "builtin": self.builtin, "status": self.status, "hooks": self.hooks,
+                "registered": self.registered, "error": self.error, "skipped": self.skipped,
+                "traceback": self.traceback}
 
-def _normalise_dist(name: str) -> str:
+
+@dataclass(frozen=True)
+class PluginSelection:
+    """Which third-party distributions discovery loads; the built-ins always load.
+
+    disabled: load no third-party plugin. only: normalised names of the only distributions
+    to load (None: all). `from_env()` reads INSTSEG_DISABLE_PLUGINS / INSTSEG_PLUGINS.
+    """
+
+    disabled: bool = False
+    only: frozenset[str] | None = None
+
+    @classmethod
+    def from_env(cls) -> "PluginSelection":
+        disabled = os.environ.get(DISABLE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+        names = [n.strip() for n in os.environ.get(ONLY_ENV, "").split(",") if n.strip()]
+        return cls(disabled, frozenset(normalise_distribution(n) for n in names) if names else None)
+
+    @classmethod
+    def only_distributions(cls, *names: str) -> "PluginSelection":
+        return cls(False, frozenset(normalise_distribution(n) for n in names))
+
+    def skip_reason(self, distribution: str) -> str | None:
+        if self.disabled:
+            return f"{DISABLE_ENV}=1"
+        if self.only is not None and normalise_distribution(distribution) not in self.only:
+            return f"not named in {ONLY_ENV}"
+        return None
+
+
+def normalise_distribution(name: str) -> str:
+    """PEP 503 normalisation: 'Instseg_Plugin.Example' -> 'instseg-plugin-example'."""
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _dist_of(ep: metadata.EntryPoint) -> tuple[str | None, str | None]:
+    dist = getattr(ep, "dist", None)
+    return (dist.name, dist.version) if dist is not None else (None, None)
+
+
+def _discover() -> list[metadata.EntryPoint]:
+    """The group's entry points: built-ins first (by name), then by distribution and name.
+
+    A distribution found twice on sys.path lists its entry points twice; the first wins,
+    as it does for imports.
+    """
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for ep in metadata.entry_points(group=PROJECT):
+        key = (normalise_distribution(_dist_of(ep)[0] or ""), ep.name)
+        if key not in seen:
+            seen.add(key)
+            unique.append(ep)
+
+    def order(ep: metadata.EntryPoint) -> tuple[bool, str, str]:
+        dist = normalise_distribution(_dist_of(ep)[0] or "")
+        return dist != BUILTIN_DISTRIBUTION, dist, ep.name
+
+    return sorted(unique, key=order)
 
 
 def _describe(obj: Any, given: str) -> str:
@@ -162,18 +281,30 @@ def _short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-class Registry:
-    """Backbones and models contributed by plugins, discovered lazily once."""
+def _keys(item: Spec) -> list[str]:
+    """The registry keys an item claims: its kind-qualified name (and a model's aliases)."""
+    if isinstance(item, BackboneSpec):
+        return [f"backbone:{item.name}"]
+    return [f"model:{n}" for n in (item.name, *item.aliases)]
 
-    def __init__(self, *, autoload: bool = True) -> None:
+
+class Registry:
+    """Backbones and models contributed by plugins, discovered lazily once.
+
+    `selection` fixes which third-party distributions load; None reads the environment
+    when discovery runs.
+    """
+
+    def __init__(self, selection: PluginSelection | None = None) -> None:
         self.pm = pluggy.PluginManager(PROJECT)
         self.pm.add_hookspecs(HookSpecs)
         self._backbones: dict[str, BackboneSpec] = {}
         self._models: dict[str, ModelSpec] = {}
         self._aliases: dict[str, str] = {}
         self._plugins: dict[str, PluginInfo] = {}
-        self._autoload = autoload
-        self._loaded = not autoload
+        self._skipped: list[PluginInfo] = []
+        self._selection = selection
+        self._loaded = False
         self._lock = threading.RLock()
 
     # -- discovery -------------------------------------------------------------------
@@ -181,68 +312,48 @@ class Registry:
         with self._lock:
             if self._loaded:
                 return
-            self._loaded = True
-            for ep in self._selected_entry_points():
-                self._load_entry_point(ep)
+            self._loaded = True  # set first: a plugin that queries the registry at import does not recurse
+            selection = self._selection or PluginSelection.from_env()
+            found: set[str] = set()
+            for ep in _discover():
+                dist, version = _dist_of(ep)
+                builtin = dist is not None and normalise_distribution(dist) == BUILTIN_DISTRIBUTION
+                reason = None if builtin else selection.skip_reason(dist or "")
+                if reason:
+                    self._skipped.append(PluginInfo(ep.name, ep.value, dist, version, False, skipped=reason))
+                    continue
+                found.add(normalise_distribution(dist or ""))
+                self._load_entry_point(ep, dist, version, builtin)
+            for missing in sorted((selection.only or frozenset()) - found - set(self._plugins)):
+                self._plugins[missing] = PluginInfo(
+                    missing, "", missing, None, False,
+                    error=f"named in {ONLY_ENV} but not installed (no distribution '{missing}' "
+                          f"has '{PROJECT}' entry points)")
 
-    def _selected_entry_points(self) -> list[metadata.EntryPoint]:
-        eps = list(metadata.entry_points(group=PROJECT))
-        disabled = os.environ.get("INSTSEG_DISABLE_PLUGINS", "").strip().lower() in {"1", "true", "yes"}
-        wanted = {
-            _normalise_dist(n) for n in os.environ.get("INSTSEG_PLUGINS", "").split(",") if n.strip()
-        }
-
-        def dist_of(ep: metadata.EntryPoint) -> str:
-            return _normalise_dist(ep.dist.name) if ep.dist is not None else ""
-
-        builtin = sorted((ep for ep in eps if dist_of(ep) == BUILTIN_DISTRIBUTION), key=lambda e: e.name)
-        others = sorted((ep for ep in eps if dist_of(ep) != BUILTIN_DISTRIBUTION), key=lambda e: (dist_of(e), e.name))
-        if disabled:
-            others = []
-        elif wanted:
-            others = [ep for ep in others if dist_of(ep) in wanted]
-        seen: set[tuple[str, str]] = set()
-        unique = []
-        for ep in builtin + others:  # a dist on sys.path twice would list its entry points twice
-            key = (dist_of(ep), ep.name)
-            if key not in seen:
-                seen.add(key)
-                unique.append(ep)
-        return unique
-
-    def _load_entry_point(self, ep: metadata.EntryPoint) -> None:
-        dist = ep.dist.name if ep.dist is not None else None
-        info = PluginInfo(
-            name=ep.name,
-            module=ep.value,
-            distribution=dist,
-            version=ep.dist.version if ep.dist is not None else None,
-            builtin=dist is not None and _normalise_dist(dist) == BUILTIN_DISTRIBUTION,
-        )
-        if ep.name in self._plugins:
-            other = self._plugins[ep.name]
-            info.error = f"entry point name '{ep.name}' is already used by {other.label}"
-            self._plugins[f"{ep.name}@{dist}"] = info
-            return
-        self._plugins[ep.name] = info
+    def _load_entry_point(self, ep: metadata.EntryPoint, dist: str | None, version: str | None,
+                          builtin: bool) -> None:
+        # Entry-point names are chosen by each distribution independently; a second
+        # distribution using a taken name is shown as "<distribution>:<name>".
+        name = ep.name if ep.name not in self._plugins else f"{dist}:{ep.name}"
+        info = PluginInfo(name, ep.value, dist, version, builtin)
+        self._plugins[name] = info
         try:
             plugin = ep.load()
-        except Exception as exc:  # isolate: a broken plugin must not break the CLI
-            info.error = f"import failed: {_short_error(exc)}"
+        except (Exception, SystemExit) as exc:  # isolate and report: a broken plugin must not break the CLI
+            _fail(info, "import failed", exc)
             return
-        self._register_plugin_object(plugin, info)
+        self._register(plugin, info)
 
     def register_plugin(self, plugin: Any, name: str | None = None) -> PluginInfo:
-        """Register a plugin object in-process (tests, notebooks). Errors raise PluginError."""
+        """Register a plugin object in-process (tests, notebooks). Failures raise PluginError."""
         with self._lock:
             self.ensure_loaded()
             name = name or getattr(plugin, "__name__", type(plugin).__name__)
             if name in self._plugins:
                 raise PluginError(f"a plugin named '{name}' is already registered ({self._plugins[name].label})")
-            info = PluginInfo(name=name, module=getattr(plugin, "__name__", repr(plugin)),
-                              distribution=None, version=None, builtin=False)
+            info = PluginInfo(name, getattr(plugin, "__name__", repr(plugin)), None, None, False)
             self._plugins[name] = info
-            self._register_plugin_object(plugin, info)
+            self._register(plugin, info)
             if info.error:
                 raise PluginError(f"{info.label} failed: {info.error}")
             return info
@@ -259,21 +370,47 @@ class Registry:
             self._models = {k: v for k, v in self._models.items() if v.plugin != name}
             self._aliases = {a: m for a, m in self._aliases.items() if m in self._models}
 
-    def _register_plugin_object(self, plugin: Any, info: PluginInfo) -> None:
+    def _register(self, plugin: Any, info: PluginInfo) -> None:
+        """Call the plugin's hooks and commit what they registered - all of it or none."""
         try:
             self.pm.register(plugin, name=info.name)
-        except Exception as exc:  # pluggy validates hook signatures here
-            info.error = f"invalid hook implementation: {_short_error(exc)}"
+        except Exception as exc:  # isolate and report: pluggy rejects bad hook signatures here
+            _fail(info, "invalid plugin", exc)
             return
-        info.hooks = [h for h in HOOK_NAMES if any(
-            impl.plugin_name == info.name for impl in getattr(self.pm.hook, h).get_hookimpls())]
-        for hook_name in HOOK_NAMES:
-            if hook_name in info.hooks and info.error is None:
-                self._call_hook(hook_name, info)
+        staged: list[Spec] = []
+        step: str | None = "invalid plugin"
+        try:
+            info.hooks = self._hooks_of(plugin)
+            for hook_name in info.hooks:
+                step = f"{hook_name} failed"
+                self._call_hook(hook_name, info, staged)
+            step = None  # a collision message names both plugins already
+            self._check_free(staged)
+        except Exception as exc:  # isolate and report: roll back, keep the rest of the registry intact
+            self.pm.unregister(plugin)
+            info.attempted = [key for item in staged for key in _keys(item)]
+            _fail(info, step, exc)
+            return
+        for item in staged:
+            if isinstance(item, BackboneSpec):
+                self._backbones[item.name] = item
+            else:
+                self._models[item.name] = item
+                self._aliases.update({alias: item.name for alias in item.aliases})
+            info.registered.append(_keys(item)[0])
 
-    def _call_hook(self, hook_name: str, info: PluginInfo) -> None:
-        """Call one plugin's hook; commit its registrations only if the whole hook succeeds."""
-        staged: list[BackboneSpec | ModelSpec] = []
+    def _hooks_of(self, plugin: Any) -> list[str]:
+        callers = self.pm.get_hookcallers(plugin) or []
+        unknown = sorted(c.name for c in callers if not c.has_spec())
+        if unknown:
+            raise PluginError(f"unknown hook {', '.join(unknown)}; instseg hooks are {', '.join(HOOK_NAMES)}")
+        hooks = [h for h in HOOK_NAMES if any(c.name == h for c in callers)]
+        if not hooks:
+            raise PluginError(
+                f"implements no instseg hook (expected @instseg.hookimpl functions named {' or '.join(HOOK_NAMES)})")
+        return hooks
+
+    def _call_hook(self, hook_name: str, info: PluginInfo, staged: list[Spec]) -> None:
         if hook_name == "register_backbones":
             def register(name: str, factory: Callable[..., Any], description: str = "") -> None:
                 staged.append(BackboneSpec(name, factory, _describe(factory, description),
@@ -283,50 +420,41 @@ class Registry:
                 if not isinstance(spec, ModelSpec):
                     raise TypeError(f"register_models expects ModelSpec, got {type(spec).__name__}")
                 staged.append(replace(spec, plugin=info.name, distribution=info.distribution,
-                                       description=_describe(spec.decoder, spec.description)))
+                                      description=_describe(spec.decoder, spec.description)))
         others = [p for p in self.pm.get_plugins() if self.pm.get_name(p) != info.name]
-        caller = self.pm.subset_hook_caller(hook_name, remove_plugins=others)
-        try:
-            caller(register=register)
-            for item in staged:
-                self._check_free(item)
-        except Exception as exc:  # isolate: record, keep the rest of the registry intact
-            info.error = f"{hook_name} failed: {_short_error(exc)}"
-            return
-        for item in staged:
-            if isinstance(item, BackboneSpec):
-                self._backbones[item.name] = item
-                info.registered.append(f"backbone:{item.name}")
-            else:
-                self._models[item.name] = item
-                for alias in item.aliases:
-                    self._aliases[alias] = item.name
-                info.registered.append(f"model:{item.name}")
+        self.pm.subset_hook_caller(hook_name, remove_plugins=others)(register=register)
 
-    def _check_free(self, item: BackboneSpec | ModelSpec) -> None:
-        if isinstance(item, BackboneSpec):
-            owner = self._backbones.get(item.name)
-            if owner is not None:
-                raise RegistryError(
-                    f"backbone '{item.name}' is registered twice: by {self._plugins[owner.plugin].label} "
-                    f"and by {self._plugins[item.plugin].label}")
-            return
-        for name in (item.name, *item.aliases):
-            owner_name = self._aliases.get(name, name)
-            owner = self._models.get(owner_name)
-            if owner is not None:
-                raise RegistryError(
-                    f"model name '{name}' is registered twice: by {self._plugins[owner.plugin].label} "
-                    f"and by {self._plugins[item.plugin].label}")
+    def _check_free(self, staged: list[Spec]) -> None:
+        claimed: dict[str, str] = {}  # key -> plugin: what is registered plus what this plugin stages
+        for spec in self._backbones.values():
+            claimed[f"backbone:{spec.name}"] = spec.plugin
+        for spec in self._models.values():
+            claimed.update({key: spec.plugin for key in _keys(spec)})
+        for item in staged:
+            for key in _keys(item):
+                if key in claimed:
+                    kind, name = key.split(":", 1)
+                    mine = self._plugins[item.plugin].label
+                    if claimed[key] == item.plugin:
+                        raise RegistryError(f"{kind} name '{name}' is registered twice by {mine}")
+                    raise RegistryError(f"{kind} name '{name}' is registered twice: by "
+                                        f"{self._plugins[claimed[key]].label} and by {mine}")
+                claimed[key] = item.plugin
 
     # -- queries ---------------------------------------------------------------------
     @property
     def plugins(self) -> Mapping[str, PluginInfo]:
+        """Loaded and failed plugins by name."""
         self.ensure_loaded()
         return MappingProxyType(self._plugins)
 
     def failed_plugins(self) -> list[PluginInfo]:
         return [p for p in self.plugins.values() if p.error]
+
+    def skipped_plugins(self) -> list[PluginInfo]:
+        """Installed plugins that INSTSEG_DISABLE_PLUGINS / INSTSEG_PLUGINS kept from loading."""
+        self.ensure_loaded()
+        return list(self._skipped)
 
     def list_models(self, pattern: str | None = None) -> list[str]:
         self.ensure_loaded()
@@ -340,24 +468,51 @@ class Registry:
         self.ensure_loaded()
         key = self._aliases.get(name, name)
         if key not in self._models:
-            raise RegistryError(self._unknown("model", name, [*self._models, *self._aliases]))
+            self._raise_unknown("model", name, [*self._models, *self._aliases])
         return self._models[key]
 
     def backbone_spec(self, name: str) -> BackboneSpec:
         self.ensure_loaded()
         if name not in self._backbones:
-            raise RegistryError(self._unknown("backbone", name, self._backbones))
+            self._raise_unknown("backbone", name, self._backbones)
         return self._backbones[name]
 
-    def _unknown(self, kind: str, name: str, known: Iterable[str]) -> str:
+    def _raise_unknown(self, kind: str, name: str, known: Iterable[str]) -> NoReturn:
+        """RegistryError for a plain unknown name; PluginError when a failed plugin may own it."""
+        failed = self.failed_plugins()
+        owner = next((p for p in failed if f"{kind}:{name}" in p.attempted), None)
+        if owner is not None:
+            raise PluginError(f"{kind} '{name}' comes from {owner.label}, which failed to load: {owner.error}")
         known = sorted(known)
         close = difflib.get_close_matches(name, known, n=3)
         msg = f"unknown {kind} '{name}'"
         msg += f"; did you mean {', '.join(repr(c) for c in close)}?" if close else f"; known: {', '.join(known)}"
-        failed = self.failed_plugins()
         if failed:
-            msg += " (plugins that failed to load: " + "; ".join(f"{p.label}: {p.error}" for p in failed) + ")"
-        return msg
+            raise PluginError(msg + "; it may belong to a plugin that failed to load: "
+                              + "; ".join(f"{p.label}: {p.error}" for p in failed))
+        skipped = sorted({f"{p.distribution} ({p.skipped})" for p in self._skipped})
+        if skipped:
+            msg += f" (installed plugins not loaded: {', '.join(skipped)})"
+        raise RegistryError(msg)
+
+    def install_hint(self, distribution: str, version: str | None) -> str:
+        """What to do so that `distribution` (at `version`) provides its plugins here."""
+        self.ensure_loaded()
+        pinned = f"{distribution}=={version}" if version else distribution
+        wanted = normalise_distribution(distribution)
+        mine = [p for p in [*self._plugins.values(), *self._skipped]
+                if p.distribution and normalise_distribution(p.distribution) == wanted]
+        for p in mine:
+            if p.skipped:
+                return f"{distribution} {p.version} is installed but not loaded ({p.skipped})"
+            if p.error:
+                return f"{distribution} {p.version} is installed but failed to load: {p.error}"
+        if mine and version and mine[0].version != version:
+            return (f"{distribution} {mine[0].version} is installed, the checkpoint was made with {version}: "
+                    f"pip install {pinned}")
+        if mine:
+            return f"{distribution} {mine[0].version} is installed and loaded"
+        return f"pip install {pinned}"
 
     # -- construction ----------------------------------------------------------------
     def create_backbone(self, name: str, in_channels: int = 3, **kwargs: Any) -> "Backbone":
@@ -406,6 +561,13 @@ class Registry:
             multiple_of=multiple, mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD)
 
 
+def _fail(info: PluginInfo, step: str | None, exc: BaseException) -> None:
+    """Record why a plugin failed: one line for tables and messages, the traceback for --json."""
+    reason = str(exc) if isinstance(exc, InstsegError) else _short_error(exc)
+    info.error = f"{step}: {reason}" if step else reason
+    info.traceback = "".join(traceback.format_exception(exc))
+
+
 def _filter(names: Iterable[str], pattern: str | None) -> list[str]:
     names = sorted(names)
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
@@ -432,8 +594,9 @@ def get_registry() -> Registry:
     with _registry_lock:
         if _registry is None:
             _registry = Registry()
-    _registry.ensure_loaded()
-    return _registry
+        registry = _registry
+    registry.ensure_loaded()
+    return registry
 
 
 def reset_registry() -> None:
