@@ -25,9 +25,14 @@ def test_backward_gives_finite_gradients(name):
     check_backward(name)
 
 
+# Fewer steps where a model halves its loss well before the default 60 and each step is slow
+# (ReNet GRUs step through rows and columns one by one); the criterion stays the same.
+OVERFIT_OPTIONS = {"reseg": {"steps": 30}, "reseg-coord": {"steps": 30}}
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_overfit_two_images(name):
-    first, last = check_overfit(name)
+    first, last = check_overfit(name, **OVERFIT_OPTIONS.get(name, {}))
     assert last < 0.5 * first
 
 

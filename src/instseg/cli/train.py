@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, List, Optional
 
 import typer
 from rich.table import Table
 
 from instseg.cli.console import err, fmt_mean_std, out
-from instseg.core.config import OPTIMIZERS, SCHEDULERS, TrainConfig
+from instseg.core.config import OPTIMIZERS, SCHEDULERS, TrainConfig, parse_model_options
 
 D = TrainConfig()  # the defaults live in one place
 
@@ -17,6 +17,11 @@ def train(
     model: Annotated[str, typer.Option("--model", "-m", help="Registered model name (see `instseg models`).")] = D.model,
     backbone: Annotated[Optional[str], typer.Option(help="Backbone for decoders that take one.")] = None,
     width: Annotated[Optional[int], typer.Option(help="Base channel width (default: the architecture's).")] = None,
+    model_option: Annotated[Optional[List[str]], typer.Option(
+        "--model-option", "-o", help="Architecture option KEY=VALUE, or backbone.KEY=VALUE for its backbone; "
+                                     "repeatable (e.g. -o skip_stride=none -o backbone.output_stride=16).")] = None,
+    weights: Annotated[Optional[str], typer.Option(
+        help="Local state dict for the backbone (or a run's checkpoint: its backbone.* weights).")] = None,
     data: Annotated[str, typer.Option(help="'synthetic', 'cvppp:PATH' or 'folder:PATH'.")] = D.data,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = D.epochs,
     image_size: Annotated[int, typer.Option(help="Training image size (square).")] = D.image_size,
@@ -40,7 +45,8 @@ def train(
     from instseg.core.training import TrainConfig, Trainer
 
     config = TrainConfig(
-        model=model, backbone=backbone, width=width, data=data, epochs=epochs, image_size=image_size,
+        model=model, backbone=backbone, width=width, model_kwargs=parse_model_options(model_option or []),
+        weights=weights, data=data, epochs=epochs, image_size=image_size,
         batch_size=batch_size, lr=lr, optimizer=optimizer, scheduler=scheduler, weight_decay=weight_decay,
         grad_clip=grad_clip, embedding_dim=embedding_dim, max_instances=max_instances, train_size=train_size,
         val_size=val_size, workers=workers, device=device, seed=seed, out=out_dir, name=name)

@@ -32,7 +32,7 @@ from instseg.core.device import DeviceChoice, resolve_device
 from instseg.core.evaluation import evaluate_dataset
 from instseg.core.config import TrainConfig
 from instseg.core.losses import LossWeights, MultiTaskLoss
-from instseg.core.registry import create_model, get_registry, plugin_requirements
+from instseg.core.registry import create_model, get_registry, load_backbone_weights, plugin_requirements
 from instseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,8 @@ class Trainer:
             spec.name, backbone=config.backbone, width=config.width, embedding_dim=config.embedding_dim,
             max_instances=config.max_instances, mean=self.mean, std=self.std, **config.model_kwargs,
         ).to(self.device.device)
+        if config.weights:
+            self.console.print(load_backbone_weights(self.model.backbone, config.weights).summary())
         self.model_init = {
             "name": spec.name,
             "backbone": config.backbone,
