@@ -239,3 +239,14 @@ def test_weights_from_a_run_start_another_run_from_the_cli(tmp_path):
     assert f"last.pt: loaded {n_tensors} tensors" in " ".join(second.output.split())
     config = json.loads((tmp_path / "second" / "config.json").read_text())
     assert config["config"]["weights"].endswith("last.pt")
+
+
+def test_model_options_survive_the_checkpoint(tmp_path):
+    args = ["train", "--model", "deeplabv3", "-o", "skip_stride=none", "-o", "backbone.output_stride=16",
+            "--epochs", "1", *TINY_RUN, "--out", str(tmp_path), "--name", "ref"]
+    trained = runner.invoke(app, args)
+    assert trained.exit_code == 0, trained.output
+    config = json.loads((tmp_path / "ref" / "config.json").read_text())
+    assert config["model"]["kwargs"] == {"skip_stride": None, "backbone_kwargs": {"output_stride": 16}}
+    evaluated = runner.invoke(app, ["evaluate", str(tmp_path / "ref"), "--out", str(tmp_path / "eval")])
+    assert evaluated.exit_code == 0, evaluated.output
