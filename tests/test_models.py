@@ -25,9 +25,11 @@ def test_backward_gives_finite_gradients(name):
     check_backward(name)
 
 
-# Fewer steps where a model halves its loss well before the default 60 and each step is slow
-# (ReNet GRUs step through rows and columns one by one); the criterion stays the same.
-OVERFIT_OPTIONS = {"reseg": {"steps": 30}, "reseg-coord": {"steps": 30}}
+# Fewer steps for models that halve their loss well before the default 60 (by step 2-16 here)
+# and whose steps are slow (ReNet GRUs step through rows and columns one by one): keeps the
+# suite within budget; the criterion stays the same.
+OVERFIT_OPTIONS = {name: {"steps": 30} for name in ("reseg", "reseg-coord", "segnet", "stacked-recurrent-hourglass")}
+OVERFIT_OPTIONS["deeplabv3"] = {"steps": 20}
 
 
 @pytest.mark.parametrize("name", MODELS)
