@@ -29,11 +29,11 @@ from instseg.core.losses import MultiTaskLoss
 from instseg.core.training import Trainer
 from instseg.testing import synthetic_batch
 
-# The reference DeepLabV3 (output stride 16, no skip) and the two single changes towards ours.
+# The reference DeepLabV3 (output stride 16, no skip) and the alternatives to ours (16 + skip).
 DEEPLAB_VARIANTS = {
-    "deeplabv3 os16 no-skip (reference)": ["skip_stride=none", "backbone.output_stride=16"],
-    "deeplabv3 os8 no-skip": ["skip_stride=none"],
-    "deeplabv3 os16 skip4": ["backbone.output_stride=16"],
+    "deeplabv3 os16 no-skip (reference)": ["skip_stride=none"],
+    "deeplabv3 os8 no-skip": ["skip_stride=none", "backbone.output_stride=8"],
+    "deeplabv3 os8 skip4": ["backbone.output_stride=8"],
 }
 
 

@@ -157,12 +157,14 @@ def test_unknown_option_names_what_the_model_takes():
         create_model("deeplabv3", backbone="vgg16", width=4, backbone_kwargs={"output_stride": 16})
 
 
-def test_deeplabv3_defaults_to_output_stride_8_with_a_stride_4_skip():
+def test_deeplabv3_defaults_to_output_stride_16_with_a_stride_4_skip():
     model = tiny_model("deeplabv3")
-    assert model.backbone.strides[-1] == 8 and model.decoder.out_stride == 4
-    reference = tiny_model("deeplabv3", skip_stride=None, backbone_kwargs={"output_stride": 16})
-    assert reference.backbone.strides[-1] == 16 and reference.decoder.out_stride == 16
-    check_forward_shapes("deeplabv3", shapes=((72, 88),), skip_stride=None, backbone_kwargs={"output_stride": 16})
+    assert model.backbone.strides[-1] == 16 and model.decoder.out_stride == 4
+    reference = tiny_model("deeplabv3", skip_stride=None)
+    assert reference.decoder.out_stride == 16
+    dense = tiny_model("deeplabv3", skip_stride=None, backbone_kwargs={"output_stride": 8})
+    assert dense.backbone.strides[-1] == 8 and dense.decoder.out_stride == 8
+    check_forward_shapes("deeplabv3", shapes=((72, 88),), skip_stride=None, backbone_kwargs={"output_stride": 8})
     with pytest.raises(ConfigError, match=r"skip_stride=3 is not a stride of the backbone's shallower features"):
         tiny_model("deeplabv3", skip_stride=3)
 
@@ -242,11 +244,11 @@ def test_weights_from_a_run_start_another_run_from_the_cli(tmp_path):
 
 
 def test_model_options_survive_the_checkpoint(tmp_path):
-    args = ["train", "--model", "deeplabv3", "-o", "skip_stride=none", "-o", "backbone.output_stride=16",
+    args = ["train", "--model", "deeplabv3", "-o", "skip_stride=none", "-o", "backbone.output_stride=8",
             "--epochs", "1", *TINY_RUN, "--out", str(tmp_path), "--name", "ref"]
     trained = runner.invoke(app, args)
     assert trained.exit_code == 0, trained.output
     config = json.loads((tmp_path / "ref" / "config.json").read_text())
-    assert config["model"]["kwargs"] == {"skip_stride": None, "backbone_kwargs": {"output_stride": 16}}
+    assert config["model"]["kwargs"] == {"skip_stride": None, "backbone_kwargs": {"output_stride": 8}}
     evaluated = runner.invoke(app, ["evaluate", str(tmp_path / "ref"), "--out", str(tmp_path / "eval")])
     assert evaluated.exit_code == 0, evaluated.output
