@@ -19,7 +19,7 @@ def train(
     width: Annotated[Optional[int], typer.Option(help="Base channel width (default: the architecture's).")] = None,
     model_option: Annotated[Optional[List[str]], typer.Option(
         "--model-option", "-o", help="Architecture option KEY=VALUE, or backbone.KEY=VALUE for its backbone; "
-                                     "repeatable (e.g. -o skip_stride=none -o backbone.output_stride=16).")] = None,
+                                     "repeatable (e.g. -o skip_stride=none -o backbone.output_stride=8).")] = None,
     weights: Annotated[Optional[str], typer.Option(
         help="Local state dict for the backbone (or a run's checkpoint: its backbone.* weights).")] = None,
     data: Annotated[str, typer.Option(help="'synthetic', 'cvppp:PATH' or 'folder:PATH'.")] = D.data,
