@@ -25,9 +25,16 @@ def test_backward_gives_finite_gradients(name):
     check_backward(name)
 
 
+# Fewer steps for models that halve their loss well before the default 60 (by step 2-16 here)
+# and whose steps are slow (ReNet GRUs step through rows and columns one by one): keeps the
+# suite within budget; the criterion stays the same.
+OVERFIT_OPTIONS = {name: {"steps": 30} for name in ("reseg", "reseg-coord", "segnet", "stacked-recurrent-hourglass")}
+OVERFIT_OPTIONS["deeplabv3"] = {"steps": 20}
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_overfit_two_images(name):
-    first, last = check_overfit(name)
+    first, last = check_overfit(name, **OVERFIT_OPTIONS.get(name, {}))
     assert last < 0.5 * first
 
 

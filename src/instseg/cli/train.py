@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, List, Optional
 
 import typer
 from rich.table import Table
 
 from instseg.cli.console import err, fmt_mean_std, out
-from instseg.core.config import OPTIMIZERS, SCHEDULERS, TrainConfig
+from instseg.core.config import OPTIMIZERS, SCHEDULERS, TrainConfig, parse_model_options
 
 D = TrainConfig()  # the defaults live in one place
-CLI_TO_CONFIG = {"out_dir": "out", "compile_": "compile"}  # parameter names that differ from TrainConfig's
+CLI_TO_CONFIG = {"out_dir": "out", "compile_": "compile", "model_option": "model_kwargs"}  # parameter names that differ from TrainConfig's
 
 
 def train(
@@ -25,6 +25,11 @@ def train(
     model: Annotated[str, typer.Option("--model", "-m", help="Registered model name (see `instseg models`).")] = D.model,
     backbone: Annotated[Optional[str], typer.Option(help="Backbone for decoders that take one.")] = None,
     width: Annotated[Optional[int], typer.Option(help="Base channel width (default: the architecture's).")] = None,
+    model_option: Annotated[Optional[List[str]], typer.Option(
+        "--model-option", "-o", help="Architecture option KEY=VALUE, or backbone.KEY=VALUE for its backbone; "
+                                     "repeatable (e.g. -o skip_stride=none -o backbone.output_stride=8).")] = None,
+    weights: Annotated[Optional[str], typer.Option(
+        help="Local state dict for the backbone (or a run's checkpoint: its backbone.* weights).")] = None,
     data: Annotated[str, typer.Option(help="'synthetic', 'cvppp:PATH', 'folder:PATH' or a dataset folder.")] = D.data,
     val_split: Annotated[float, typer.Option(help="Dataset folders: seeded fraction of images for validation.")] = D.val_split,
     val_list: Annotated[Optional[Path], typer.Option(help="Dataset folders: file of validation stems, one per line "
@@ -66,6 +71,8 @@ def train(
     options = {CLI_TO_CONFIG.get(k, k): v for k, v in ctx.params.items() if k != "resume"}
     options["data"] = str(parse_data_spec(data).absolute())  # runs stay valid from any directory
     options["val_list"] = str(val_list.absolute()) if val_list else None
+    options["model_kwargs"] = parse_model_options(model_option or [])
+    options["weights"] = str(Path(weights).absolute()) if weights else None
     checkpoint = None
     if resume is None:
         config = TrainConfig(**options)

@@ -22,7 +22,8 @@ class TrainConfig:
     model: str = "unet-cbam"
     backbone: str | None = None
     width: int | None = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # from --model-option, see parse_model_options
+    weights: str | None = None  # a local state dict for the backbone (--weights)
     embedding_dim: int = 32
     max_instances: int = 20
     data: str = "synthetic"
@@ -76,3 +77,43 @@ class TrainConfig:
             raise ConfigError(f"--optimizer {self.optimizer}: choose from {', '.join(OPTIMIZERS)}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"--scheduler {self.scheduler}: choose from {', '.join(SCHEDULERS)}")
+
+
+BACKBONE_PREFIX = "backbone."
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: true/false, none, an int, a float, a comma list (a tuple) or a string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    if "," in text:
+        return tuple(parse_value(part) for part in text.split(",") if part.strip())
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text.strip()
+
+
+def parse_model_options(items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` items -> create_model keyword arguments.
+
+    `KEY=VALUE` goes to the architecture's decoder (e.g. `coord_conv=true`, `skip_stride=none`);
+    `backbone.KEY=VALUE` to its backbone (e.g. `backbone.output_stride=16`), collected under
+    `backbone_kwargs`.
+    """
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        to_backbone = key.startswith(BACKBONE_PREFIX)
+        name = key[len(BACKBONE_PREFIX):] if to_backbone else key
+        if not sep or not name.isidentifier():
+            raise ConfigError(f"--model-option {item!r}: expected KEY=VALUE or backbone.KEY=VALUE")
+        target = options.setdefault("backbone_kwargs", {}) if to_backbone else options
+        target[name] = parse_value(value)
+    return options

@@ -20,18 +20,21 @@ import difflib
 import fnmatch
 import inspect
 import os
+import pickle
 import re
 import threading
 import traceback
+import zipfile
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from math import lcm
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, NoReturn, Union
 
 import pluggy
 
-from instseg.errors import InstsegError
+from instseg.errors import CheckpointError, ConfigError, InstsegError
 
 if TYPE_CHECKING:
     from instseg.core.interfaces import Backbone, Decoder, SegmentationModel
@@ -517,6 +520,7 @@ class Registry:
     # -- construction ----------------------------------------------------------------
     def create_backbone(self, name: str, in_channels: int = 3, **kwargs: Any) -> "Backbone":
         spec = self.backbone_spec(name)
+        _check_options(spec.factory, kwargs, f"backbone '{name}'")
         backbone = spec.factory(in_channels=in_channels, **kwargs)
         _check_backbone(backbone, name)
         return backbone
@@ -549,12 +553,16 @@ class Registry:
                 raise RegistryError(
                     f"model '{spec.name}' has its encoder fused to its decoder; it does not take --backbone")
             encoder: Backbone = ImageInput(in_channels=3)
-            decoder = spec.decoder(encoder, **{**spec.defaults, **sized, **decoder_kwargs})
+            options = {**spec.defaults, **sized, **decoder_kwargs}
+            _check_options(spec.decoder, options, f"model '{spec.name}'")
+            decoder = spec.decoder(encoder, **options)
         else:
             defaults = spec.backbone_defaults if backbone in (None, spec.default_backbone) else {}
             encoder = self.create_backbone(backbone or spec.default_backbone,
                                            **{**defaults, **sized, **(backbone_kwargs or {})})
-            decoder = spec.decoder(encoder, **{**spec.defaults, **decoder_kwargs})
+            options = {**spec.defaults, **decoder_kwargs}
+            _check_options(spec.decoder, options, f"model '{spec.name}'")
+            decoder = spec.decoder(encoder, **options)
         multiple = lcm(int(max(encoder.strides)), int(spec.multiple_of))
         return SegmentationModel(
             encoder, decoder, embedding_dim=embedding_dim, max_instances=max_instances,
@@ -571,6 +579,19 @@ def _fail(info: PluginInfo, step: str | None, exc: BaseException) -> None:
 def _filter(names: Iterable[str], pattern: str | None) -> list[str]:
     names = sorted(names)
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+
+
+def _check_options(factory: Callable[..., Any], options: Mapping[str, Any], what: str) -> None:
+    """An option the factory does not take is one clear error, not a TypeError from deep inside."""
+    params = inspect.signature(factory).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in ("backbone", "in_channels")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise RegistryError(f"{what} does not take option(s) {', '.join(unknown)}; "
+                            f"it takes: {', '.join(accepted) or 'none'}")
 
 
 def _check_backbone(backbone: Any, name: str) -> None:
@@ -633,3 +654,74 @@ def plugin_requirements(model_name: str, backbone_name: str | None) -> dict[str,
         if info.distribution:
             needed[info.distribution] = info.version or ""
     return needed
+
+
+@dataclass(frozen=True)
+class WeightsReport:
+    """What `load_backbone_weights` did: tensors loaded, backbone keys left as initialised, file keys ignored."""
+
+    path: str
+    loaded: int
+    missing: tuple[str, ...]
+    unexpected: tuple[str, ...]
+
+    def summary(self) -> str:
+        text = f"backbone weights {self.path}: loaded {self.loaded} tensors"
+        if self.missing:
+            text += f"; {len(self.missing)} backbone keys missing from the file, left as initialised " \
+                    f"(e.g. {', '.join(self.missing[:3])})"
+        if self.unexpected:
+            text += f"; {len(self.unexpected)} unexpected keys ignored (e.g. {', '.join(self.unexpected[:3])})"
+        return text
+
+
+def load_backbone_weights(backbone: Any, path: str | os.PathLike) -> WeightsReport:
+    """Load a local state dict into a backbone, with torch.load(weights_only=True).
+
+    The file holds the backbone's state dict, or a whole model's (an instseg checkpoint or
+    its `state_dict`), whose `backbone.*` entries are used - so a run's backbone can start
+    another. Keys on one side only are reported; a tensor of another shape, or a file of
+    which nothing fits, is an error (pretrained weights need the backbone's `width`).
+    """
+    import torch
+
+    path = Path(path)
+    own = backbone.state_dict()
+    if not own:
+        raise ConfigError(f"--weights {path}: this model's encoder is fused to its decoder; "
+                          "there is no separate backbone to load weights into")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused to load - it holds objects that could run code") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(f"{path}: weights file is truncated or corrupted ({type(exc).__name__})") from exc
+    state = _backbone_state(payload, path)
+    matched = {k: v for k, v in state.items() if k in own}
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in matched.items() if v.shape != own[k].shape]
+    if wrong:
+        raise CheckpointError(f"{path}: {len(wrong)} tensors do not fit the backbone's shapes, e.g. {wrong[0]} "
+                              "(file vs backbone; a different --width?)")
+    if not matched:
+        raise CheckpointError(f"{path}: none of its {len(state)} tensors fit the backbone (file keys e.g. "
+                              f"{', '.join(list(state)[:3])}; backbone keys e.g. {', '.join(list(own)[:3])})")
+    backbone.load_state_dict(matched, strict=False)
+    return WeightsReport(str(path), len(matched), tuple(k for k in own if k not in matched),
+                         tuple(k for k in state if k not in own))
+
+
+def _backbone_state(payload: Any, path: Path) -> dict[str, Any]:
+    """The backbone's entries of a state dict, a model's state dict or an instseg checkpoint."""
+    import torch
+
+    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        payload = payload["state_dict"]
+    if not isinstance(payload, dict) or not payload or \
+            not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload.items()):
+        raise CheckpointError(f"{path}: not a state dict (a mapping of parameter names to tensors)")
+    prefix = "backbone."
+    if any(k.startswith(prefix) for k in payload):
+        return {k[len(prefix):]: v for k, v in payload.items() if k.startswith(prefix)}
+    return payload

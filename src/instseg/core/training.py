@@ -49,7 +49,7 @@ from instseg.core.device import DeviceChoice, check_compile_supported, resolve_d
 from instseg.core.distributed import DistContext, GlobalBatchSampler
 from instseg.core.evaluation import EvalResult, evaluate_dataset
 from instseg.core.losses import LossWeights, MultiTaskLoss
-from instseg.core.registry import create_model, get_registry, plugin_requirements
+from instseg.core.registry import create_model, get_registry, load_backbone_weights, plugin_requirements
 from instseg.errors import CheckpointError, ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,7 @@ class Trainer:
         self.dist.start(self.device.device)
         seed_everything(config.seed)
         self._build_datasets()
-        self._build_model()
+        self._build_model(initial_weights=resume is None)  # a resumed run takes its weights from last.pt
         self._build_optimisation()
         self._build_loaders()
         self._build_schedule()
@@ -251,15 +251,18 @@ class Trainer:
             val_split=cfg.val_split, val_list=cfg.val_list, augment=cfg.augment, max_instances=cfg.max_instances)
         self.mean, self.std = estimate_mean_std(self.train_set)
 
-    def _build_model(self) -> None:
+    def _build_model(self, initial_weights: bool) -> None:
         """The model (`self.model`, what checkpoints hold) and what training calls (`self.net`):
-        the same module, wrapped in DDP under torchrun and compiled with --compile."""
+        the same module, wrapped in DDP under torchrun and compiled with --compile.
+        `initial_weights`: load the `--weights` backbone state dict."""
         cfg = self.config
         spec = get_registry().model_spec(cfg.model)
         model = create_model(
             spec.name, backbone=cfg.backbone, width=cfg.width, embedding_dim=cfg.embedding_dim,
             max_instances=cfg.max_instances, mean=self.mean, std=self.std, **cfg.model_kwargs,
         ).to(self.device.device)
+        if cfg.weights and initial_weights:
+            self.console.print(load_backbone_weights(model.backbone, cfg.weights).summary())
         self.model_init = {
             "name": spec.name,
             "backbone": cfg.backbone,
