@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from instseg.cli import evaluate, models, train
+from instseg.cli import evaluate, models, predict, train
 from instseg.errors import InstsegError
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app = typer.Typer(
 app.command("models")(models.models)
 app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
+app.command("predict")(predict.predict)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -11,7 +12,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from instseg.core.clustering import ClusterParams, instances_from_outputs
 from instseg.core.interfaces import SegOutput
-from instseg.core.metrics import ImageScores, score_image, summarize
+from instseg.core.metrics import ImageScores, count_instances, score_image, summarize
+from instseg.imageio import write_rgb
+from instseg.render import colorize, embedding_rgb, panel, read_metrics, training_curves
 
 
 @dataclass
@@ -25,6 +28,7 @@ class EvalResult:
     names: list[str] = field(default_factory=list)
     scores: list[ImageScores] = field(default_factory=list)
     head_counts: list[float] = field(default_factory=list)
+    gt_counts: list[int] = field(default_factory=list)
     predictions: list[np.ndarray] = field(default_factory=list)
 
     def summary(self) -> dict[str, dict[str, float]]:
@@ -68,6 +72,28 @@ def evaluate_dataset(
             result.names.append(name)
             result.scores.append(score_image(pred.labels, labels))
             result.head_counts.append(pred.count)
+            result.gt_counts.append(count_instances(labels))
             if len(result.predictions) < keep_predictions:
                 result.predictions.append(pred.labels)
     return result
+
+
+@torch.no_grad()
+def save_epoch_pictures(run_dir: Path, epoch: int, model: torch.nn.Module, dataset: Dataset, device: torch.device,
+                        params: ClusterParams, images: int = 4) -> None:
+    """`pictures/epoch-NNN.png` (input / embedding PCA / prediction / ground truth for the
+    first validation images) and `curves.png` (from metrics.jsonl, the curves' one source)."""
+    items = [dataset[i] for i in range(min(images, len(dataset)))]
+    model.eval()
+    output = model(torch.stack([item["image"] for item in items]).to(device))
+    predictions = outputs_to_predictions(output, model.max_instances, params)
+    semantic, embedding = output.semantic.float().cpu().numpy(), output.embedding.float().cpu().numpy()
+    rows = []
+    for i, (item, pred) in enumerate(zip(items, predictions)):
+        gt = item["labels"].numpy()
+        rows.append([("input", item["image"].permute(1, 2, 0).numpy()),
+                     ("embedding (PCA)", embedding_rgb(embedding[i], semantic[i, 1] > semantic[i, 0])),
+                     (f"prediction ({int(pred.labels.max(initial=0))})", colorize(pred.labels)),
+                     (f"ground truth ({count_instances(gt)})", colorize(gt))])
+    write_rgb(run_dir / "pictures" / f"epoch-{epoch:03d}.png", panel(rows))
+    write_rgb(run_dir / "curves.png", training_curves(read_metrics(run_dir / "metrics.jsonl")))

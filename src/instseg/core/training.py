@@ -29,7 +29,7 @@ from instseg.core.checkpoint import save_checkpoint
 from instseg.core.clustering import ClusterParams
 from instseg.core.data import build_datasets, estimate_mean_std
 from instseg.core.device import DeviceChoice, resolve_device
-from instseg.core.evaluation import evaluate_dataset
+from instseg.core.evaluation import evaluate_dataset, save_epoch_pictures
 from instseg.core.config import TrainConfig
 from instseg.core.losses import LossWeights, MultiTaskLoss
 from instseg.core.registry import create_model, get_registry, plugin_requirements
@@ -140,7 +140,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _lr_lambda(total, warmup, config.scheduler))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.amp_dtype == torch.float16)
-        self.cluster = ClusterParams(method=config.cluster, seed=config.seed)
+        self.cluster = ClusterParams.from_config(asdict(config))
         self.run_dir = make_run_dir(config.out, spec.name, config.name)
         self.step = 0
 
@@ -173,6 +173,7 @@ class Trainer:
                     "seconds": time.perf_counter() - start,
                 }
                 self._append_metrics(record)
+                save_epoch_pictures(self.run_dir, epoch, self.model, self.val_set, self.device.device, self.cluster)
                 self._save("last.pt", epoch, last, best_sbd)
                 if improved:
                     self._save("best.pt", epoch, last, best_sbd)
