@@ -90,7 +90,7 @@ def _score_folders(pred: Path, gt: Path) -> tuple[str, dict[str, Any], list[Imag
     for side, names in unmatched.items():
         if names:
             shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-            err.print(f"warning: {len(names)} {side} file(s) without a partner: {escape(shown)}", highlight=False)
+            err.print(f"warning: {len(names)} {side} file(s) without a partner: {escape(shown)}", highlight=False, soft_wrap=True)
     rows = []
     for key in matched:
         p, g = read_label_map(predicted[key]), read_label_map(truth[key])
@@ -120,7 +120,7 @@ def _score_model(checkpoint: Path, data: str | None, image_size: int | None, val
     _, val_set = build_datasets(spec, image_size=size, seed=cfg["seed"], train_size=1,
                                 val_size=val_size or cfg["val_size"])
     err.print(f"evaluating {escape(ckpt['path'])} (epoch {ckpt['epoch']}) on {escape(spec)} ({len(val_set)} images, "
-              f"{size}px) on {choice.describe()}; {params.method} clustering", highlight=False)
+              f"{size}px) on {choice.describe()}; {params.method} clustering", highlight=False, soft_wrap=True)
     result = evaluate_dataset(model, val_set, choice.device, batch_size=batch_size, params=params)
     rows = [ImageRow(name, scores, gt_count, head)
             for name, scores, gt_count, head in zip(result.names, result.scores, result.gt_counts, result.head_counts)]
@@ -174,7 +174,7 @@ def _report(title: str, source: dict[str, Any], rows: list[ImageRow], target: Pa
         table.add_row("counter-head |DiC|", fmt_mean_std(head, "abs_dic"))
     out.print(table)
     worst = min(rows, key=lambda r: (r.scores.sbd, r.scores.fg_dice, r.name))
-    out.print(f"worst image: {escape(worst.name)} (SBD {worst.scores.sbd:.3f})", highlight=False)
+    out.print(f"worst image: {escape(worst.name)} (SBD {worst.scores.sbd:.3f})", highlight=False, soft_wrap=True)
 
     report = {**source, "images": len(rows), "metrics": summary}
     if head is not None:
@@ -184,4 +184,4 @@ def _report(title: str, source: dict[str, Any], rows: list[ImageRow], target: Pa
         atomic_write_text(target / "per_image.csv", per_image_csv(rows))
     except OSError as exc:
         raise ConfigError(f"--out {target}: cannot write there ({exc.strerror or exc})") from exc
-    out.print(f"wrote {escape(str(target / 'metrics.json'))} and per_image.csv", highlight=False)
+    out.print(f"wrote {escape(str(target / 'metrics.json'))} and per_image.csv", highlight=False, soft_wrap=True)

@@ -45,10 +45,10 @@ def predict(
     _make_folder(out_dir)
     for path, name in zip(paths, output_names(paths)):
         if name != path.stem:
-            err.print(f"note: {escape(str(path))} is written as {escape(name)}_label.png", highlight=False)
+            err.print(f"note: {escape(str(path))} is written as {escape(name)}_label.png", highlight=False, soft_wrap=True)
     err.print(f"predicting {len(paths)} image(s) with {escape(runner.description)} on {runner.device.describe()}; "
               f"{params.method} clustering, working size {runner.image_size}px -> {escape(str(out_dir))}",
-              highlight=False)
+              highlight=False, soft_wrap=True)
 
     failures: list[str] = []
     instances = []
@@ -66,9 +66,9 @@ def predict(
             progress.advance(task)
     if instances:
         out.print(f"wrote {len(instances)} prediction(s) to {escape(str(out_dir))} "
-                  f"({sum(instances) / len(instances):.1f} instances per image on average)", highlight=False)
+                  f"({sum(instances) / len(instances):.1f} instances per image on average)", highlight=False, soft_wrap=True)
     for message in failures:
-        err.print(f"error: {escape(message)}", highlight=False)
+        err.print(f"error: {escape(message)}", highlight=False, soft_wrap=True)
     if failures:
         raise DataError(f"{len(failures)} of {len(paths)} input(s) failed (listed above)")
 

@@ -38,6 +38,7 @@ class ClusterParams:
     sample_size: int = 4096  # points used to fit centres; all points are then assigned
     iterations: int = 30  # Lloyd / mean-shift steps at most
     restarts: int = 3  # k-means++ seedings tried; the lowest inertia wins
+    max_clusters: int = 64  # meanshift stops seeding here (bounds its cost on poor embeddings)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -46,7 +47,7 @@ class ClusterParams:
         bad = [name for name, ok in (
             ("bandwidth", self.bandwidth > 0), ("min_size", self.min_size >= 0),
             ("sample_size", self.sample_size >= 1), ("iterations", self.iterations >= 1),
-            ("restarts", self.restarts >= 1)) if not ok]
+            ("restarts", self.restarts >= 1), ("max_clusters", self.max_clusters >= 1)) if not ok]
         if bad:
             raise ConfigError(f"invalid clustering option(s): {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
 
@@ -143,8 +144,11 @@ def _shift(pool: np.ndarray, start: np.ndarray, radius2: float, iterations: int)
 def meanshift(points: np.ndarray, params: ClusterParams = ClusterParams()) -> np.ndarray:
     """Cluster N x D points by thresholding around shifted seeds; ids 0..k-1 per point.
 
-    Centres come from a subsample; every point then joins its nearest centre. A centre
-    that gathered a single sample point (an outlier) is dropped unless it is the only one.
+    Centres come from a subsample; every point then joins its nearest centre. A centre that
+    settles within the bandwidth of an earlier one (it gathered that cluster's rim) merges
+    into it, and one that gathered a single sample point (an outlier) is dropped unless it
+    is the only one. Seeding stops at `max_clusters` centres: on embeddings that never
+    formed clusters (an untrained model) the cost stays bounded.
     """
     if len(points) == 0:
         return np.zeros(0, dtype=np.int64)
@@ -153,17 +157,24 @@ def meanshift(points: np.ndarray, params: ClusterParams = ClusterParams()) -> np
     sample = _subsample(points, params.sample_size, rng)
     radius2 = float(params.bandwidth) ** 2
     unassigned = np.ones(len(sample), dtype=bool)
-    centres, support = [], []
+    centres: list[np.ndarray] = []
+    support: list[int] = []
     for seed in rng.permutation(len(sample)):
         if not unassigned[seed]:
             continue
+        if len(centres) >= params.max_clusters:
+            break
         pool_index = np.flatnonzero(unassigned)
         centre, inside = _shift(sample[pool_index], sample[seed], radius2, params.iterations)
-        members = pool_index[inside]
-        unassigned[members] = False
+        members = int(inside.sum()) + (not inside[np.searchsorted(pool_index, seed)])
+        unassigned[pool_index[inside]] = False
         unassigned[seed] = False
-        centres.append(centre)
-        support.append(len(members) + (seed not in members))
+        near = _sq_dist(centre[None], np.stack(centres))[0] if centres else np.zeros(0)
+        if len(near) and near.min() <= radius2:  # the rim of a cluster already found: join it
+            support[int(near.argmin())] += members
+        else:
+            centres.append(centre)
+            support.append(members)
     keep = np.array(support) > 1
     chosen = np.stack(centres)[keep] if keep.any() else np.stack(centres)
     return _sq_dist(points, chosen).argmin(1)
