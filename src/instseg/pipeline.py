@@ -191,8 +191,10 @@ def _pad(batch: np.ndarray, multiple: int) -> np.ndarray:
 
 def _check_outputs(outputs, n: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     semantic, embedding, count = (np.asarray(o) for o in outputs)
-    if (semantic.shape[:2] != (n, 2) or embedding.shape[0] != n or count.shape != (n, 1)
-            or semantic.shape[2:] < (h, w) or embedding.shape[2:] != semantic.shape[2:]):
+    fits = (semantic.ndim == embedding.ndim == 4 and semantic.shape[:2] == (n, 2) and embedding.shape[0] == n
+            and count.shape == (n, 1) and semantic.shape[2] >= h and semantic.shape[3] >= w
+            and embedding.shape[2:] == semantic.shape[2:])
+    if not fits:
         raise ValueError(f"runner broke its contract: got semantic {semantic.shape}, embedding {embedding.shape}, "
                          f"count {count.shape} for {n} images of {h}x{w}")
     return semantic[..., :h, :w], embedding[..., :h, :w], count

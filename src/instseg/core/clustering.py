@@ -83,10 +83,11 @@ def _kmeans_pp(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarr
     centres = [points[rng.integers(len(points))]]
     closest = _sq_dist(points, centres[0][None])[:, 0]
     for _ in range(1, k):
-        total = closest.sum()
+        weights = closest.astype(np.float64)
+        total = weights.sum()
         if total <= 0:  # every point coincides with a centre: fewer clusters than asked
             break
-        candidates = rng.choice(len(points), size=trials, p=closest / total)
+        candidates = rng.choice(len(points), size=trials, p=weights / total)
         options = np.minimum(closest[None, :], _sq_dist(points, points[candidates]).T)
         best = int(options.sum(1).argmin())
         centres.append(points[candidates[best]])
@@ -100,14 +101,23 @@ def _centre_means(points: np.ndarray, assign: np.ndarray, centres: np.ndarray) -
     return np.where(sizes > 0, (onehot.T @ points) / np.maximum(sizes, 1), centres)
 
 
+def _nearest(points: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each point's nearest centre and its squared distance minus the point's own norm
+    (constant per point, so it is left out of the argmin)."""
+    scores = (centres * centres).sum(1)[None, :] - 2.0 * points @ centres.T
+    nearest = scores.argmin(1)
+    return nearest, scores[np.arange(len(points)), nearest]
+
+
 def _lloyd(points: np.ndarray, centres: np.ndarray, iterations: int) -> tuple[np.ndarray, float]:
     for _ in range(iterations):
-        assign = _sq_dist(points, centres).argmin(1)
-        updated = _centre_means(points, assign, centres)
-        if np.allclose(updated, centres, atol=1e-5):
-            break
+        updated = _centre_means(points, _nearest(points, centres)[0], centres)
+        settled = np.allclose(updated, centres, atol=1e-5)
         centres = updated
-    return centres, float(_sq_dist(points, centres).min(1).sum())
+        if settled:
+            break
+    inertia = float((points * points).sum() + _nearest(points, centres)[1].sum())
+    return centres, inertia
 
 
 def kmeans(points: np.ndarray, k: int, params: ClusterParams = ClusterParams()) -> np.ndarray:
@@ -124,7 +134,7 @@ def kmeans(points: np.ndarray, k: int, params: ClusterParams = ClusterParams()) 
     k = int(max(1, min(k, len(sample))))
     fits = [_lloyd(sample, _kmeans_pp(sample, k, rng), params.iterations) for _ in range(params.restarts)]
     centres = min(fits, key=lambda fit: fit[1])[0]
-    return _sq_dist(points, centres).argmin(1)
+    return _nearest(points, centres)[0]
 
 
 def _shift(pool: np.ndarray, start: np.ndarray, radius2: float, iterations: int) -> tuple[np.ndarray, np.ndarray]:
@@ -177,7 +187,7 @@ def meanshift(points: np.ndarray, params: ClusterParams = ClusterParams()) -> np
             support.append(members)
     keep = np.array(support) > 1
     chosen = np.stack(centres)[keep] if keep.any() else np.stack(centres)
-    return _sq_dist(points, chosen).argmin(1)
+    return _nearest(points, chosen)[0]
 
 
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
