@@ -36,7 +36,7 @@ class ClusterParams:
     min_size: int = 0  # instances with fewer pixels are dropped (0 keeps all)
     fill_holes: bool = True
     sample_size: int = 4096  # points used to fit centres; all points are then assigned
-    iterations: int = 30  # Lloyd / mean-shift steps at most
+    iterations: int = 10  # Lloyd / mean-shift steps at most per fit
     restarts: int = 3  # k-means++ seedings tried; the lowest inertia wins
     max_clusters: int = 64  # meanshift stops seeding here (bounds its cost on poor embeddings)
     seed: int = 0
@@ -109,10 +109,11 @@ def _nearest(points: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.nd
     return nearest, scores[np.arange(len(points)), nearest]
 
 
-def _lloyd(points: np.ndarray, centres: np.ndarray, iterations: int) -> tuple[np.ndarray, float]:
+def _lloyd(points: np.ndarray, centres: np.ndarray, iterations: int, tolerance: float) -> tuple[np.ndarray, float]:
+    """Lloyd iterations until the centres move less than `tolerance` (sum of squared shifts)."""
     for _ in range(iterations):
         updated = _centre_means(points, _nearest(points, centres)[0], centres)
-        settled = np.allclose(updated, centres, atol=1e-5)
+        settled = float(((updated - centres) ** 2).sum()) <= tolerance
         centres = updated
         if settled:
             break
@@ -132,7 +133,8 @@ def kmeans(points: np.ndarray, k: int, params: ClusterParams = ClusterParams()) 
     rng = np.random.default_rng(params.seed)
     sample = _subsample(points, params.sample_size, rng)
     k = int(max(1, min(k, len(sample))))
-    fits = [_lloyd(sample, _kmeans_pp(sample, k, rng), params.iterations) for _ in range(params.restarts)]
+    tolerance = 1e-4 * float(sample.var(0).mean())  # relative to the spread of the data
+    fits = [_lloyd(sample, _kmeans_pp(sample, k, rng), params.iterations, tolerance) for _ in range(params.restarts)]
     centres = min(fits, key=lambda fit: fit[1])[0]
     return _nearest(points, centres)[0]
 
