@@ -197,6 +197,10 @@ def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], title: str, 
             draw.line(xy, fill=colour, width=2)
         for px, py in xy:
             draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
+    draw.rectangle([width - right - 114, top + 2, width - right - 2, top + 10 + 14 * len(clean)],
+                   fill=(255, 255, 255), outline=(200, 200, 200))  # the legend stays readable over lines
+    for i, name in enumerate(clean):
+        colour = SERIES_RGB[i % len(SERIES_RGB)]
         ly = top + 6 + 14 * i
         draw.line([width - right - 110, ly + 6, width - right - 92, ly + 6], fill=colour, width=3)
         draw.text((width - right - 88, ly), name, fill=(0, 0, 0), font=font)

@@ -27,6 +27,7 @@ from instseg.errors import ConfigError, DataError
 
 CLUSTER_METHODS = ("kmeans", "meanshift")
 DEFAULT_METHOD = "kmeans"
+SCREENING_STEPS = 3  # Lloyd steps that rank a k-means++ seeding before the best one is refined
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,9 @@ class ClusterParams:
     bandwidth: float = 1.5  # meanshift radius in embedding space; the loss's delta_d by default
     min_size: int = 0  # instances with fewer pixels are dropped (0 keeps all)
     fill_holes: bool = True
-    sample_size: int = 4096  # points used to fit centres; all points are then assigned
+    sample_size: int = 8192  # points used to fit centres; all points are then assigned
     iterations: int = 10  # Lloyd / mean-shift steps at most per fit
-    restarts: int = 3  # k-means++ seedings tried; the lowest inertia wins
+    restarts: int = 8  # k-means++ seedings screened (on a quarter of the sample); the best is refined
     max_clusters: int = 64  # meanshift stops seeding here (bounds its cost on poor embeddings)
     seed: int = 0
 
@@ -68,8 +69,10 @@ def _check_finite(embedding: np.ndarray) -> None:
         raise DataError("embedding contains NaN or Inf values; the model output is not usable")
 
 
-def _sq_dist(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    d = (points * points).sum(1)[:, None] - 2.0 * points @ centres.T + (centres * centres).sum(1)[None, :]
+def _sq_dist(points: np.ndarray, centres: np.ndarray, norms: np.ndarray | None = None) -> np.ndarray:
+    """N x K squared distances; `norms` (the points' squared norms) may be passed in when reused."""
+    norms = (points * points).sum(1) if norms is None else norms
+    d = norms[:, None] - 2.0 * points @ centres.T + (centres * centres).sum(1)[None, :]
     return np.maximum(d, 0.0)
 
 
@@ -80,15 +83,16 @@ def _subsample(points: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
 def _kmeans_pp(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Greedy k-means++: each new centre is the best of a few candidates drawn by D^2."""
     trials = 2 + int(math.log(k))
+    norms = (points * points).sum(1)
     centres = [points[rng.integers(len(points))]]
-    closest = _sq_dist(points, centres[0][None])[:, 0]
+    closest = _sq_dist(points, centres[0][None], norms)[:, 0]
     for _ in range(1, k):
-        weights = closest.astype(np.float64)
-        total = weights.sum()
-        if total <= 0:  # every point coincides with a centre: fewer clusters than asked
+        cumulative = np.cumsum(closest, dtype=np.float64)
+        if cumulative[-1] <= 0:  # every point coincides with a centre: fewer clusters than asked
             break
-        candidates = rng.choice(len(points), size=trials, p=weights / total)
-        options = np.minimum(closest[None, :], _sq_dist(points, points[candidates]).T)
+        draws = np.searchsorted(cumulative, rng.random(trials) * cumulative[-1], side="right")
+        candidates = np.minimum(draws, len(points) - 1)
+        options = np.minimum(closest[None, :], _sq_dist(points, points[candidates], norms).T)
         best = int(options.sum(1).argmin())
         centres.append(points[candidates[best]])
         closest = options[best]
@@ -132,10 +136,11 @@ def kmeans(points: np.ndarray, k: int, params: ClusterParams = ClusterParams()) 
     points = points.astype(np.float32, copy=False)
     rng = np.random.default_rng(params.seed)
     sample = _subsample(points, params.sample_size, rng)
-    k = int(max(1, min(k, len(sample))))
+    seeding = _subsample(sample, max(1, params.sample_size // 4), rng)
+    k = int(max(1, min(k, len(seeding))))
     tolerance = 1e-4 * float(sample.var(0).mean())  # relative to the spread of the data
-    fits = [_lloyd(sample, _kmeans_pp(sample, k, rng), params.iterations, tolerance) for _ in range(params.restarts)]
-    centres = min(fits, key=lambda fit: fit[1])[0]
+    fits = [_lloyd(seeding, _kmeans_pp(seeding, k, rng), SCREENING_STEPS, tolerance) for _ in range(params.restarts)]
+    centres, _ = _lloyd(sample, min(fits, key=lambda fit: fit[1])[0], params.iterations, tolerance)
     return _nearest(points, centres)[0]
 
 
