@@ -101,7 +101,13 @@ def test_trainer_epoch_pictures(tmp_path):
 
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train": {"loss": 1.0}, "val": {"sbd": 0.1}}) + "\n")
     save_epoch_pictures(tmp_path, 1, tiny_model("unet"), SyntheticLeaves(3, 48, split="val"), "cpu",
-                        ClusterParams(), images=2)
+                        ClusterParams(), image_size=32, images=2)
     grid = np.asarray(Image.open(tmp_path / "pictures" / "epoch-001.png"))
-    assert grid.shape[0] == 2 * (48 + 18) + 4 and grid.shape[1] == 4 * 48 + 3 * 4  # 2 rows x 4 tiles
+    assert grid.shape[0] == 2 * (32 + 18) + 4 and grid.shape[1] == 4 * 32 + 3 * 4  # 2 rows x 4 tiles at 32 px
     assert Image.open(tmp_path / "curves.png").size == (960, 320)
+    import torch
+
+    mixed = [{"image": torch.rand(3, h, w), "labels": torch.zeros(h, w, dtype=torch.int64)} for h, w in ((40, 40), (40, 60))]
+    save_epoch_pictures(tmp_path, 2, tiny_model("unet"), mixed, "cpu", ClusterParams(), image_size=20)
+    rows = np.asarray(Image.open(tmp_path / "pictures" / "epoch-002.png"))
+    assert rows.shape == (2 * (20 + 18) + 4, 4 * 30 + 3 * 4, 3)  # images of different sizes, one row each

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from instseg.core.clustering import ClusterParams, instances_from_outputs
 from instseg.core.interfaces import SegOutput
 from instseg.core.metrics import ImageScores, count_instances, score_image, summarize
-from instseg.imageio import write_rgb
+from instseg.imageio import resize_image, resize_labels, working_size, write_rgb
 from instseg.render import colorize, embedding_rgb, panel, read_metrics, training_curves
 
 
@@ -80,19 +80,22 @@ def evaluate_dataset(
 
 @torch.no_grad()
 def save_epoch_pictures(run_dir: Path, epoch: int, model: torch.nn.Module, dataset: Dataset, device: torch.device,
-                        params: ClusterParams, images: int = 4) -> None:
+                        params: ClusterParams, image_size: int, images: int = 4) -> None:
     """`pictures/epoch-NNN.png` (input / embedding PCA / prediction / ground truth for the
-    first validation images) and `curves.png` (from metrics.jsonl, the curves' one source)."""
-    items = [dataset[i] for i in range(min(images, len(dataset)))]
+    first validation images, each at its working size) and `curves.png` (from
+    metrics.jsonl, the curves' one source). Images go through the model one by one, so
+    datasets whose images differ in size work too."""
     model.eval()
-    output = model(torch.stack([item["image"] for item in items]).to(device))
-    predictions = outputs_to_predictions(output, model.max_instances, params)
-    semantic, embedding = output.semantic.float().cpu().numpy(), output.embedding.float().cpu().numpy()
     rows = []
-    for i, (item, pred) in enumerate(zip(items, predictions)):
-        gt = item["labels"].numpy()
-        rows.append([("input", item["image"].permute(1, 2, 0).numpy()),
-                     ("embedding (PCA)", embedding_rgb(embedding[i], semantic[i, 1] > semantic[i, 0])),
+    for index in range(min(images, len(dataset))):
+        item = dataset[index]
+        image = item["image"].permute(1, 2, 0).numpy()
+        size = working_size(*image.shape[:2], image_size)
+        image, gt = resize_image(image, size), resize_labels(item["labels"].numpy(), size)
+        output = model(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(device))
+        [pred] = outputs_to_predictions(output, model.max_instances, params)
+        semantic, embedding = output.semantic[0].float().cpu().numpy(), output.embedding[0].float().cpu().numpy()
+        rows.append([("input", image), ("embedding (PCA)", embedding_rgb(embedding, semantic[1] > semantic[0])),
                      (f"prediction ({int(pred.labels.max(initial=0))})", colorize(pred.labels)),
                      (f"ground truth ({count_instances(gt)})", colorize(gt))])
     write_rgb(run_dir / "pictures" / f"epoch-{epoch:03d}.png", panel(rows))

@@ -173,7 +173,8 @@ class Trainer:
                     "seconds": time.perf_counter() - start,
                 }
                 self._append_metrics(record)
-                save_epoch_pictures(self.run_dir, epoch, self.model, self.val_set, self.device.device, self.cluster)
+                save_epoch_pictures(self.run_dir, epoch, self.model, self.val_set, self.device.device, self.cluster,
+                                    cfg.image_size)
                 self._save("last.pt", epoch, last, best_sbd)
                 if improved:
                     self._save("best.pt", epoch, last, best_sbd)
