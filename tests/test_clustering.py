@@ -1,14 +1,20 @@
 import numpy as np
 import pytest
 
-from instseg.core.clustering import cluster_embeddings, instances_from_outputs, kmeans, relabel_sequential
+from instseg.core.clustering import (ClusterParams, cluster_embeddings, connected_components, fill_holes,
+                                     instances_from_outputs, kmeans, meanshift, postprocess, relabel_sequential,
+                                     remove_small)
 from instseg.core.metrics import symmetric_best_dice
+from instseg.errors import ConfigError, DataError
+
+METHODS = ["kmeans", "meanshift"]
 
 
-def blobs(k=4, per=50, dim=8, seed=0):
+def blobs(k=4, per=50, dim=8, seed=0, spread=0.1):
+    """k tight clusters whose centres lie ~7 apart (more than 2 x the default bandwidth)."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 5, (k, dim))
-    points = np.concatenate([c + rng.normal(0, 0.1, (per, dim)) for c in centres])
+    points = np.concatenate([c + rng.normal(0, spread, (per, dim)) for c in centres])
     return points.astype(np.float32), np.repeat(np.arange(k), per)
 
 
@@ -18,15 +24,59 @@ def test_kmeans_recovers_separated_clusters():
     assert symmetric_best_dice(found[None] + 1, truth[None] + 1) == 1.0
 
 
+def test_meanshift_finds_the_number_of_clusters_itself():
+    points, truth = blobs(k=6, per=40)
+    found = meanshift(points, ClusterParams(method="meanshift"))
+    assert len(np.unique(found)) == 6
+    assert symmetric_best_dice(found[None] + 1, truth[None] + 1) == 1.0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_subsampled_fit_still_labels_every_point_right(method):
+    points, truth = blobs(k=12, per=800, dim=16, spread=0.15)  # 9600 points > sample_size
+    params = ClusterParams(method=method, sample_size=1024)
+    found = kmeans(points, 12, params) if method == "kmeans" else meanshift(points, params)
+    assert symmetric_best_dice(found[None] + 1, truth[None] + 1) == 1.0
+
+
+def test_meanshift_bandwidth_decides_what_is_one_instance():
+    points = np.array([[0.0], [0.2], [3.0], [3.2]], np.float32)
+    assert len(np.unique(meanshift(points, ClusterParams(method="meanshift", bandwidth=0.5)))) == 2
+    assert len(np.unique(meanshift(points, ClusterParams(method="meanshift", bandwidth=5.0)))) == 1
+
+
+def test_meanshift_drops_single_point_outliers_into_their_nearest_cluster():
+    points, _ = blobs(k=2, per=30)
+    points = np.concatenate([points, points[:1] + 4.0])  # one stray point between nothing
+    found = meanshift(points, ClusterParams(method="meanshift"))
+    assert len(np.unique(found)) == 2
+
+
+def test_meanshift_on_structureless_embeddings_stops_at_max_clusters():
+    points = np.random.default_rng(0).normal(size=(3000, 8)).astype(np.float32)
+    found = meanshift(points, ClusterParams(method="meanshift", bandwidth=0.3, max_clusters=10))
+    assert len(np.unique(found)) <= 10 and len(found) == 3000
+
+
 def test_more_clusters_than_points():
     points = np.zeros((3, 4), np.float32)
     assert kmeans(points, 10).max() == 0  # identical points -> one cluster, no crash
     assert len(np.unique(kmeans(np.eye(3, dtype=np.float32), 10))) == 3
 
 
-def test_empty_foreground_gives_all_zero_map():
-    out = cluster_embeddings(np.random.rand(4, 8, 8), np.zeros((8, 8), bool), 5)
-    assert out.shape == (8, 8) and not out.any()
+@pytest.mark.parametrize("method", METHODS)
+def test_more_instances_asked_than_foreground_pixels(method):
+    emb = np.random.default_rng(0).normal(size=(4, 5, 5)).astype(np.float32)
+    fg = np.zeros((5, 5), bool)
+    fg[0, :2] = True
+    out = cluster_embeddings(emb, fg, 20, ClusterParams(method=method, bandwidth=0.01))
+    assert set(np.unique(out[fg])) <= {1, 2} and not out[~fg].any()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_empty_foreground_gives_all_zero_map(method):
+    out = cluster_embeddings(np.random.rand(4, 8, 8), np.zeros((8, 8), bool), 5, ClusterParams(method=method))
+    assert out.shape == (8, 8) and out.dtype == np.int32 and not out.any()
 
 
 def test_count_zero_still_yields_one_instance():
@@ -36,12 +86,121 @@ def test_count_zero_still_yields_one_instance():
     assert set(np.unique(out)) == {0, 1} and (out > 0).sum() == 4
 
 
-def test_nan_embeddings_are_refused():
+@pytest.mark.parametrize("method", METHODS)
+def test_a_single_instance(method):
+    sem = np.zeros((2, 8, 8))
+    sem[1, 1:7, 1:7] = 1
+    emb = np.full((3, 8, 8), 0.3) + np.random.default_rng(0).normal(0, 0.05, (3, 8, 8))
+    out = instances_from_outputs(sem, emb, count=1 / 20, max_instances=20, params=ClusterParams(method=method))
+    assert out[1:7, 1:7].min() == 1 and out.max() == 1 and (out > 0).sum() == 36
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_embeddings_are_refused(method, bad):
     emb = np.zeros((2, 4, 4))
-    emb[0, 0, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN or Inf"):
-        cluster_embeddings(emb, np.ones((4, 4), bool), 2)
+    emb[0, 0, 0] = bad
+    with pytest.raises(DataError, match="NaN or Inf"):
+        cluster_embeddings(emb, np.ones((4, 4), bool), 2, ClusterParams(method=method))
+
+
+def test_instances_follow_embeddings_on_an_image():
+    labels = np.zeros((12, 12), np.int32)
+    labels[1:5, 1:5], labels[1:5, 7:11], labels[7:11, 2:10] = 1, 2, 3
+    emb = np.stack([labels * 3.0, -labels * 2.0]).astype(np.float32)
+    sem = np.stack([(labels == 0) * 1.0, (labels > 0) * 1.0])
+    for method in METHODS:
+        out = instances_from_outputs(sem, emb, 3 / 20, 20, ClusterParams(method=method))
+        assert symmetric_best_dice(out, labels) == 1.0
+
+
+def test_same_seed_same_result_and_params_are_validated():
+    points, _ = blobs(k=5, per=100, spread=0.8)
+    for method in METHODS:
+        params = ClusterParams(method=method)
+        run = kmeans if method == "kmeans" else (lambda p, k, prm: meanshift(p, prm))
+        assert np.array_equal(run(points, 5, params), run(points, 5, params))
+    with pytest.raises(ConfigError, match="unknown clustering method 'dbscan'"):
+        ClusterParams(method="dbscan")
+    with pytest.raises(ConfigError, match="bandwidth=0"):
+        ClusterParams(bandwidth=0)
+
+
+def test_override_and_run_defaults():
+    base = ClusterParams.from_config({"cluster": "meanshift", "delta_d": 2.0, "seed": 7})
+    assert (base.method, base.bandwidth, base.seed) == ("meanshift", 2.0, 7)
+    changed = base.override(method="kmeans", min_size=None, fill_holes=False)
+    assert (changed.method, changed.min_size, changed.fill_holes, changed.bandwidth) == ("kmeans", 0, False, 2.0)
 
 
 def test_relabel_sequential():
     assert relabel_sequential(np.array([[0, 7], [3, 7]])).tolist() == [[0, 2], [1, 2]]
+
+
+def test_remove_small_drops_instances_under_min_size():
+    labels = np.array([[1, 1, 1, 0], [2, 0, 3, 3]])
+    assert remove_small(labels, 2).tolist() == [[1, 1, 1, 0], [0, 0, 3, 3]]
+    assert remove_small(labels, 0) is labels
+
+
+def flood_fill_components(mask):
+    """Reference labelling: breadth-first flood fill, one component at a time."""
+    out = np.full(mask.shape, -1)
+    for start in zip(*np.nonzero(mask)):
+        if out[start] >= 0:
+            continue
+        root = start[0] * mask.shape[1] + start[1]
+        stack = [start]
+        while stack:
+            y, x = stack.pop()
+            if 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and mask[y, x] and out[y, x] < 0:
+                out[y, x] = root
+                stack += [(y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)]
+    return out
+
+
+def spiral(n):
+    """A one-pixel-wide corridor winding inwards: the slowest case for label propagation."""
+    mask = np.zeros((n, n), bool)
+    y, x, dy, dx = 0, 0, 0, 1
+    for _ in range(n * n):
+        mask[y, x] = True
+        ny, nx = y + 2 * dy, x + 2 * dx
+        if not (0 <= ny < n and 0 <= nx < n) or mask[ny, nx]:
+            dy, dx = dx, -dy
+            ny, nx = y + 2 * dy, x + 2 * dx
+            if not (0 <= ny < n and 0 <= nx < n) or mask[ny, nx]:
+                break
+        mask[y + dy, x + dx] = True
+        y, x = ny, nx
+    return mask
+
+
+@pytest.mark.parametrize("mask", [np.random.default_rng(1).random((23, 31)) > 0.4, spiral(21),
+                                  np.zeros((3, 4), bool), np.ones((3, 4), bool)],
+                         ids=["random", "spiral", "empty", "full"])
+def test_connected_components_match_a_flood_fill(mask):
+    assert np.array_equal(connected_components(mask), flood_fill_components(mask))
+
+
+def test_fill_holes_only_fills_background_enclosed_by_one_instance():
+    labels = np.zeros((7, 9), np.int64)
+    labels[1:6, 1:5] = 1
+    labels[3, 2] = 0  # a hole inside instance 1 -> filled
+    labels[1:6, 5:8] = 2
+    labels[3, 4:6] = 0  # a gap between instances 1 and 2 -> stays background
+    labels[0, 6] = 0  # touches the border -> stays background
+    filled = fill_holes(labels)
+    assert filled[3, 2] == 1
+    assert filled[3, 4] == 0 and filled[3, 5] == 0
+    assert (filled != labels).sum() == 1
+
+
+def test_postprocess_drops_fragments_then_fills_the_hole_they_leave():
+    labels = np.zeros((6, 6), np.int64)
+    labels[1:5, 1:5] = 4
+    labels[2, 2] = 9  # a one-pixel fragment inside instance 4
+    out = postprocess(labels, ClusterParams(min_size=2))
+    assert out[1:5, 1:5].min() == 1 and out.max() == 1
+    kept = postprocess(labels, ClusterParams(min_size=2, fill_holes=False))
+    assert kept[2, 2] == 0 and kept.max() == 1

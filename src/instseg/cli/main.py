@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from instseg.cli import data, evaluate, models, plugins, train
+from instseg.cli import data, evaluate, models, plugins, predict, train
 from instseg.errors import InstsegError
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.command("models")(models.models)
 app.command("plugins")(plugins.plugins)
 app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
+app.command("predict")(predict.predict)
 app.add_typer(data.app, name="data")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from instseg.core.clustering import CLUSTER_METHODS, DEFAULT_METHOD
 from instseg.errors import ConfigError
 
 OPTIMIZERS = ("adam", "adamw")
@@ -45,7 +46,7 @@ class TrainConfig:
     delta_v: float = 0.5
     delta_d: float = 1.5
     loss_weights: dict[str, float] = field(default_factory=_default_loss_weights)
-    cluster: str = "kmeans"
+    cluster: str = DEFAULT_METHOD  # clustering for validation and the run's prediction default
     device: str = "auto"
     amp: bool = True
     compile: bool = False  # torch.compile the training forward
@@ -75,6 +76,8 @@ class TrainConfig:
             raise ConfigError(f"invalid training option(s): {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"--optimizer {self.optimizer}: choose from {', '.join(OPTIMIZERS)}")
+        if self.cluster not in CLUSTER_METHODS:
+            raise ConfigError(f"--cluster {self.cluster}: choose from {', '.join(CLUSTER_METHODS)}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"--scheduler {self.scheduler}: choose from {', '.join(SCHEDULERS)}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -13,8 +14,9 @@ from instseg.core.clustering import ClusterParams, instances_from_outputs
 from instseg.core.data.loaders import eval_loader
 from instseg.core.data.transforms import resize_image_tensor
 from instseg.core.interfaces import SegOutput
-from instseg.core.metrics import ImageScores, score_image, summarize
-from instseg.imageio import resize_labels, working_size
+from instseg.core.metrics import ImageScores, count_instances, score_image, summarize
+from instseg.imageio import resize_image, resize_labels, working_size, write_rgb
+from instseg.render import colorize, embedding_rgb, panel, read_metrics, training_curves
 
 
 @dataclass
@@ -28,6 +30,7 @@ class EvalResult:
     names: list[str] = field(default_factory=list)
     scores: list[ImageScores] = field(default_factory=list)
     head_counts: list[float] = field(default_factory=list)
+    gt_counts: list[int] = field(default_factory=list)
     predictions: list[np.ndarray] = field(default_factory=list)
 
     def summary(self) -> dict[str, dict[str, float]]:
@@ -81,6 +84,31 @@ def evaluate_dataset(
             result.names.append(name)
             result.scores.append(score_image(predicted, labels))
             result.head_counts.append(pred.count)
+            result.gt_counts.append(count_instances(labels))
             if len(result.predictions) < keep_predictions:
                 result.predictions.append(predicted)
     return result
+
+
+@torch.no_grad()
+def save_epoch_pictures(run_dir: Path, epoch: int, model: torch.nn.Module, dataset: Dataset, device: torch.device,
+                        params: ClusterParams, image_size: int, images: int = 4) -> None:
+    """`pictures/epoch-NNN.png` (input / embedding PCA / prediction / ground truth for the
+    first validation images, each at its working size) and `curves.png` (from
+    metrics.jsonl, the curves' one source). Images go through the model one by one, so
+    datasets whose images differ in size work too."""
+    model.eval()
+    rows = []
+    for index in range(min(images, len(dataset))):
+        item = dataset[index]
+        image = item["image"].permute(1, 2, 0).numpy()
+        size = working_size(*image.shape[:2], image_size)
+        image, gt = resize_image(image, size), resize_labels(item["labels"].numpy(), size)
+        output = model(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(device))
+        [pred] = outputs_to_predictions(output, model.max_instances, params)
+        semantic, embedding = output.semantic[0].float().cpu().numpy(), output.embedding[0].float().cpu().numpy()
+        rows.append([("input", image), ("embedding (PCA)", embedding_rgb(embedding, semantic[1] > semantic[0])),
+                     (f"prediction ({int(pred.labels.max(initial=0))})", colorize(pred.labels)),
+                     (f"ground truth ({count_instances(gt)})", colorize(gt))])
+    write_rgb(run_dir / "pictures" / f"epoch-{epoch:03d}.png", panel(rows))
+    write_rgb(run_dir / "curves.png", training_curves(read_metrics(run_dir / "metrics.jsonl")))

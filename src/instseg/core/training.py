@@ -47,7 +47,7 @@ from instseg.core.config import TrainConfig
 from instseg.core.data import build_datasets, estimate_mean_std, eval_loader
 from instseg.core.device import DeviceChoice, check_compile_supported, resolve_device
 from instseg.core.distributed import DistContext, GlobalBatchSampler
-from instseg.core.evaluation import EvalResult, evaluate_dataset
+from instseg.core.evaluation import EvalResult, evaluate_dataset, save_epoch_pictures
 from instseg.core.losses import LossWeights, MultiTaskLoss
 from instseg.core.registry import create_model, get_registry, load_backbone_weights, plugin_requirements
 from instseg.errors import CheckpointError, ConfigError, TrainingError
@@ -221,7 +221,7 @@ class Trainer:
         self._build_loaders()
         self._build_schedule()
         seed_everything(config.seed + self.dist.rank)  # model init is identical everywhere; data randomness is not
-        self.cluster = ClusterParams(method=config.cluster, seed=config.seed)
+        self.cluster = ClusterParams.from_config(asdict(config))
         self.epoch, self.epoch_step, self.step, self.epoch_done = 1, 0, 0, False
         self.stats = EpochStats()
         self.nonfinite_streak = 0
@@ -524,6 +524,8 @@ class Trainer:
             "seconds": self._elapsed(),
         }
         self.dist.run_on_main(lambda: self._append_metrics(record))
+        self.dist.run_on_main(lambda: save_epoch_pictures(
+            self.run_dir, self.epoch, self.model, self.val_set, self.device.device, self.cluster, cfg.image_size))
         self._save(best=improved)
         self.console.print(
             f"epoch {self.epoch:>3}/{cfg.epochs}  loss {train.get('loss', float('nan')):.4f}  "

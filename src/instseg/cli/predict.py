@@ -1,0 +1,85 @@
+"""`instseg predict`: instance label maps and pictures for images, with a PyTorch checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from instseg.cli.cluster_options import Bandwidth, Cluster, FillHoles, MinSize, cluster_params
+from instseg.cli.console import err, out
+from instseg.errors import ConfigError, DataError
+
+
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="A run directory (uses best.pt) or a checkpoint file.")],
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or globs (quote globs).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the outputs (flat; created if needed).")] = Path(
+        "predictions"),
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass (images of one size share one).")] = 4,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    cluster: Cluster = None,
+    min_size: MinSize = None,
+    fill_holes: FillHoles = None,
+    bandwidth: Bandwidth = None,
+    overlays: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write <stem>_overlay.png.")] = True,
+    panels: Annotated[bool, typer.Option(help="Write <stem>_panel.png: input / prediction / ground truth.")] = False,
+    gt: Annotated[Optional[Path], typer.Option(help="Ground-truth label PNGs for the panels (matched by name).")] = None,
+    embeddings: Annotated[bool, typer.Option(help="Write <stem>_embedding.png: 3 PCA components as RGB.")] = False,
+) -> None:
+    """Write <stem>_label.png (16-bit instance ids, input size) and <stem>_overlay.png per image."""
+    from instseg.core.runner import TorchRunner
+    from instseg.pipeline import (OutputOptions, Prediction, gather_inputs, label_files, output_names, predict,
+                                  write_prediction)
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
+    paths = gather_inputs(inputs)
+    options = OutputOptions(overlay=overlays, panels=panels, embeddings=embeddings,
+                            gt_files=label_files(gt) if gt is not None else {})
+    runner = TorchRunner.from_checkpoint(checkpoint, device)
+    params = cluster_params(runner.cluster, cluster, min_size, fill_holes, bandwidth)
+    _make_folder(out_dir)
+    for path, name in zip(paths, output_names(paths)):
+        if name != path.stem:
+            err.print(f"note: {escape(str(path))} is written as {escape(name)}_label.png", highlight=False, soft_wrap=True)
+    err.print(f"predicting {len(paths)} image(s) with {escape(runner.description)} on {runner.device.describe()}; "
+              f"{params.method} clustering, working size {runner.image_size}px -> {escape(str(out_dir))}",
+              highlight=False, soft_wrap=True)
+
+    failures: list[str] = []
+    instances = []
+    with _progress() as progress:
+        task = progress.add_task("predict", total=len(paths))
+        for result in predict(paths, runner, params, batch_size):
+            if isinstance(result, Prediction):
+                try:
+                    write_prediction(result, out_dir, options)
+                    instances.append(int(result.labels.max(initial=0)))
+                except DataError as exc:  # this image's ground truth or files failed: report below, go on
+                    failures.append(str(exc))
+            else:
+                failures.append(result.message)
+            progress.advance(task)
+    if instances:
+        out.print(f"wrote {len(instances)} prediction(s) to {escape(str(out_dir))} "
+                  f"({sum(instances) / len(instances):.1f} instances per image on average)", highlight=False, soft_wrap=True)
+    for message in failures:
+        err.print(f"error: {escape(message)}", highlight=False, soft_wrap=True)
+    if failures:
+        raise DataError(f"{len(failures)} of {len(paths)} input(s) failed (listed above)")
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {folder}: cannot create folder ({exc.strerror or exc})") from exc
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+                    TimeRemainingColumn(), console=err, transient=False)
