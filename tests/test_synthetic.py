@@ -52,3 +52,20 @@ def test_dataset_items():
     assert item["name"] == "synthetic-val-00002"
     with pytest.raises(IndexError):
         ds[3]
+
+
+def test_rendered_items_are_cached_and_identical():
+    ds = SyntheticLeaves(2, 64)
+    first = ds[1]
+    assert 1 in ds._cache
+    again = ds[1]
+    assert np.array_equal(first["image"].numpy(), again["image"].numpy())
+    assert np.array_equal(first["labels"].numpy(), again["labels"].numpy())
+
+
+def test_cache_respects_its_budget(monkeypatch):
+    monkeypatch.setattr(SyntheticLeaves, "CACHE_BYTES", 64 * 64 * 5)  # one RGB image + uint16 labels
+    ds = SyntheticLeaves(3, 64)
+    for i in range(3):
+        ds[i]
+    assert list(ds._cache) == [0]

@@ -34,7 +34,7 @@ class TrainConfig:
     val_split: float = 0.2  # file datasets: seeded fraction of images for validation
     val_list: str | None = None  # file datasets: stems of the validation images (overrides val_split)
     augment: bool = True  # file datasets: paired flips, rotations, zoom, colour jitter, blur
-    epochs: int = 12
+    epochs: int = 6
     batch_size: int = 8  # per process; the global batch is batch_size x accumulate x processes
     accumulate: int = 1  # micro-batches whose gradients add up to one optimizer step
     optimizer: str = "adamw"
