@@ -120,6 +120,17 @@ sys.meta_path.insert(0, NoTorch())
 '''
 
 
+def test_runtime_and_infer_modules_import_no_torch():
+    import instseg.cli.infer
+    import instseg.runtime
+
+    files = [*Path(instseg.runtime.__file__).parent.rglob("*.py"), Path(instseg.cli.infer.__file__)]
+    imports = [f"{path.name}:{number}" for path in files
+               for number, line in enumerate(path.read_text().splitlines(), 1)
+               if re.match(r"\s*(import|from)\s+torch\b", line)]
+    assert len(files) >= 5 and not imports
+
+
 def test_infer_runs_where_torch_cannot_be_imported(exported, images, tmp_path):
     path, _ = exported
     blocker = tmp_path / "blocker"
