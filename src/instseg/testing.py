@@ -1,11 +1,13 @@
 """Checks a model must pass, shared by instseg's own tests and by plugin authors.
 
-    from instseg.testing import check_backbone, check_forward_shapes, check_backward, plugin_models
+    from instseg.testing import (check_backbone, check_forward_shapes, check_backward, check_onnx_parity,
+                                 plugin_models)
 
     @pytest.mark.parametrize("name", plugin_models("instseg-mything"))
     def test_my_model(name):
         check_forward_shapes(name)
         check_backward(name)
+        check_onnx_parity(name)
 
 Every check builds a tiny-width instance (`width=TINY_WIDTH`), runs on the CPU and raises
 AssertionError with a message naming the model when the contract is broken. The plugin
@@ -19,12 +21,14 @@ import contextlib
 import importlib
 import os
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import torch
 
+from instseg.core.clustering import ClusterParams
 from instseg.core.data.synthetic import render_plant
 from instseg.core.interfaces import SegOutput
 from instseg.core.losses import MultiTaskLoss
@@ -36,9 +40,14 @@ from instseg.core.registry import (
     Registry,
     create_backbone,
     create_model,
+    get_registry,
     normalise_distribution,
+    plugin_requirements,
     reset_registry,
 )
+
+if TYPE_CHECKING:
+    from instseg.exporters.onnx import ExportResult
 
 TINY_WIDTH = 4
 SHAPES = ((64, 64), (72, 88))
@@ -130,6 +139,38 @@ def check_backbone(name: str, size: int | None = None, batch: int = 2, **kwargs:
         for i, (f, c, s) in enumerate(zip(features, channels, strides)):
             expected = (batch, c, side // s, side // s)
             assert tuple(f.shape) == expected, f"{name}: feature {i} is {tuple(f.shape)}, declared {expected}"
+
+
+def check_onnx_parity(name: str, path: str | os.PathLike | None = None, image_size: int = 64, fp16: bool = False,
+                      **kwargs: Any) -> "ExportResult":
+    """Export a tiny instance as `instseg export --onnx` would and compare ONNX Runtime with PyTorch.
+
+    The model's ExportCaps choose the exporter and the dynamic axes; ONNX Runtime (CPU) must
+    match PyTorch on all three outputs (rtol 1e-3, atol 1e-5) at the export shape (batch 2,
+    `image_size` rounded up to the model's multiple) and, for a dynamic graph, at a second
+    shape (batch 1, larger and not square). `path` keeps the file (a temporary folder is used
+    otherwise); `kwargs` reach `create_model` (e.g. `backbone=`). fp16 parity is returned,
+    not asserted. Returns the ExportResult: plan, metadata and the error of every output.
+    """
+    from instseg.exporters.onnx import ExportError, ExportRequest, export_onnx
+
+    spec = get_registry().model_spec(name)
+    model = tiny_model(name, **kwargs).eval()
+    backbone = None if spec.fused else kwargs.get("backbone") or spec.default_backbone
+    request = ExportRequest(model=model, name=spec.name, backbone=backbone, caps=spec.export, image_size=image_size,
+                            cluster=ClusterParams(), plugins=plugin_requirements(spec.name, backbone),
+                            source=f"instseg.testing.tiny_model({name!r})", fp16=fp16)
+    with contextlib.ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory())) if path is None else None
+        try:
+            result = export_onnx(request, Path(path) if path is not None else folder / f"{name}.onnx")
+        except ExportError as exc:
+            raise AssertionError(str(exc)) from exc
+    misses = [f"{'x'.join(map(str, r.shape))} {r.output}: " + (r.error or f"max abs {r.max_abs:.2e} ({r.tolerance})")
+              for r in result.parity if not r.ok]
+    assert fp16 or not misses, f"{name}: ONNX Runtime differs from PyTorch ({result.plan.describe()}): " \
+                               + "; ".join(misses)
+    return result
 
 
 @contextlib.contextmanager

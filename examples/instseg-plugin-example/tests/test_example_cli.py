@@ -1,7 +1,7 @@
-"""From the outside: the installed plugin shows up in the CLI and trains from it.
+"""From the outside: the installed plugin shows up in the CLI, trains, exports to ONNX and infers.
 
-Export and inference tests go here too, on the same `trained_run` fixture (conftest.py),
-which already covers both the plugin's model and its backbone under a built-in decoder.
+Every test using the `trained_run` fixture (conftest.py) runs for both the plugin's model and
+its backbone under a built-in decoder.
 """
 
 import json
@@ -14,6 +14,9 @@ from typer.testing import CliRunner
 
 from instseg.cli.main import app
 from instseg.core.checkpoint import build_model, load_checkpoint
+from instseg.core.data.synthetic import render_plant
+from instseg.imageio import read_label_map, write_rgb
+from instseg.runtime import OnnxRunner
 
 DIST = "instseg-plugin-example"
 runner = CliRunner()
@@ -59,3 +62,24 @@ def test_evaluate_runs_on_the_trained_model(trained_run, tmp_path):
     result = runner.invoke(app, ["evaluate", str(trained_run), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "metrics.json").read_text())["images"] == 2
+
+
+def test_exports_to_onnx_and_infers_without_the_plugin(trained_run, tmp_path):
+    model = tmp_path / "model.onnx"
+    result = runner.invoke(app, ["export", str(trained_run), "--onnx", "-o", str(model)])
+    assert result.exit_code == 0, result.output  # exit 1 would mean ONNX Runtime differs from PyTorch
+    assert "FAILED" not in result.output and f"next: instseg infer {model}" in result.output
+    assert OnnxRunner.open(model, "cpu").info.plugins[DIST] == "0.1.0"  # provenance recorded
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, size in enumerate([(64, 64), (50, 70)]):
+        write_rgb(images / f"plant{i}.png", render_plant(3, i, size, split="val")[0])
+    # the graph is self-contained: inference runs with third-party plugins disabled
+    env = {**os.environ, "INSTSEG_DISABLE_PLUGINS": "1"}
+    env.pop("INSTSEG_PLUGINS", None)
+    infer = subprocess.run([sys.executable, "-m", "instseg", "infer", str(model), str(images), "--out",
+                            str(tmp_path / "out"), "--provider", "cpu"], capture_output=True, text=True, env=env)
+    assert infer.returncode == 0, infer.stderr
+    assert read_label_map(tmp_path / "out" / "plant1_label.png").shape == (50, 70)
+    assert (tmp_path / "out" / "plant0_overlay.png").is_file()

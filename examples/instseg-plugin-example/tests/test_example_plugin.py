@@ -7,6 +7,7 @@ from instseg.testing import (
     check_backbone,
     check_backward,
     check_forward_shapes,
+    check_onnx_parity,
     check_overfit,
     plugin_backbones,
     plugin_models,
@@ -46,6 +47,15 @@ def test_backward_gives_finite_gradients(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_overfits_two_images(name):
     check_overfit(name, steps=40, lr=5e-3)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_exports_to_onnx_as_declared_with_parity(name, tmp_path):
+    # dynamo exporter, dynamic batch, H and W (the spec's ExportCaps); ONNX Runtime matches
+    # PyTorch on all three outputs at two shapes, and the file records this distribution
+    result = check_onnx_parity(name, tmp_path / f"{name}.onnx")
+    assert result.plan.exporter == "dynamo" and result.plan.static_size is None and result.plan.dynamic_batch
+    assert result.info.plugins == {DIST: "0.1.0"}
 
 
 def test_encoder_pyramid_follows_mobilenetv2_ratios():

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from instseg.cli import data, evaluate, models, plugins, predict, train
+from instseg.cli import data, evaluate, export, infer, models, plugins, predict, train
 from instseg.errors import InstsegError
 
 app = typer.Typer(
@@ -22,6 +22,8 @@ app.command("plugins")(plugins.plugins)
 app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
 app.command("predict")(predict.predict)
+app.command("export")(export.export)
+app.command("infer")(infer.infer)
 app.add_typer(data.app, name="data")
 
 

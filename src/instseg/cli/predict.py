@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -12,6 +12,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from instseg.cli.cluster_options import Bandwidth, Cluster, FillHoles, MinSize, cluster_params
 from instseg.cli.console import err, out
 from instseg.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from instseg.core.clustering import ClusterParams
+    from instseg.pipeline import OutputOptions, Runner
 
 
 def predict(
@@ -32,8 +36,7 @@ def predict(
 ) -> None:
     """Write <stem>_label.png (16-bit instance ids, input size) and <stem>_overlay.png per image."""
     from instseg.core.runner import TorchRunner
-    from instseg.pipeline import (OutputOptions, Prediction, gather_inputs, label_files, output_names, predict,
-                                  write_prediction)
+    from instseg.pipeline import OutputOptions, gather_inputs, label_files
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
@@ -42,11 +45,21 @@ def predict(
                             gt_files=label_files(gt) if gt is not None else {})
     runner = TorchRunner.from_checkpoint(checkpoint, device)
     params = cluster_params(runner.cluster, cluster, min_size, fill_holes, bandwidth)
+    predict_to_folder(paths, runner, params, batch_size, out_dir, options,
+                      f"{runner.description} on {runner.device.describe()}")
+
+
+def predict_to_folder(paths: list[Path], runner: Runner, params: ClusterParams, batch_size: int, out_dir: Path,
+                      options: OutputOptions, source: str) -> None:
+    """Run the pipeline and write every prediction (shared by `predict` and `infer`): progress
+    on stderr, a summary on stdout, every failure listed, and a DataError when any input failed."""
+    from instseg.pipeline import Prediction, output_names, predict, write_prediction
+
     _make_folder(out_dir)
     for path, name in zip(paths, output_names(paths)):
         if name != path.stem:
             err.print(f"note: {escape(str(path))} is written as {escape(name)}_label.png", highlight=False, soft_wrap=True)
-    err.print(f"predicting {len(paths)} image(s) with {escape(runner.description)} on {runner.device.describe()}; "
+    err.print(f"predicting {len(paths)} image(s) with {escape(source)}; "
               f"{params.method} clustering, working size {runner.image_size}px -> {escape(str(out_dir))}",
               highlight=False, soft_wrap=True)
 

@@ -20,11 +20,16 @@ from instseg.core.registry import ExportCaps, ModelSpec
 from instseg.plugins.blocks import COORD_CHANNELS, ReNet, add_coordinates
 from instseg.plugins.unet import UpBlock
 
-# ReNet reshapes name their channel sizes; dynamo then exports dynamic H, W declared as
-# multiples of 16 (DESIGN.md), so the model pads to 16 as well.
+# ReNet reshapes name their channel sizes, and the model pads to 16 so that H, W can be
+# declared as multiples of 16. Both exporters then give a dynamic graph with ONNX GRU ops, but
+# dynamo reaches it through a while-loop GRU decomposition that takes ~30 s per export and
+# fails on a second export in the same process (torch 2.13); the legacy exporter writes the
+# same graph in under a second, so it is the one that works here (exporters/onnx.py).
 RENET_MULTIPLE = 16
 RENET_EXPORT = ExportCaps(
-    dynamic_hw=True, notes="ReNet GRUs: declare H, W as multiples of 16 for a dynamic dynamo export")
+    dynamic_hw=True, exporter="legacy",
+    notes="ReNet GRUs: legacy exporter (dynamo is ~30x slower on GRUs and fails on a second export in a "
+          "process); dynamic batch, H and W")
 
 
 class ReSegDecoder(Decoder):

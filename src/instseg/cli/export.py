@@ -1,0 +1,83 @@
+"""`instseg export`: a run's model as one ONNX file, checked and parity-tested against PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from instseg.cli.console import err, out
+from instseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from instseg.exporters.onnx import ExportResult
+
+
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A run directory (uses best.pt) or a checkpoint file.")],
+    onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the one format so far).")] = False,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Where to write (default: model.onnx beside the checkpoint).")] = None,
+    opset: Annotated[Optional[int], typer.Option(help="ONNX opset, 18 or newer (default 18).")] = None,
+    static: Annotated[Optional[str], typer.Option(
+        help="Export at one fixed size HxW (e.g. 256x256); infer then resizes every image to it. "
+             "Default: dynamic batch, H and W where the model allows it.")] = None,
+    fp16: Annotated[bool, typer.Option(
+        "--fp16", help="Half-precision weights and compute; inputs and outputs stay float32.")] = False,
+) -> None:
+    """Write the model as ONNX (normalisation inside, metadata for `instseg infer`), run onnx.checker,
+    and compare ONNX Runtime with PyTorch on every output; exit 1 when they differ."""
+    from instseg.core.checkpoint import resolve_checkpoint
+    from instseg.exporters.onnx import DEFAULT_OPSET, default_output, export_onnx, request_from_checkpoint
+    from instseg.runtime.metadata import parse_size
+
+    if not onnx:
+        raise ConfigError("say which format to export: --onnx (the only one so far)")
+    try:
+        static_size = parse_size(static) if static is not None else None
+    except ValueError as exc:
+        raise ConfigError(f"--static: {exc}") from None
+    source = resolve_checkpoint(checkpoint)
+    target = output or default_output(source, static_size, fp16)
+    if target.is_dir():
+        raise ConfigError(f"--output {target}: is a folder; give a file name such as {target / 'model.onnx'}")
+    request = request_from_checkpoint(source, DEFAULT_OPSET if opset is None else opset, static_size, fp16)
+    plan_note = "" if request.caps.notes == "" else f" ({request.caps.notes})"
+    err.print(f"exporting {escape(request.name)} from {escape(request.source)} with the {request.caps.exporter} "
+              f"exporter{escape(plan_note)} ...", highlight=False, soft_wrap=True)
+    result = export_onnx(request, target)
+    out.print(f"onnx.checker: ok; {result.info.describe()}", highlight=False, soft_wrap=True)
+    out.print(parity_table(result))
+    _conclude(result, target)
+
+
+def parity_table(result: "ExportResult") -> Table:
+    precision = "fp16" if result.info.precision == "fp16" else "fp32"
+    table = Table(title=f"ONNX Runtime (CPU) vs PyTorch ({precision} export vs fp32 model)", title_justify="left")
+    for column in ("input shape", "output", "max abs", "max rel", "rtol / atol", ""):
+        table.add_column(column, justify="right" if column.startswith("max") else "left")
+    for row in result.parity:
+        verdict = "ok" if row.ok else ("[red]FAILED[/red]" if not row.error else f"[red]{escape(row.error)}[/red]")
+        table.add_row("x".join(map(str, row.shape)), row.output, f"{row.max_abs:.2e}", f"{row.max_rel:.2e}",
+                      str(row.tolerance), verdict)
+    return table
+
+
+def _conclude(result: "ExportResult", target: Path) -> None:
+    from instseg.exporters.onnx import ExportError
+
+    size = result.path.stat().st_size / 2**20
+    if not result.ok and result.info.precision == "fp32":
+        raise ExportError(f"parity failed: the ONNX model does not match PyTorch (table above); it was written to "
+                          f"{result.path} for inspection, {target} was left alone")
+    if not result.ok:
+        err.print("warning: the fp16 model differs from the fp32 PyTorch model by more than the indicative fp16 "
+                  "tolerance; compare predictions (instseg evaluate --pred) before deploying it", highlight=False,
+                  soft_wrap=True)
+    out.print(f"wrote {escape(str(result.path))} ({size:.1f} MB) in {result.seconds:.1f} s", highlight=False,
+              soft_wrap=True)
+    out.print(f"next: instseg infer {escape(str(result.path))} IMAGES... --out predictions", highlight=False,
+              soft_wrap=True)
