@@ -31,8 +31,8 @@ def _only_this_plugin():
 
 @pytest.fixture(scope="session", params=list(TRAIN_VARIANTS))
 def trained_run(request, tmp_path_factory):
-    """A run directory trained for two steps with `instseg train` (shared by CLI, checkpoint
-    and - once they exist - export and infer tests)."""
+    """A run directory trained for two steps with `instseg train` (shared by the CLI,
+    checkpoint, export and infer tests)."""
     out = tmp_path_factory.mktemp("runs")
     with only_plugins(DIST):
         result = CliRunner().invoke(app, ["train", *TRAIN_VARIANTS[request.param], *TINY,

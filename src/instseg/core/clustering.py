@@ -82,23 +82,61 @@ def _subsample(points: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
     return points if len(points) <= size else points[rng.choice(len(points), size, replace=False)]
 
 
-def _kmeans_pp(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Greedy k-means++: each new centre is the best of a few candidates drawn by D^2."""
+def _kmeans_pp(points: np.ndarray, k: int, restarts: int, rng: np.random.Generator) -> np.ndarray:
+    """`restarts` greedy k-means++ seedings at once (R x k' x D, k' <= k): each new centre is
+    the best of a few candidates drawn by D^2. Batched over the seedings, so the Python loop
+    runs k times, not k x restarts."""
     trials = 2 + int(math.log(k))
+    rows = np.arange(restarts)
+    dims = points.shape[1]
     norms = (points * points).sum(1)
-    centres = [points[rng.integers(len(points))]]
-    closest = _sq_dist(points, centres[0][None], norms)[:, 0]
-    for _ in range(1, k):
-        cumulative = np.cumsum(closest, dtype=np.float64)
-        if cumulative[-1] <= 0:  # every point coincides with a centre: fewer clusters than asked
+    transposed = np.ascontiguousarray(points.T)
+    first = points[rng.integers(len(points), size=restarts)]
+    centres = np.empty((restarts, k, dims), dtype=points.dtype)
+    centres[:, 0] = first
+    closest = _sq_dist(points, first, norms).T  # R x N: each point's distance to its nearest centre
+    for j in range(1, k):
+        cumulative = np.cumsum(closest, axis=1, dtype=np.float64)
+        if (cumulative[:, -1] <= 0).any():  # every point coincides with a centre: fewer clusters than asked
+            return centres[:, :j]
+        candidates = points[_draw(cumulative, trials, rng)]  # R x T x D
+        products = (candidates.reshape(-1, dims) @ transposed).reshape(restarts, trials, -1)
+        distances = norms - 2.0 * products + (candidates * candidates).sum(-1, keepdims=True)
+        options = np.minimum(closest[:, None, :], np.maximum(distances, 0.0))  # R x T x N
+        best = options.sum(-1).argmin(1)
+        centres[:, j] = candidates[rows, best]
+        closest = options[rows, best]
+    return centres
+
+
+def _draw(cumulative: np.ndarray, trials: int, rng: np.random.Generator) -> np.ndarray:
+    """R x T indices drawn per row with probability proportional to the row's increments of
+    `cumulative` (R x N running sums): one searchsorted over the rows laid end to end."""
+    rows, n = cumulative.shape
+    offsets = np.concatenate([[0.0], np.cumsum(cumulative[:, -1])[:-1]])[:, None]
+    targets = rng.random((rows, trials)) * cumulative[:, -1:] + offsets
+    flat = np.searchsorted((cumulative + offsets).ravel(), targets.ravel(), side="right").reshape(rows, trials)
+    return np.clip(flat - np.arange(rows)[:, None] * n, 0, n - 1)
+
+
+def _screen(points: np.ndarray, centres: np.ndarray, steps: int) -> np.ndarray:
+    """A few Lloyd steps on R seedings at once (R x k x D); returns the one with the lowest
+    inertia. Laid out as R x k x N scores and 2-D matrix products: numpy's argmin over a short
+    last axis is several times slower. A point exactly as near to two centres counts for both,
+    which only nudges how seedings rank."""
+    restarts, k, dims = centres.shape
+    transposed = np.ascontiguousarray(points.T)
+    for step in range(steps + 1):
+        products = (centres.reshape(-1, dims) @ transposed).reshape(restarts, k, -1)
+        scores = (centres * centres).sum(-1, keepdims=True) - 2.0 * products  # R x k x N
+        lowest = scores.min(1, keepdims=True)
+        if step == steps:
             break
-        draws = np.searchsorted(cumulative, rng.random(trials) * cumulative[-1], side="right")
-        candidates = np.minimum(draws, len(points) - 1)
-        options = np.minimum(closest[None, :], _sq_dist(points, points[candidates], norms).T)
-        best = int(options.sum(1).argmin())
-        centres.append(points[candidates[best]])
-        closest = options[best]
-    return np.stack(centres)
+        members = (scores == lowest).astype(points.dtype)
+        sums = (members.reshape(restarts * k, -1) @ points).reshape(restarts, k, dims)
+        sizes = members.sum(-1, keepdims=True)
+        centres = np.where(sizes > 0, sums / np.maximum(sizes, 1), centres)
+    return centres[int(lowest.sum((1, 2)).argmin())]  # inertia up to the points' norms, equal for all
 
 
 def _centre_means(points: np.ndarray, assign: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -115,7 +153,7 @@ def _nearest(points: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.nd
     return nearest, scores[np.arange(len(points)), nearest]
 
 
-def _lloyd(points: np.ndarray, centres: np.ndarray, iterations: int, tolerance: float) -> tuple[np.ndarray, float]:
+def _lloyd(points: np.ndarray, centres: np.ndarray, iterations: int, tolerance: float) -> np.ndarray:
     """Lloyd iterations until the centres move less than `tolerance` (sum of squared shifts)."""
     for _ in range(iterations):
         updated = _centre_means(points, _nearest(points, centres)[0], centres)
@@ -123,8 +161,7 @@ def _lloyd(points: np.ndarray, centres: np.ndarray, iterations: int, tolerance: 
         centres = updated
         if settled:
             break
-    inertia = float((points * points).sum() + _nearest(points, centres)[1].sum())
-    return centres, inertia
+    return centres
 
 
 def kmeans(points: np.ndarray, k: int, params: ClusterParams = ClusterParams()) -> np.ndarray:
@@ -141,9 +178,8 @@ def kmeans(points: np.ndarray, k: int, params: ClusterParams = ClusterParams()) 
     seeding = _subsample(sample, max(1, params.sample_size // 4), rng)
     k = int(max(1, min(k, len(seeding))))
     tolerance = 1e-4 * float(sample.var(0).mean())  # relative to the spread of the data
-    fits = [_lloyd(seeding, _kmeans_pp(seeding, k, rng), SCREENING_STEPS, tolerance) for _ in range(params.restarts)]
-    centres, _ = _lloyd(sample, min(fits, key=lambda fit: fit[1])[0], params.iterations, tolerance)
-    return _nearest(points, centres)[0]
+    best = _screen(seeding, _kmeans_pp(seeding, k, params.restarts, rng), SCREENING_STEPS)
+    return _nearest(points, _lloyd(sample, best, params.iterations, tolerance))[0]
 
 
 def _shift(pool: np.ndarray, start: np.ndarray, radius2: float, iterations: int) -> tuple[np.ndarray, np.ndarray]:
