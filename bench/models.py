@@ -1,6 +1,6 @@
 """Every architecture side by side: size, training and inference speed, and SBD after a fixed budget.
 
-    python bench/models.py                                    # the README table (256 px, batch 4)
+    python bench/models.py                                    # the README table (128 px, batch 8, ~8 min on 2 cores)
     python bench/models.py --deeplab-variants                 # + the DeepLabV3 output-stride / skip study
     python bench/models.py --size 64 --epochs 1 --train-size 8 --val-size 4 --width 4   # a smoke run
 
@@ -57,12 +57,12 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=None, help="registered names (default: all)")
     parser.add_argument("--deeplab-variants", action="store_true", help="add the DeepLabV3 reference/ablation rows")
-    parser.add_argument("--size", type=int, default=256, help="image size for timing and training")
-    parser.add_argument("--batch", type=int, default=4, help="batch size for timing and training")
+    parser.add_argument("--size", type=int, default=128, help="image size for timing and training")
+    parser.add_argument("--batch", type=int, default=8, help="batch size for timing and training")
     parser.add_argument("--width", type=int, default=None, help="override every model's width")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per model (after 1 warm-up)")
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs per model (0: speed only)")
-    parser.add_argument("--train-size", type=int, default=256, help="synthetic training images per epoch")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs per model (0: speed only)")
+    parser.add_argument("--train-size", type=int, default=192, help="synthetic training images per epoch")
     parser.add_argument("--val-size", type=int, default=32, help="synthetic validation images")
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
