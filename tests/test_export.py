@@ -21,17 +21,9 @@ from instseg.exporters.onnx import (TOLERANCES, ExportError, ExportRequest, Tole
 from instseg.plugins.unet import UNetDecoder
 from instseg.runtime import OnnxRunner
 from instseg.testing import check_onnx_parity, tiny_model
+from training_support import single_threaded_module  # noqa: F401 - autouse: one torch thread
 
 MODELS = list_models()  # built-ins only (tests/conftest.py); a new plugin model joins automatically
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Exports compare bit-level outputs and run on a shared CPU: one torch thread each."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

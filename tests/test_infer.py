@@ -10,11 +10,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -25,6 +23,7 @@ from instseg.errors import CheckpointError, ConfigError
 from instseg.imageio import read_label_map, write_rgb
 from instseg.runtime import ModelInfo, OnnxRunner
 from instseg.runtime.session import CPU, CUDA, ProviderReport, open_session, requested_providers
+from training_support import single_threaded_module  # noqa: F401 - autouse: one torch thread
 
 cli = CliRunner()
 # A few epochs on synthetic leaves: enough for foreground and several instances per plant.
@@ -35,14 +34,6 @@ SIZES = [(70, 90), (64, 64), (100, 80)]  # working sizes 64x82, 64x64, 80x64: pa
 
 def invoke(*args):
     return cli.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -70,3 +70,11 @@ def parameters(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> d
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_threaded_module() -> Iterator[None]:
+    """Import into a test module whose module-scoped fixtures (trained runs, exports) must run on
+    one thread too: ONNX Runtime and PyTorch are compared on the same shared CPU."""
+    with one_thread():
+        yield

@@ -19,8 +19,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from instseg.cli.cluster_options import Bandwidth, Cluster, FillHoles, MinSize, cluster_params
 from instseg.cli.console import err, fmt_mean_std, out
+from instseg.cli.options import Bandwidth, Cluster, FillHoles, MinSize, cluster_params
 from instseg.errors import ConfigError, DataError
 
 if TYPE_CHECKING:

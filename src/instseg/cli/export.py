@@ -31,7 +31,12 @@ def export(
     """Write the model as ONNX (normalisation inside, metadata for `instseg infer`), run onnx.checker,
     and compare ONNX Runtime with PyTorch on every output; exit 1 when they differ."""
     from instseg.core.checkpoint import resolve_checkpoint
-    from instseg.exporters.onnx import DEFAULT_OPSET, default_output, export_onnx, request_from_checkpoint
+    from instseg.exporters.onnx import (
+        DEFAULT_OPSET,
+        default_output,
+        export_onnx,
+        request_from_checkpoint,
+    )
     from instseg.runtime.metadata import parse_size
 
     if not onnx:

@@ -7,13 +7,25 @@ with `runtime.OnnxRunner` in place of the PyTorch runner. Nothing on this path i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from instseg.cli.cluster_options import Bandwidth, Cluster, FillHoles, MinSize, cluster_params
 from instseg.cli.console import err
+from instseg.cli.options import (
+    Bandwidth,
+    Cluster,
+    Embeddings,
+    FillHoles,
+    GroundTruth,
+    MinSize,
+    OutDir,
+    Overlays,
+    Panels,
+    cluster_params,
+    output_options,
+)
 from instseg.cli.predict import predict_to_folder
 from instseg.errors import ConfigError
 
@@ -21,8 +33,7 @@ from instseg.errors import ConfigError
 def infer(
     model: Annotated[Path, typer.Argument(help="An ONNX file written by `instseg export --onnx`.")],
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or globs (quote globs).")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the outputs (flat; created if needed).")] = Path(
-        "predictions"),
+    out_dir: OutDir = Path("predictions"),
     provider: Annotated[str, typer.Option(
         help="auto (CUDA if ONNX Runtime can use it, else CPU), cpu or cuda (an error when CUDA cannot be used).")
     ] = "auto",
@@ -33,15 +44,15 @@ def infer(
     min_size: MinSize = None,
     fill_holes: FillHoles = None,
     bandwidth: Bandwidth = None,
-    overlays: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write <stem>_overlay.png.")] = True,
-    panels: Annotated[bool, typer.Option(help="Write <stem>_panel.png: input / prediction / ground truth.")] = False,
-    gt: Annotated[Optional[Path], typer.Option(help="Ground-truth label PNGs for the panels (matched by name).")] = None,
-    embeddings: Annotated[bool, typer.Option(help="Write <stem>_embedding.png: 3 PCA components as RGB.")] = False,
+    overlays: Overlays = True,
+    panels: Panels = False,
+    gt: GroundTruth = None,
+    embeddings: Embeddings = False,
 ) -> None:
     """Write <stem>_label.png (16-bit instance ids, input size) and <stem>_overlay.png per image, as
     `instseg predict` does, with ONNX Runtime. Sizes, clustering defaults and normalisation come
     from the model file."""
-    from instseg.pipeline import OutputOptions, gather_inputs, label_files
+    from instseg.pipeline import gather_inputs
     from instseg.runtime import OnnxRunner
 
     if batch_size < 1:
@@ -49,8 +60,7 @@ def infer(
     if threads < 0:
         raise ConfigError(f"--threads {threads}: must be 0 (ONNX Runtime's default) or more")
     paths = gather_inputs(inputs)
-    options = OutputOptions(overlay=overlays, panels=panels, embeddings=embeddings,
-                            gt_files=label_files(gt) if gt is not None else {})
+    options = output_options(overlays, panels, gt, embeddings)
     runner = OnnxRunner.open(model, provider, threads)
     note = runner.providers.note()
     if note:

@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
-from instseg.cli.cluster_options import Bandwidth, Cluster, FillHoles, MinSize, cluster_params
 from instseg.cli.console import err, out
+from instseg.cli.options import (
+    Bandwidth,
+    Cluster,
+    Embeddings,
+    FillHoles,
+    GroundTruth,
+    MinSize,
+    OutDir,
+    Overlays,
+    Panels,
+    cluster_params,
+    output_options,
+)
 from instseg.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -21,28 +40,26 @@ if TYPE_CHECKING:
 def predict(
     checkpoint: Annotated[Path, typer.Argument(help="A run directory (uses best.pt) or a checkpoint file.")],
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or globs (quote globs).")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the outputs (flat; created if needed).")] = Path(
-        "predictions"),
+    out_dir: OutDir = Path("predictions"),
     batch_size: Annotated[int, typer.Option(help="Images per forward pass (images of one size share one).")] = 4,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     cluster: Cluster = None,
     min_size: MinSize = None,
     fill_holes: FillHoles = None,
     bandwidth: Bandwidth = None,
-    overlays: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write <stem>_overlay.png.")] = True,
-    panels: Annotated[bool, typer.Option(help="Write <stem>_panel.png: input / prediction / ground truth.")] = False,
-    gt: Annotated[Optional[Path], typer.Option(help="Ground-truth label PNGs for the panels (matched by name).")] = None,
-    embeddings: Annotated[bool, typer.Option(help="Write <stem>_embedding.png: 3 PCA components as RGB.")] = False,
+    overlays: Overlays = True,
+    panels: Panels = False,
+    gt: GroundTruth = None,
+    embeddings: Embeddings = False,
 ) -> None:
     """Write <stem>_label.png (16-bit instance ids, input size) and <stem>_overlay.png per image."""
     from instseg.core.runner import TorchRunner
-    from instseg.pipeline import OutputOptions, gather_inputs, label_files
+    from instseg.pipeline import gather_inputs
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
     paths = gather_inputs(inputs)
-    options = OutputOptions(overlay=overlays, panels=panels, embeddings=embeddings,
-                            gt_files=label_files(gt) if gt is not None else {})
+    options = output_options(overlays, panels, gt, embeddings)
     runner = TorchRunner.from_checkpoint(checkpoint, device)
     params = cluster_params(runner.cluster, cluster, min_size, fill_holes, bandwidth)
     predict_to_folder(paths, runner, params, batch_size, out_dir, options,

@@ -1,0 +1,45 @@
+"""Options shared by the verbs that turn network outputs into instances (`predict`, `infer`,
+`evaluate`): clustering, and what `predict` / `infer` write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from instseg.core.clustering import CLUSTER_METHODS, ClusterParams
+
+if TYPE_CHECKING:
+    from instseg.pipeline import OutputOptions
+
+Cluster = Annotated[Optional[str], typer.Option(
+    "--cluster", help=f"{' or '.join(CLUSTER_METHODS)} (default: the run's, else the library default).")]
+MinSize = Annotated[Optional[int], typer.Option(
+    "--min-size", help="Drop instances under this many pixels at the working size (default 0: keep all).")]
+FillHoles = Annotated[Optional[bool], typer.Option(
+    "--fill-holes/--no-fill-holes", help="Give background enclosed by one instance to it (default on).")]
+Bandwidth = Annotated[Optional[float], typer.Option(
+    "--bandwidth", help="meanshift radius in embedding space (default: the run's delta_d).")]
+
+
+def cluster_params(base: ClusterParams, cluster: str | None, min_size: int | None, fill_holes: bool | None,
+                   bandwidth: float | None) -> ClusterParams:
+    """The run's clustering defaults with the options the user gave."""
+    return base.override(method=cluster, min_size=min_size, fill_holes=fill_holes, bandwidth=bandwidth)
+
+
+OutDir = Annotated[Path, typer.Option("--out", help="Folder for the outputs (flat; created if needed).")]
+Overlays = Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write <stem>_overlay.png.")]
+Panels = Annotated[bool, typer.Option(help="Write <stem>_panel.png: input / prediction / ground truth.")]
+GroundTruth = Annotated[Optional[Path], typer.Option(
+    help="Ground-truth label PNGs for the panels (matched by name).")]
+Embeddings = Annotated[bool, typer.Option(help="Write <stem>_embedding.png: 3 PCA components as RGB.")]
+
+
+def output_options(overlays: bool, panels: bool, gt: Path | None, embeddings: bool) -> "OutputOptions":
+    """What to write beside each label map."""
+    from instseg.pipeline import OutputOptions, label_files
+
+    return OutputOptions(overlay=overlays, panels=panels, embeddings=embeddings,
+                         gt_files=label_files(gt) if gt is not None else {})
