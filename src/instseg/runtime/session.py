@@ -85,6 +85,9 @@ def open_session(path: str | os.PathLike, provider: str = "auto",
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = max(0, threads)
+    # Idle ORT threads otherwise spin for a while after each run, taking the cores from the
+    # clustering that follows it: `infer` at batch 1 ran 18% faster on 2 cores without spinning.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: no warnings about node placement
     try:
         session = ort.InferenceSession(str(path), options, providers=requested)
