@@ -19,6 +19,7 @@ from instseg.cli.options import (
     Embeddings,
     FillHoles,
     GroundTruth,
+    Inputs,
     MinSize,
     OutDir,
     Overlays,
@@ -32,7 +33,7 @@ from instseg.errors import ConfigError
 
 def infer(
     model: Annotated[Path, typer.Argument(help="An ONNX file written by `instseg export --onnx`.")],
-    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or globs (quote globs).")],
+    inputs: Inputs,
     out_dir: OutDir = Path("predictions"),
     provider: Annotated[str, typer.Option(
         help="auto (CUDA if ONNX Runtime can use it, else CPU), cpu or cuda (an error when CUDA cannot be used).")

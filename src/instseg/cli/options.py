@@ -29,6 +29,7 @@ def cluster_params(base: ClusterParams, cluster: str | None, min_size: int | Non
     return base.override(method=cluster, min_size=min_size, fill_holes=fill_holes, bandwidth=bandwidth)
 
 
+Inputs = Annotated[list[str], typer.Argument(help="Image files, folders or globs (quote globs).")]
 OutDir = Annotated[Path, typer.Option("--out", help="Folder for the outputs (flat; created if needed).")]
 Overlays = Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write <stem>_overlay.png.")]
 Panels = Annotated[bool, typer.Option(help="Write <stem>_panel.png: input / prediction / ground truth.")]

@@ -23,6 +23,7 @@ from instseg.cli.options import (
     Embeddings,
     FillHoles,
     GroundTruth,
+    Inputs,
     MinSize,
     OutDir,
     Overlays,
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
 def predict(
     checkpoint: Annotated[Path, typer.Argument(help="A run directory (uses best.pt) or a checkpoint file.")],
-    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or globs (quote globs).")],
+    inputs: Inputs,
     out_dir: OutDir = Path("predictions"),
     batch_size: Annotated[int, typer.Option(help="Images per forward pass (images of one size share one).")] = 4,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
