@@ -26,9 +26,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from instseg.core.clustering import ClusterParams, cluster_embeddings, instance_count, relabel_sequential
+from instseg.torchfree.clustering import ClusterParams, cluster_embeddings, instance_count, relabel_sequential
 from instseg.core.data.synthetic import render_plant
-from instseg.core.metrics import symmetric_best_dice
+from instseg.torchfree.metrics import symmetric_best_dice
 
 REFERENCE = "sklearn KMeans (n_init=35, max_iter=500)"
 AIM_SPEEDUP, AIM_SBD = 20.0, 0.005

@@ -31,12 +31,13 @@ import numpy as np
 import torch
 
 from instseg import create_model, get_registry, list_models
-from instseg.core.clustering import ClusterParams
+from instseg.torchfree.clustering import ClusterParams
 from instseg.core.data.synthetic import render_plant
 from instseg.core.registry import plugin_requirements
 from instseg.exporters.onnx import ExportRequest, export_onnx, request_from_checkpoint, sample_images
-from instseg.imageio import write_rgb
-from instseg.pipeline import OutputOptions, Prediction, predict, write_prediction
+from instseg.torchfree.imageio import write_rgb
+from instseg.torchfree.outputs import OutputOptions, write_prediction
+from instseg.torchfree.pipeline import Prediction, predict
 from instseg.runtime import INPUT_NAME, OUTPUT_NAMES, OnnxRunner
 
 
@@ -75,7 +76,7 @@ def requests(args: argparse.Namespace) -> list[ExportRequest]:
     for name in args.models or list_models():
         spec = get_registry().model_spec(name)
         torch.manual_seed(args.seed)
-        backbone = None if spec.fused else spec.default_backbone
+        backbone = spec.backbone_for(None)
         chosen.append(ExportRequest(
             model=create_model(name, width=args.width).eval(), name=name, backbone=backbone, caps=spec.export,
             image_size=min(args.sizes), cluster=ClusterParams(), plugins=plugin_requirements(name, backbone),

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from instseg.core.clustering import (ClusterParams, cluster_embeddings, connected_components, fill_holes,
+from instseg.torchfree.clustering import (ClusterParams, cluster_embeddings, connected_components, fill_holes,
                                      instances_from_outputs, kmeans, meanshift, postprocess, relabel_sequential,
                                      remove_small)
-from instseg.core.metrics import symmetric_best_dice
+from instseg.torchfree.metrics import symmetric_best_dice
 from instseg.errors import ConfigError, DataError
 
 METHODS = ["kmeans", "meanshift"]

@@ -9,7 +9,7 @@ from PIL import Image
 from data_fixtures import write_raw_png
 from instseg.core.data.samples import Sample, read_instance_labels, read_sample
 from instseg.errors import DataError
-from instseg.imageio import display_path, read_header, read_image, read_label_map
+from instseg.torchfree.imageio import display_path, read_header, read_image, read_label_map
 
 
 def one_line(exc_info) -> str:

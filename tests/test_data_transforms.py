@@ -16,7 +16,7 @@ from instseg.core.data.transforms import (
     rotate,
 )
 from instseg.core.training import seed_worker
-from instseg.imageio import resize_image
+from instseg.torchfree.imageio import resize_image
 
 NO_COLOUR = Augment(brightness=0.0, contrast=0.0, saturation=0.0, blur_p=0.0, rotation_p=1.0)
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from instseg import ExportCaps, ModelSpec, hookimpl
-from instseg.core.clustering import ClusterParams
+from instseg.torchfree.clustering import ClusterParams
 from instseg.core.registry import get_registry, list_models
 from instseg.exporters.onnx import (TOLERANCES, ExportError, ExportRequest, Tolerance, check_parity, export_graph,
                                     export_onnx, failed_path, plan_export, sample_images)

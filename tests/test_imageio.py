@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from instseg.errors import DataError
-from instseg.imageio import read_image, read_label_map, write_label_map, write_rgb
+from instseg.torchfree.imageio import read_image, read_label_map, write_label_map, write_rgb
 
 
 def test_rgba_grey_and_16_bit_become_rgb_floats(tmp_path):
@@ -48,14 +48,14 @@ def test_errors_name_the_file(tmp_path):
 
 
 def test_working_size_keeps_aspect_and_maps_shorter_side():
-    from instseg.imageio import working_size
+    from instseg.torchfree.imageio import working_size
 
     assert working_size(530, 500, 256) == (271, 256)
     assert working_size(100, 300, 50) == (50, 150)
 
 
 def test_resize_image_and_labels():
-    from instseg.imageio import resize_image, resize_labels
+    from instseg.torchfree.imageio import resize_image, resize_labels
 
     img = np.random.rand(10, 20, 3).astype(np.float32)
     out = resize_image(img, (5, 7))

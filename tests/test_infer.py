@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from instseg.cli.main import app
 from instseg.core.data.synthetic import render_plant
-from instseg.core.metrics import symmetric_best_dice
+from instseg.torchfree.metrics import symmetric_best_dice
 from instseg.errors import CheckpointError, ConfigError
-from instseg.imageio import read_label_map, write_rgb
+from instseg.torchfree.imageio import read_label_map, write_rgb
 from instseg.runtime import ModelInfo, OnnxRunner
 from instseg.runtime.session import CPU, CUDA, ProviderReport, open_session, requested_providers
 from training_support import single_threaded_module  # noqa: F401 - autouse: one torch thread

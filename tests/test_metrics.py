@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from instseg.core.metrics import (
+from instseg.torchfree.metrics import (
     best_dice, count_instances, dice, difference_in_count, foreground_dice, score_image, summarize,
     symmetric_best_dice,
 )

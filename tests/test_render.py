@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from instseg.errors import DataError
-from instseg.render import (BOUNDARY_RGB, SERIES_RGB, boundaries, colorize, embedding_rgb, label_colours, line_chart,
+from instseg.torchfree.render import (BOUNDARY_RGB, SERIES_RGB, boundaries, colorize, embedding_rgb, label_colours, line_chart,
                             overlay, panel, read_metrics, training_curves)
 
 
@@ -94,7 +94,7 @@ def test_training_curves_from_metrics_jsonl(tmp_path):
 
 
 def test_trainer_epoch_pictures(tmp_path):
-    from instseg.core.clustering import ClusterParams
+    from instseg.torchfree.clustering import ClusterParams
     from instseg.core.data import SyntheticLeaves
     from instseg.core.evaluation import save_epoch_pictures
     from instseg.testing import tiny_model

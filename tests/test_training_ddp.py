@@ -131,5 +131,6 @@ def test_two_gloo_processes_match_each_other_and_one_process(tmp_path):
     # Validation was split across the processes (2 + 1 images) and gathered: it scores like
     # one process evaluating the final weights on all 3 images.
     model = build_model(load_checkpoint(run / "last.pt"))
-    whole = evaluate_dataset(model, reference.val_set, torch.device("cpu"), params=reference.cluster).summary()
+    whole = evaluate_dataset(model, reference.val_set, torch.device("cpu"), params=reference.cluster,
+                             image_size=reference.config.image_size).summary()
     assert lines[-1]["val"] == pytest.approx({k: v["mean"] for k, v in whole.items()})

@@ -84,7 +84,7 @@ def test_failing_write_is_reported_before_training(tmp_path, monkeypatch):
     def no_space(path, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("instseg.core.training.atomic_write_text", no_space)
+    monkeypatch.setattr("instseg.core.rundir.atomic_write_text", no_space)
     with pytest.raises(ConfigError, match=r"cannot write .*config.json \(No space left on device\)"):
         Trainer(tiny_config(tmp_path), recording_console())
 
@@ -104,6 +104,6 @@ def test_checkpoint_that_cannot_be_written_stops_training_clearly(tmp_path, monk
     def no_space(path, payload):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("instseg.core.training.save_checkpoint", no_space)
+    monkeypatch.setattr("instseg.core.rundir.save_checkpoint", no_space)
     with pytest.raises(TrainingError, match=r"could not write .*last.pt \(No space left on device\); the previous"):
         trainer.fit()

@@ -11,21 +11,18 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 from typing import Any
 
+from instseg.core.hookspecs import hookimpl, hookspec
 from instseg.core.registry import (
-    BackboneSpec,
-    ExportCaps,
-    ModelSpec,
     PluginError,
     RegistryError,
     create_backbone,
     create_model,
     get_registry,
-    hookimpl,
-    hookspec,
     list_backbones,
     list_models,
 )
-from instseg.errors import InstsegError
+from instseg.core.specs import BackboneSpec, ExportCaps, ModelSpec
+from instseg.errors import ConfigError, InstsegError
 
 try:
     __version__ = _metadata.version("instseg")
@@ -40,7 +37,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "Backbone", "BackboneSpec", "Decoder", "ExportCaps", "InstsegError", "ModelSpec", "PluginError",
+    "Backbone", "BackboneSpec", "ConfigError", "Decoder", "ExportCaps", "InstsegError", "ModelSpec", "PluginError",
     "RegistryError", "SegOutput", "SegmentationModel", "create_backbone", "create_model", "get_registry",
     "hookimpl", "hookspec", "list_backbones", "list_models", "__version__",
 ]

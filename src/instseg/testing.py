@@ -28,20 +28,17 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import torch
 
-from instseg.core.clustering import ClusterParams
+from instseg.torchfree.clustering import ClusterParams
 from instseg.core.data.synthetic import render_plant
 from instseg.core.interfaces import SegOutput
 from instseg.core.losses import MultiTaskLoss
+from instseg.core.plugin_loading import DISABLE_ENV, ONLY_ENV, PluginSelection, of_distribution
 from instseg.core.registry import (
-    DISABLE_ENV,
-    ONLY_ENV,
     PluginError,
-    PluginSelection,
     Registry,
     create_backbone,
     create_model,
     get_registry,
-    normalise_distribution,
     plugin_requirements,
     reset_registry,
 )
@@ -156,7 +153,7 @@ def check_onnx_parity(name: str, path: str | os.PathLike | None = None, image_si
 
     spec = get_registry().model_spec(name)
     model = tiny_model(name, **kwargs).eval()
-    backbone = None if spec.fused else kwargs.get("backbone") or spec.default_backbone
+    backbone = spec.backbone_for(kwargs.get("backbone"))
     request = ExportRequest(model=model, name=spec.name, backbone=backbone, caps=spec.export, image_size=image_size,
                             cluster=ClusterParams(), plugins=plugin_requirements(spec.name, backbone),
                             source=f"instseg.testing.tiny_model({name!r})", fp16=fp16)
@@ -216,9 +213,7 @@ def plugin_backbones(distribution: str) -> list[str]:
 def _contributions(distribution: str, kind: str) -> list[str]:
     _require_installed(distribution)
     registry = Registry(PluginSelection.only_distributions(distribution))
-    wanted = normalise_distribution(distribution)
-    mine = [p for p in registry.plugins.values()
-            if p.distribution and normalise_distribution(p.distribution) == wanted]
+    mine = of_distribution(registry.plugins.values(), distribution)
     failed = [p for p in mine if p.error]
     if failed:
         raise PluginError("; ".join(f"{p.label} failed to load: {p.error}" for p in failed))

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from instseg.cli.main import app
 from instseg.core.checkpoint import build_model, load_checkpoint
 from instseg.core.data.synthetic import render_plant
-from instseg.imageio import read_label_map, write_rgb
+from instseg.torchfree.imageio import read_label_map, write_rgb
 from instseg.runtime import OnnxRunner
 
 DIST = "instseg-plugin-example"

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from instseg.cli.console import err, out
 from instseg.core.config import TrainConfig
+from instseg.progress import progress_bar
 
 if TYPE_CHECKING:  # the checks module is imported by the command only
     from instseg.core.data.checks import CheckReport
@@ -30,8 +30,7 @@ def check(
     """Read every image and label map once; exit 0 when the dataset is usable, 1 with one line per problem."""
     from instseg.core.data.checks import check_dataset
 
-    with Progress(TextColumn("checking"), BarColumn(), MofNCompleteColumn(), console=err, transient=True,
-                  disable=not err.is_terminal) as bar:
+    with progress_bar("checking", err, eta=False, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("check", total=None)
         report = check_dataset(path, max_instances, lambda done, total: bar.update(task, completed=done, total=total))
     if as_json:

@@ -53,7 +53,7 @@ def infer(
     """Write <stem>_label.png (16-bit instance ids, input size) and <stem>_overlay.png per image, as
     `instseg predict` does, with ONNX Runtime. Sizes, clustering defaults and normalisation come
     from the model file."""
-    from instseg.pipeline import gather_inputs
+    from instseg.torchfree.inputs import gather_inputs
     from instseg.runtime import OnnxRunner
 
     if batch_size < 1:

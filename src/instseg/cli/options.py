@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from instseg.core.clustering import CLUSTER_METHODS, ClusterParams
+from instseg.torchfree.clustering import CLUSTER_METHODS, ClusterParams
 
 if TYPE_CHECKING:
-    from instseg.pipeline import OutputOptions
+    from instseg.torchfree.outputs import OutputOptions
 
 Cluster = Annotated[Optional[str], typer.Option(
     "--cluster", help=f"{' or '.join(CLUSTER_METHODS)} (default: the run's, else the library default).")]
@@ -40,7 +40,8 @@ Embeddings = Annotated[bool, typer.Option(help="Write <stem>_embedding.png: 3 PC
 
 def output_options(overlays: bool, panels: bool, gt: Path | None, embeddings: bool) -> "OutputOptions":
     """What to write beside each label map."""
-    from instseg.pipeline import OutputOptions, label_files
+    from instseg.torchfree.inputs import label_files
+    from instseg.torchfree.outputs import OutputOptions
 
     return OutputOptions(overlay=overlays, panels=panels, embeddings=embeddings,
                          gt_files=label_files(gt) if gt is not None else {})

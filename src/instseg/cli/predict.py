@@ -7,16 +7,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from instseg.cli.console import err, out
+from instseg.progress import progress_bar
 from instseg.cli.options import (
     Bandwidth,
     Cluster,
@@ -34,8 +27,9 @@ from instseg.cli.options import (
 from instseg.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    from instseg.core.clustering import ClusterParams
-    from instseg.pipeline import OutputOptions, Runner
+    from instseg.torchfree.clustering import ClusterParams
+    from instseg.torchfree.outputs import OutputOptions
+    from instseg.torchfree.pipeline import Runner
 
 
 def predict(
@@ -55,7 +49,7 @@ def predict(
 ) -> None:
     """Write <stem>_label.png (16-bit instance ids, input size) and <stem>_overlay.png per image."""
     from instseg.core.runner import TorchRunner
-    from instseg.pipeline import gather_inputs
+    from instseg.torchfree.inputs import gather_inputs
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
@@ -69,48 +63,26 @@ def predict(
 
 def predict_to_folder(paths: list[Path], runner: Runner, params: ClusterParams, batch_size: int, out_dir: Path,
                       options: OutputOptions, source: str) -> None:
-    """Run the pipeline and write every prediction (shared by `predict` and `infer`): progress
-    on stderr, a summary on stdout, every failure listed, and a DataError when any input failed."""
-    from instseg.pipeline import Prediction, output_names, predict, write_prediction
+    """`outputs.predict_folder` with the console around it (shared by `predict` and `infer`):
+    progress on stderr, a summary on stdout, every failure listed, a DataError when any failed."""
+    from instseg.torchfree.inputs import output_names
+    from instseg.torchfree.outputs import predict_folder
 
-    _make_folder(out_dir)
     for path, name in zip(paths, output_names(paths)):
         if name != path.stem:
             err.print(f"note: {escape(str(path))} is written as {escape(name)}_label.png", highlight=False, soft_wrap=True)
     err.print(f"predicting {len(paths)} image(s) with {escape(source)}; "
               f"{params.method} clustering, working size {runner.image_size}px -> {escape(str(out_dir))}",
               highlight=False, soft_wrap=True)
-
-    failures: list[str] = []
-    instances = []
-    with _progress() as progress:
+    with progress_bar("predict", err) as progress:
         task = progress.add_task("predict", total=len(paths))
-        for result in predict(paths, runner, params, batch_size):
-            if isinstance(result, Prediction):
-                try:
-                    write_prediction(result, out_dir, options)
-                    instances.append(int(result.labels.max(initial=0)))
-                except DataError as exc:  # this image's ground truth or files failed: report below, go on
-                    failures.append(str(exc))
-            else:
-                failures.append(result.message)
-            progress.advance(task)
-    if instances:
-        out.print(f"wrote {len(instances)} prediction(s) to {escape(str(out_dir))} "
-                  f"({sum(instances) / len(instances):.1f} instances per image on average)", highlight=False, soft_wrap=True)
-    for message in failures:
+        result = predict_folder(paths, runner, out_dir, params, batch_size, options,
+                                on_result=lambda _: progress.advance(task))
+    if result.instances:
+        out.print(f"wrote {len(result.instances)} prediction(s) to {escape(str(out_dir))} "
+                  f"({sum(result.instances) / len(result.instances):.1f} instances per image on average)",
+                  highlight=False, soft_wrap=True)
+    for message in result.failures:
         err.print(f"error: {escape(message)}", highlight=False, soft_wrap=True)
-    if failures:
-        raise DataError(f"{len(failures)} of {len(paths)} input(s) failed (listed above)")
-
-
-def _make_folder(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--out {folder}: cannot create folder ({exc.strerror or exc})") from exc
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), console=err, transient=False)
+    if result.failures:
+        raise DataError(f"{len(result.failures)} of {len(paths)} input(s) failed (listed above)")

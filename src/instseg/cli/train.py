@@ -67,6 +67,7 @@ def train(
     from instseg.core.data.layouts import parse_data_spec
     from instseg.core.distributed import DistContext
     from instseg.core.training import Trainer, resume_config
+    from instseg.torchfree.metrics import METRIC_LABELS
 
     options = {CLI_TO_CONFIG.get(k, k): v for k, v in ctx.params.items() if k != "resume"}
     options["data"] = str(parse_data_spec(data).absolute())  # runs stay valid from any directory
@@ -95,7 +96,7 @@ def train(
     table.add_column("metric")
     table.add_column("best (mean ± std)", justify="right")
     table.add_column("last epoch", justify="right")
-    for key, label in (("sbd", "SBD"), ("fg_dice", "FG Dice"), ("dic", "DiC"), ("abs_dic", "|DiC|")):
+    for key, label in METRIC_LABELS.items():
         table.add_row(label, fmt_mean_std(result.best, key), fmt_mean_std(result.last, key))
     table.add_row("wall time", f"{result.seconds:.0f} s", "")
     table.add_row("train images/s", f"{result.images_per_second:.1f}", "")

@@ -13,6 +13,7 @@ import os
 import pickle
 import random
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from instseg.atomic import atomic_write_bytes
+from instseg.torchfree.clustering import ClusterParams
 from instseg.errors import CheckpointError
 
 FORMAT = "instseg.checkpoint"
@@ -46,17 +48,26 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load safely (weights_only=True) and validate the format; clear errors otherwise."""
-    path = resolve_checkpoint(path)
+def load_weights_only(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """`torch.load(weights_only=True)` on the CPU - the one place instseg unpickles a file.
+
+    A file holding objects that could run code, or a truncated or corrupted one, is a
+    CheckpointError naming `path` (`what` says what kind of file it was meant to be).
+    """
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"{path}: refused to load - it holds objects that could run code ({first})") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise CheckpointError(f"{path}: checkpoint is truncated or corrupted ({type(exc).__name__})") from exc
+        raise CheckpointError(f"{path}: {what} is truncated or corrupted ({type(exc).__name__})") from exc
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load safely (weights_only=True) and validate the format; clear errors otherwise."""
+    path = resolve_checkpoint(path)
+    payload = load_weights_only(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an instseg checkpoint")
     if payload.get("format_version", 0) > FORMAT_VERSION:
@@ -138,13 +149,42 @@ def build_model(checkpoint: dict[str, Any]) -> torch.nn.Module:
     return model.eval()
 
 
+@dataclass
+class Trained:
+    """A trained model ready to predict: what `load_trained` makes of a checkpoint."""
+
+    model: torch.nn.Module  # eval mode, on the CPU
+    checkpoint: dict[str, Any]  # the loaded payload (config, model init, metrics, path)
+    image_size: int  # the working size it was trained at
+    cluster: ClusterParams  # the run's clustering defaults
+
+    @property
+    def name(self) -> str:
+        return self.checkpoint["model"]["name"]
+
+    @property
+    def source(self) -> str:
+        return f"{self.checkpoint['path']} (epoch {self.checkpoint['epoch']})"
+
+    @property
+    def description(self) -> str:
+        return f"{self.name} from {self.source}"
+
+
+def load_trained(path: str | os.PathLike) -> Trained:
+    """A run directory or checkpoint -> its model, working size and clustering defaults."""
+    checkpoint = load_checkpoint(path)
+    config = checkpoint["config"]
+    return Trained(build_model(checkpoint), checkpoint, int(config["image_size"]), ClusterParams.from_config(config))
+
+
 def _missing_plugin_message(checkpoint: dict[str, Any], exc: Exception) -> str:
     """Say which plugin distribution to install (or why the installed one is not loaded)."""
-    from instseg.core.registry import BUILTIN_DISTRIBUTION, get_registry, normalise_distribution
+    from instseg.core.plugin_loading import is_builtin
+    from instseg.core.registry import get_registry
 
     where = checkpoint.get("path", "checkpoint")
-    plugins = {d: v for d, v in checkpoint.get("plugins", {}).items()
-               if normalise_distribution(d) != BUILTIN_DISTRIBUTION}
+    plugins = {d: v for d, v in checkpoint.get("plugins", {}).items() if not is_builtin(d)}
     if plugins:
         hints = "; ".join(get_registry().install_hint(d, v) for d, v in plugins.items())
         return f"{where}: model '{checkpoint['model']['name']}' needs plugin(s) not loaded here: {hints} ({exc})"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from instseg.core.clustering import CLUSTER_METHODS, DEFAULT_METHOD
-from instseg.errors import ConfigError
+from instseg.torchfree.clustering import CLUSTER_METHODS, DEFAULT_METHOD
+from instseg.errors import CheckpointError, ConfigError
 
-OPTIMIZERS = ("adam", "adamw")
+OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW"}  # --optimizer -> torch.optim class
 SCHEDULERS = ("cosine", "constant")
+RESUME_OVERRIDES = ("device", "workers", "compile", "max_nonfinite", "accumulate")  # how a run runs, not what it computes
 
 
 def _default_loss_weights() -> dict[str, float]:
@@ -20,6 +22,7 @@ def _default_loss_weights() -> dict[str, float]:
 class TrainConfig:
     """Every option of a training run; saved as config.json. Defaults: ~5 min on 2 CPU cores."""
 
+    preset: str | None = None  # the named recipe whose defaults this run started from (presets.py)
     model: str = "unet-cbam"
     backbone: str | None = None
     width: int | None = None
@@ -120,3 +123,23 @@ def parse_model_options(items: list[str]) -> dict[str, Any]:
         target = options.setdefault("backbone_kwargs", {}) if to_backbone else options
         target[name] = parse_value(value)
     return options
+
+
+def resume_config(checkpoint: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
+    """The configuration a run resumes with: its saved one, changed only in how it runs.
+
+    Options that change what is computed (learning rate, epochs, data, ...) would make the
+    resumed run differ from the one that was interrupted, so they are refused.
+    """
+    refused = sorted(set(overrides) - set(RESUME_OVERRIDES))
+    if refused:
+        allowed = ", ".join(f"--{name.replace('_', '-')}" for name in RESUME_OVERRIDES)
+        given = ", ".join(f"--{name.replace('_', '-')}" for name in refused)
+        raise ConfigError(f"--resume continues {Path(checkpoint['path']).parent} with its saved options; "
+                          f"only {allowed} may change (given: {given})")
+    try:
+        config = TrainConfig(**{**checkpoint["config"], **overrides})
+    except TypeError as exc:
+        raise CheckpointError(f"{checkpoint['path']}: its saved options do not fit this instseg ({exc})") from exc
+    config.validate()
+    return config

@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -27,8 +28,13 @@ class DeviceChoice:
         return f"{self.device}{amp} ({self.reason})"
 
 
-def resolve_device(spec: str = "auto", amp: bool = True, local_rank: int | None = None) -> DeviceChoice:
+def resolve_device(spec: str = "auto", amp: bool = True, local_rank: int | None = None,
+                   cpu_amp: bool = False) -> DeviceChoice:
     """`auto`, `cpu`, `cuda` or `cuda:N`. Asking for CUDA where there is none is an error.
+
+    `amp` on CUDA: bf16 where supported, else fp16. On the CPU only with `cpu_amp` (training):
+    bf16 autocast where the CPU computes bf16 natively (AMX or AVX-512 BF16), fp32 elsewhere,
+    since emulated bf16 is slower than fp32.
 
     `local_rank` is set when torchrun started one process per device: CUDA then means
     `cuda:LOCAL_RANK`, and naming a device index is refused (every process would use it).
@@ -40,9 +46,9 @@ def resolve_device(spec: str = "auto", amp: bool = True, local_rank: int | None 
     if spec == "auto":
         if torch.cuda.is_available():
             return _cuda(_default_cuda(local_rank), amp, "auto: CUDA available")
-        return DeviceChoice(torch.device("cpu"), None, f"auto: CUDA not available; {torch.get_num_threads()} CPU threads")
+        return _cpu(amp and cpu_amp, "auto: CUDA not available; ")
     if spec == "cpu":
-        return DeviceChoice(torch.device("cpu"), None, f"{torch.get_num_threads()} CPU threads")
+        return _cpu(amp and cpu_amp, "")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {spec}: CUDA is not available on this machine (use --device cpu or auto)")
@@ -64,6 +70,29 @@ def _default_cuda(local_rank: int | None) -> torch.device:
         raise ConfigError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s): "
                           "start at most that many processes per node (torchrun --nproc_per_node)")
     return torch.device("cuda", local_rank)
+
+
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def native_cpu_bf16() -> str | None:
+    """The CPU flag that makes bf16 fast here (Linux /proc/cpuinfo), or None: detected, never assumed."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return next((flag for flag in CPU_BF16_FLAGS if flag in flags), None)
+
+
+def _cpu(amp: bool, prefix: str) -> DeviceChoice:
+    threads = f"{prefix}{torch.get_num_threads()} CPU threads"
+    if not amp:
+        return DeviceChoice(torch.device("cpu"), None, threads)
+    flag = native_cpu_bf16()
+    if flag is None:
+        return DeviceChoice(torch.device("cpu"), None, f"{threads}; no native bf16 (no {'/'.join(CPU_BF16_FLAGS)})")
+    return DeviceChoice(torch.device("cpu"), torch.bfloat16, f"{threads}; bf16 autocast: CPU has {flag}")
 
 
 def _cuda(device: torch.device, amp: bool, reason: str) -> DeviceChoice:

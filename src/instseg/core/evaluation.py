@@ -1,114 +1,167 @@
-"""Run a model over images or a dataset, cluster, and score with the CVPPP metrics."""
+"""Score a model on a labelled dataset through the one prediction pipeline; epoch pictures.
+
+Evaluation, training's validation and `instseg predict` share `torchfree.pipeline`: each
+image is predicted at its working size (shorter side = the run's image size) and the label
+map is brought back to the original resolution, where it is scored, so metrics never depend
+on the training size. The runner may be a PyTorch model or an ONNX Runtime session.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
-from instseg.core.clustering import ClusterParams, instances_from_outputs
-from instseg.core.data.loaders import eval_loader
-from instseg.core.data.transforms import resize_image_tensor
-from instseg.core.interfaces import SegOutput
-from instseg.core.metrics import ImageScores, count_instances, score_image, summarize
-from instseg.imageio import resize_image, resize_labels, working_size, write_rgb
-from instseg.render import colorize, embedding_rgb, panel, read_metrics, training_curves
+from instseg.core.device import DeviceChoice
+from instseg.core.runner import TorchRunner
+from instseg.torchfree.clustering import ClusterParams
+from instseg.torchfree.imageio import resize_image, resize_labels, working_size, write_rgb
+from instseg.torchfree.metrics import count_instances, score_image, summarize
+from instseg.torchfree.pipeline import Failure, Prediction, Runner, Source, predict_sources
+from instseg.torchfree.render import colorize, embedding_rgb, panel, read_metrics, training_curves
+from instseg.torchfree.scoring import ImageRow, Report
 
-
-@dataclass
-class Prediction:
-    labels: np.ndarray  # H x W int32 instance map
-    count: float  # counter head, in instances (not normalised)
+from instseg.errors import ConfigError, DataError
 
 
 @dataclass
 class EvalResult:
-    names: list[str] = field(default_factory=list)
-    scores: list[ImageScores] = field(default_factory=list)
-    head_counts: list[float] = field(default_factory=list)
-    gt_counts: list[int] = field(default_factory=list)
-    predictions: list[np.ndarray] = field(default_factory=list)
+    rows: list[ImageRow] = field(default_factory=list)  # in dataset order
+    predictions: list[np.ndarray] = field(default_factory=list)  # the first `keep_predictions` label maps
+
+    @property
+    def scores(self) -> list:
+        return [row.scores for row in self.rows]
 
     def summary(self) -> dict[str, dict[str, float]]:
         return summarize(self.scores)
 
 
-def outputs_to_predictions(output: SegOutput, max_instances: int, params: ClusterParams) -> list[Prediction]:
-    semantic = output.semantic.float().cpu().numpy()
-    embedding = output.embedding.float().cpu().numpy()
-    count = output.count.float().cpu().numpy().reshape(-1)
-    return [
-        Prediction(instances_from_outputs(semantic[i], embedding[i], count[i], max_instances, params),
-                   float(count[i] * max_instances))
-        for i in range(len(count))
-    ]
+def _item_image(item: dict[str, Any]) -> np.ndarray:
+    return item["image"].permute(1, 2, 0).numpy()
+
+
+def dataset_sources(dataset: Sequence[dict[str, Any]], count: int | None = None) -> Iterator[Source]:
+    """A dataset's items (3 x H x W tensors in [0, 1]) as pipeline sources, named by item."""
+    for index in range(min(len(dataset), count if count is not None else len(dataset))):
+        item = dataset[index]
+        name = str(item.get("name", index))
+        yield Source(Path(name), name, _item_image(item), index)
+
+
+def model_runner(model: torch.nn.Module, device: torch.device | str, image_size: int,
+                 params: ClusterParams = ClusterParams()) -> TorchRunner:
+    """A runner around an in-memory model, in fp32 (what validation and pictures use)."""
+    return TorchRunner(model, DeviceChoice(torch.device(device), None, "in-memory model"), image_size, params)
+
+
+def evaluate_runner(runner: Runner, dataset: Sequence[dict[str, Any]], *, batch_size: int = 8,
+                    params: ClusterParams | None = None, keep_predictions: int = 0) -> EvalResult:
+    """Predict and score every image of a labelled dataset; keep the first label maps asked for."""
+    truth: dict[int, np.ndarray] = {}
+
+    def sources() -> Iterator[Source]:
+        for source in dataset_sources(dataset):
+            truth[source.index] = dataset[source.index]["labels"].numpy()
+            yield source
+
+    by_index: dict[int, Prediction] = {}
+    for result in predict_sources(sources(), runner, params, batch_size):
+        if isinstance(result, Failure):
+            raise DataError(result.message)
+        by_index[result.index] = result
+    evaluation = EvalResult()
+    for index in sorted(by_index):
+        prediction, labels = by_index[index], truth.pop(index)
+        evaluation.rows.append(ImageRow(prediction.name, score_image(prediction.labels, labels),
+                                        count_instances(labels), prediction.head_count))
+        if len(evaluation.predictions) < keep_predictions:
+            evaluation.predictions.append(prediction.labels)
+    return evaluation
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, images: torch.Tensor, params: ClusterParams = ClusterParams()) -> list[Prediction]:
-    """B x 3 x H x W images in [0, 1] (on the model's device) -> one Prediction per image."""
-    model.eval()
-    return outputs_to_predictions(model(images), model.max_instances, params)
+def evaluate_dataset(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], device: torch.device | str, *,
+                     image_size: int, batch_size: int = 8, params: ClusterParams = ClusterParams(),
+                     keep_predictions: int = 0) -> EvalResult:
+    """`evaluate_runner` for an in-memory PyTorch model (training's validation)."""
+    return evaluate_runner(model_runner(model, device, image_size, params), dataset, batch_size=batch_size,
+                           params=params, keep_predictions=keep_predictions)
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """Which images to score: a dataset spec and its validation split (None: the run's own)."""
+
+    data: str | None = None
+    val_list: str | None = None
+    val_split: float | None = None
+    val_size: int | None = None  # synthetic data: validation images
+
+
+def open_runner(path: str | os.PathLike, device: str = "auto") -> tuple[Runner, dict[str, Any], str]:
+    """A checkpoint / run directory (PyTorch) or an exported `.onnx` file (ONNX Runtime) as a
+    runner, with the training options it records (none for ONNX) and where it runs."""
+    if Path(path).suffix.lower() == ".onnx":
+        from instseg.runtime import OnnxRunner
+
+        runner = OnnxRunner.open(path, "cpu" if device == "cpu" else "auto")
+        return runner, {}, runner.providers.describe()
+    runner = TorchRunner.from_checkpoint(path, device)
+    return runner, runner.config, runner.device.describe()
+
+
+def evaluate_model(path: str | os.PathLike, data: EvalData = EvalData(), *, image_size: int | None = None,
+                   cluster: Mapping[str, Any] | None = None, batch_size: int = 8, device: str = "auto",
+                   on_start: Callable[[str], None] | None = None) -> Report:
+    """Score a trained model (checkpoint or ONNX file) on a labelled dataset's validation split,
+    clustering with the model's defaults changed by `cluster` (ClusterParams fields; None keeps)."""
+    from instseg.core.data import build_datasets
+
+    runner, config, where = open_runner(path, device)
+    spec = data.data or config.get("data")
+    if spec is None:
+        raise ConfigError(f"{path}: an ONNX file does not record its training data: give --data (and --val-list)")
+    if image_size:
+        runner.image_size = image_size
+    params = runner.cluster.override(**(cluster or {}))
+    _, val_set = build_datasets(
+        spec, image_size=runner.image_size, seed=config.get("seed", 0), train_size=1,
+        val_size=data.val_size or config.get("val_size", 32), augment=False, max_instances=runner.max_instances,
+        val_split=data.val_split or config.get("val_split", 0.2), val_list=data.val_list or config.get("val_list"))
+    if on_start is not None:
+        on_start(f"evaluating {runner.description} on {spec} ({len(val_set)} images, {runner.image_size}px) "
+                 f"on {where}; {params.method} clustering")
+    result = evaluate_runner(runner, val_set, batch_size=batch_size, params=params)
+    source = {"model": str(path), "data": spec, "image_size": runner.image_size, "cluster": asdict(params)}
+    if config:
+        source.update(checkpoint=runner.checkpoint_path, epoch=runner.epoch)
+    return Report(f"{runner.description} on {spec} ({len(result.rows)} images)", result.rows, source)
 
 
 @torch.no_grad()
-def evaluate_dataset(
-    model: torch.nn.Module,
-    dataset: Dataset | Iterable,
-    device: torch.device,
-    *,
-    batch_size: int = 8,
-    params: ClusterParams = ClusterParams(),
-    keep_predictions: int = 0,
-    image_size: int | None = None,
-) -> EvalResult:
-    """Score every image of a labelled dataset; keep the first `keep_predictions` label maps.
-
-    With `image_size`, each image is predicted at its working size (shorter side = image_size,
-    as in training) and the predicted label map is brought back to the original resolution
-    with nearest neighbour, where it is scored: metrics never depend on the training size.
-    """
-    loader = dataset if isinstance(dataset, DataLoader) else eval_loader(dataset, batch_size)
-    result = EvalResult()
-    for batch in loader:
-        images = batch["image"].to(device)
-        original = tuple(images.shape[-2:])
-        work = working_size(*original, image_size) if image_size else original
-        predictions = predict(model, resize_image_tensor(images, work), params)
-        for name, labels, pred in zip(batch["name"], batch["labels"].numpy(), predictions):
-            predicted = resize_labels(pred.labels, original)
-            result.names.append(name)
-            result.scores.append(score_image(predicted, labels))
-            result.head_counts.append(pred.count)
-            result.gt_counts.append(count_instances(labels))
-            if len(result.predictions) < keep_predictions:
-                result.predictions.append(predicted)
-    return result
-
-
-@torch.no_grad()
-def save_epoch_pictures(run_dir: Path, epoch: int, model: torch.nn.Module, dataset: Dataset, device: torch.device,
-                        params: ClusterParams, image_size: int, images: int = 4) -> None:
+def save_epoch_pictures(run_dir: Path, epoch: int, model: torch.nn.Module, dataset: Sequence[dict[str, Any]],
+                        device: torch.device | str, params: ClusterParams, image_size: int, images: int = 4) -> None:
     """`pictures/epoch-NNN.png` (input / embedding PCA / prediction / ground truth for the
     first validation images, each at its working size) and `curves.png` (from
     metrics.jsonl, the curves' one source). Images go through the model one by one, so
     datasets whose images differ in size work too."""
-    model.eval()
+    runner = model_runner(model, device, image_size, params)
     rows = []
-    for index in range(min(images, len(dataset))):
-        item = dataset[index]
-        image = item["image"].permute(1, 2, 0).numpy()
-        size = working_size(*image.shape[:2], image_size)
-        image, gt = resize_image(image, size), resize_labels(item["labels"].numpy(), size)
-        output = model(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(device))
-        [pred] = outputs_to_predictions(output, model.max_instances, params)
-        semantic, embedding = output.semantic[0].float().cpu().numpy(), output.embedding[0].float().cpu().numpy()
-        rows.append([("input", image), ("embedding (PCA)", embedding_rgb(embedding, semantic[1] > semantic[0])),
-                     (f"prediction ({int(pred.labels.max(initial=0))})", colorize(pred.labels)),
+    for source in dataset_sources(dataset, images):
+        [prediction] = predict_sources([source], runner, params, batch_size=1)
+        if isinstance(prediction, Failure):
+            raise DataError(prediction.message)
+        size = working_size(*source.image.shape[:2], image_size)
+        labels = resize_labels(prediction.labels, size)
+        gt = resize_labels(dataset[source.index]["labels"].numpy(), size)
+        rows.append([("input", resize_image(source.image, size)),
+                     ("embedding (PCA)", embedding_rgb(prediction.embedding, prediction.foreground)),
+                     (f"prediction ({int(labels.max(initial=0))})", colorize(labels)),
                      (f"ground truth ({count_instances(gt)})", colorize(gt))])
     write_rgb(run_dir / "pictures" / f"epoch-{epoch:03d}.png", panel(rows))
     write_rgb(run_dir / "curves.png", training_curves(read_metrics(run_dir / "metrics.jsonl")))

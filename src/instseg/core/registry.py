@@ -1,13 +1,14 @@
-"""The model registry: pluggy hooks, entry-point discovery, isolation of broken plugins.
+"""The model registry: which backbones and models exist, and building them by name.
 
 Every architecture - built-in or third-party - arrives the same way: a module named in the
 `instseg` entry-point group implements `register_backbones(register)` and/or
-`register_models(register)`. Discovery is lazy and happens once per process (spawned
-DataLoader workers and DDP ranks discover on first use), built-ins first. A plugin is
-all-or-nothing: if it fails to import, names an unknown hook, raises inside a hook or
-registers a name another plugin already owns, nothing it registered is kept, it is
-recorded as failed (with the reason) and everything else keeps working. Asking for a name
-that a failed plugin provides (or might provide) raises PluginError naming its distribution.
+`register_models(register)` (`hookspecs`). Discovery (`plugin_loading`) is lazy and happens
+once per process (spawned DataLoader workers and DDP ranks discover on first use), built-ins
+first. A plugin is all-or-nothing: if it fails to import, names an unknown hook, raises
+inside a hook or registers a name another plugin already owns, nothing it registered is
+kept, it is recorded as failed (with the reason) and everything else keeps working. Asking
+for a name that a failed plugin provides (or might provide) raises PluginError naming its
+distribution.
 
 Environment (read when discovery runs):
   INSTSEG_DISABLE_PLUGINS=1   load the built-in plugins only
@@ -19,33 +20,24 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
-import os
-import pickle
-import re
 import threading
-import traceback
-import zipfile
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from importlib import metadata
 from math import lcm
-from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, NoReturn, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, NoReturn
 
 import pluggy
 
-from instseg.errors import CheckpointError, ConfigError, InstsegError
+from instseg.core.hookspecs import HOOK_NAMES, PROJECT, HookSpecs
+from instseg.core.plugin_loading import (  # `_discover` is looked up here: tests patch `registry._discover`
+    PluginInfo, PluginSelection, _describe, _discover, _dist_of, _fail, install_hint, is_builtin,
+    normalize_distribution, not_installed)
+from instseg.core.specs import BackboneSpec, ModelSpec, Spec
+from instseg.errors import InstsegError
 
 if TYPE_CHECKING:
-    from instseg.core.interfaces import Backbone, Decoder, SegmentationModel
-
-PROJECT = "instseg"
-BUILTIN_DISTRIBUTION = "instseg"
-DISABLE_ENV = "INSTSEG_DISABLE_PLUGINS"
-ONLY_ENV = "INSTSEG_PLUGINS"
-
-hookspec = pluggy.HookspecMarker(PROJECT)
-hookimpl = pluggy.HookimplMarker(PROJECT)
+    from instseg.core.interfaces import Backbone, SegmentationModel
 
 
 class PluginError(InstsegError):
@@ -54,234 +46,6 @@ class PluginError(InstsegError):
 
 class RegistryError(InstsegError, LookupError):
     """An unknown name, a name registered twice, or an invalid combination."""
-
-
-class HookSpecs:
-    """The hooks a plugin may implement. Both receive a `register` callback."""
-
-    @hookspec
-    def register_backbones(self, register: Callable[..., None]) -> None:
-        """Call `register(name, factory, description="")` for each backbone.
-
-        `factory(in_channels: int = 3, **kwargs) -> Backbone`; it must accept `width`.
-        """
-
-    @hookspec
-    def register_models(self, register: Callable[["ModelSpec"], None]) -> None:
-        """Call `register(ModelSpec(...))` for each model."""
-
-
-HOOK_NAMES = ("register_backbones", "register_models")
-
-
-@dataclass(frozen=True)
-class ExportCaps:
-    """What ONNX export of a model supports (see DESIGN.md for the known traps).
-
-    dynamic_hw: H and W may vary at run time (as multiples of the model's `multiple_of`);
-        when False the model is exported at one static size and `infer` resizes to it.
-    dynamic_batch: the batch dimension may vary.
-    exporter: "dynamo" (torch.onnx.export(dynamo=True)) or "legacy" where only it works.
-    notes: free text shown to users (why an export is static, which op forced the exporter).
-    """
-
-    dynamic_hw: bool = True
-    dynamic_batch: bool = True
-    exporter: Literal["dynamo", "legacy"] = "dynamo"
-    notes: str = ""
-
-    def __post_init__(self) -> None:
-        if self.exporter not in ("dynamo", "legacy"):
-            raise ValueError(f"ExportCaps.exporter must be 'dynamo' or 'legacy', got {self.exporter!r}")
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    name: str
-    factory: Callable[..., "Backbone"]
-    description: str = ""
-    plugin: str = ""
-    distribution: str | None = None
-
-    def __post_init__(self) -> None:
-        _check_name("backbone", self.name)
-        if not callable(self.factory):
-            raise TypeError(f"backbone '{self.name}': factory must be callable, got {type(self.factory).__name__}")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A registered architecture.
-
-    decoder: `decoder(backbone, **kwargs) -> Decoder`; the backbone is built first (from
-        `default_backbone` or the user's `--backbone`) and passed in, so the decoder sizes
-        itself from `backbone.out_channels` / `backbone.strides`.
-    default_backbone: the backbone used when none is asked for. `None` means the encoder is
-        fused to the decoder (SegNet's pooling indices): the decoder receives the image via
-        `ImageInput`, a `width` argument goes to the decoder, and `--backbone` is refused.
-    multiple_of: the size H and W must divide by, beyond the backbone's largest stride
-        (inputs are padded internally, so any size works).
-    export: what its ONNX export supports (ExportCaps).
-    aliases: other names that resolve to this model.
-    defaults: keyword arguments for the decoder, so variants (e.g. `reseg-coord`) are one line.
-    backbone_defaults: keyword arguments for the default backbone only (UNet-CBAM puts CBAM
-        in the UNet encoder); a user-chosen `--backbone` does not receive them.
-    plugin, distribution: filled in by the registry; a plugin leaves them empty.
-    """
-
-    name: str
-    decoder: Callable[..., "Decoder"]
-    description: str = ""
-    default_backbone: str | None = "unet-encoder"
-    multiple_of: int = 1
-    export: ExportCaps = field(default_factory=ExportCaps)
-    aliases: tuple[str, ...] = ()
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-    backbone_defaults: Mapping[str, Any] = field(default_factory=dict)
-    plugin: str = ""
-    distribution: str | None = None
-
-    def __post_init__(self) -> None:
-        _check_name("model", self.name)
-        if not callable(self.decoder):
-            raise TypeError(f"model '{self.name}': decoder must be callable, got {type(self.decoder).__name__}")
-        if self.default_backbone is not None:
-            _check_name(f"model '{self.name}': default_backbone", self.default_backbone)
-        if not isinstance(self.multiple_of, int) or self.multiple_of < 1:
-            raise ValueError(f"model '{self.name}': multiple_of must be an int >= 1, got {self.multiple_of!r}")
-        if not isinstance(self.export, ExportCaps):
-            raise TypeError(f"model '{self.name}': export must be ExportCaps, got {type(self.export).__name__}")
-        if isinstance(self.aliases, str):
-            raise TypeError(f"model '{self.name}': aliases must be a tuple of names, got the string {self.aliases!r}")
-        object.__setattr__(self, "aliases", tuple(self.aliases))
-        for alias in self.aliases:
-            _check_name(f"model '{self.name}': alias", alias)
-
-    @property
-    def fused(self) -> bool:
-        return self.default_backbone is None
-
-
-Spec = Union[BackboneSpec, ModelSpec]
-
-
-def _check_name(what: str, name: Any) -> None:
-    if not isinstance(name, str) or not name.strip() or name != name.strip():
-        raise ValueError(f"{what} name must be a non-empty string without surrounding spaces, got {name!r}")
-
-
-@dataclass
-class PluginInfo:
-    """One loaded, failed or skipped plugin, for `instseg plugins` and error messages.
-
-    registered: what it contributes ("backbone:NAME", "model:NAME").
-    attempted: for a failed plugin, the names it tried to register before failing, so a
-        request for one of them can say which distribution to fix.
-    skipped: why discovery did not load it (INSTSEG_DISABLE_PLUGINS / INSTSEG_PLUGINS).
-    """
-
-    name: str
-    module: str
-    distribution: str | None
-    version: str | None
-    builtin: bool
-    hooks: list[str] = field(default_factory=list)
-    registered: list[str] = field(default_factory=list)
-    error: str | None = None
-    traceback: str | None = None
-    attempted: list[str] = field(default_factory=list)
-    skipped: str | None = None
-
-    @property
-    def status(self) -> str:
-        return "failed" if self.error else "skipped" if self.skipped else "loaded"
-
-    @property
-    def label(self) -> str:
-        if self.distribution:
-            dist = f"{self.distribution} {self.version or ''}".strip()
-        else:
-            dist = "in-process"
-        return f"plugin '{self.name}' ({dist})"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "module": self.module, "distribution": self.distribution,
-                "version": self.version, "builtin": self.builtin, "status": self.status, "hooks": self.hooks,
-                "registered": self.registered, "error": self.error, "skipped": self.skipped,
-                "traceback": self.traceback}
-
-
-@dataclass(frozen=True)
-class PluginSelection:
-    """Which third-party distributions discovery loads; the built-ins always load.
-
-    disabled: load no third-party plugin. only: normalised names of the only distributions
-    to load (None: all). `from_env()` reads INSTSEG_DISABLE_PLUGINS / INSTSEG_PLUGINS.
-    """
-
-    disabled: bool = False
-    only: frozenset[str] | None = None
-
-    @classmethod
-    def from_env(cls) -> "PluginSelection":
-        disabled = os.environ.get(DISABLE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
-        names = [n.strip() for n in os.environ.get(ONLY_ENV, "").split(",") if n.strip()]
-        return cls(disabled, frozenset(normalise_distribution(n) for n in names) if names else None)
-
-    @classmethod
-    def only_distributions(cls, *names: str) -> "PluginSelection":
-        return cls(False, frozenset(normalise_distribution(n) for n in names))
-
-    def skip_reason(self, distribution: str) -> str | None:
-        if self.disabled:
-            return f"{DISABLE_ENV}=1"
-        if self.only is not None and normalise_distribution(distribution) not in self.only:
-            return f"not named in {ONLY_ENV}"
-        return None
-
-
-def normalise_distribution(name: str) -> str:
-    """PEP 503 normalisation: 'Instseg_Plugin.Example' -> 'instseg-plugin-example'."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _dist_of(ep: metadata.EntryPoint) -> tuple[str | None, str | None]:
-    dist = getattr(ep, "dist", None)
-    return (dist.name, dist.version) if dist is not None else (None, None)
-
-
-def _discover() -> list[metadata.EntryPoint]:
-    """The group's entry points: built-ins first (by name), then by distribution and name.
-
-    A distribution found twice on sys.path lists its entry points twice; the first wins,
-    as it does for imports.
-    """
-    seen: set[tuple[str, str]] = set()
-    unique = []
-    for ep in metadata.entry_points(group=PROJECT):
-        key = (normalise_distribution(_dist_of(ep)[0] or ""), ep.name)
-        if key not in seen:
-            seen.add(key)
-            unique.append(ep)
-
-    def order(ep: metadata.EntryPoint) -> tuple[bool, str, str]:
-        dist = normalise_distribution(_dist_of(ep)[0] or "")
-        return dist != BUILTIN_DISTRIBUTION, dist, ep.name
-
-    return sorted(unique, key=order)
-
-
-def _describe(obj: Any, given: str) -> str:
-    if given:
-        return given
-    doc = inspect.getdoc(obj) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
-
-
-def _short_error(exc: BaseException) -> str:
-    frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-    where = f" ({frame[0].filename.rsplit(os.sep, 1)[-1]}:{frame[0].lineno})" if frame else ""
-    return f"{type(exc).__name__}: {exc}{where}"
 
 
 def _keys(item: Spec) -> list[str]:
@@ -320,18 +84,15 @@ class Registry:
             found: set[str] = set()
             for ep in _discover():
                 dist, version = _dist_of(ep)
-                builtin = dist is not None and normalise_distribution(dist) == BUILTIN_DISTRIBUTION
+                builtin = is_builtin(dist)
                 reason = None if builtin else selection.skip_reason(dist or "")
                 if reason:
                     self._skipped.append(PluginInfo(ep.name, ep.value, dist, version, False, skipped=reason))
                     continue
-                found.add(normalise_distribution(dist or ""))
+                found.add(normalize_distribution(dist or ""))
                 self._load_entry_point(ep, dist, version, builtin)
             for missing in sorted((selection.only or frozenset()) - found - set(self._plugins)):
-                self._plugins[missing] = PluginInfo(
-                    missing, "", missing, None, False,
-                    error=f"named in {ONLY_ENV} but not installed (no distribution '{missing}' "
-                          f"has '{PROJECT}' entry points)")
+                self._plugins[missing] = not_installed(missing)
 
     def _load_entry_point(self, ep: metadata.EntryPoint, dist: str | None, version: str | None,
                           builtin: bool) -> None:
@@ -501,21 +262,7 @@ class Registry:
     def install_hint(self, distribution: str, version: str | None) -> str:
         """What to do so that `distribution` (at `version`) provides its plugins here."""
         self.ensure_loaded()
-        pinned = f"{distribution}=={version}" if version else distribution
-        wanted = normalise_distribution(distribution)
-        mine = [p for p in [*self._plugins.values(), *self._skipped]
-                if p.distribution and normalise_distribution(p.distribution) == wanted]
-        for p in mine:
-            if p.skipped:
-                return f"{distribution} {p.version} is installed but not loaded ({p.skipped})"
-            if p.error:
-                return f"{distribution} {p.version} is installed but failed to load: {p.error}"
-        if mine and version and mine[0].version != version:
-            return (f"{distribution} {mine[0].version} is installed, the checkpoint was made with {version}: "
-                    f"pip install {pinned}")
-        if mine:
-            return f"{distribution} {mine[0].version} is installed and loaded"
-        return f"pip install {pinned}"
+        return install_hint(distribution, version, [*self._plugins.values(), *self._skipped])
 
     # -- construction ----------------------------------------------------------------
     def create_backbone(self, name: str, in_channels: int = 3, **kwargs: Any) -> "Backbone":
@@ -548,32 +295,23 @@ class Registry:
 
         spec = self.model_spec(name)
         sized = {} if width is None else {"width": width}
-        if spec.fused:
-            if backbone is not None:
-                raise RegistryError(
-                    f"model '{spec.name}' has its encoder fused to its decoder; it does not take --backbone")
+        if spec.fused and backbone is not None:
+            raise RegistryError(
+                f"model '{spec.name}' has its encoder fused to its decoder; it does not take --backbone")
+        chosen = spec.backbone_for(backbone)
+        if chosen is None:  # fused: the decoder gets the image, and the width
             encoder: Backbone = ImageInput(in_channels=3)
             options = {**spec.defaults, **sized, **decoder_kwargs}
-            _check_options(spec.decoder, options, f"model '{spec.name}'")
-            decoder = spec.decoder(encoder, **options)
         else:
             defaults = spec.backbone_defaults if backbone in (None, spec.default_backbone) else {}
-            encoder = self.create_backbone(backbone or spec.default_backbone,
-                                           **{**defaults, **sized, **(backbone_kwargs or {})})
+            encoder = self.create_backbone(chosen, **{**defaults, **sized, **(backbone_kwargs or {})})
             options = {**spec.defaults, **decoder_kwargs}
-            _check_options(spec.decoder, options, f"model '{spec.name}'")
-            decoder = spec.decoder(encoder, **options)
+        _check_options(spec.decoder, options, f"model '{spec.name}'")
+        decoder = spec.decoder(encoder, **options)
         multiple = lcm(int(max(encoder.strides)), int(spec.multiple_of))
         return SegmentationModel(
             encoder, decoder, embedding_dim=embedding_dim, max_instances=max_instances,
             multiple_of=multiple, mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD)
-
-
-def _fail(info: PluginInfo, step: str | None, exc: BaseException) -> None:
-    """Record why a plugin failed: one line for tables and messages, the traceback for --json."""
-    reason = str(exc) if isinstance(exc, InstsegError) else _short_error(exc)
-    info.error = f"{step}: {reason}" if step else reason
-    info.traceback = "".join(traceback.format_exception(exc))
 
 
 def _filter(names: Iterable[str], pattern: str | None) -> list[str]:
@@ -648,7 +386,8 @@ def plugin_requirements(model_name: str, backbone_name: str | None) -> dict[str,
     reg = get_registry()
     spec = reg.model_spec(model_name)
     needed = {}
-    sources = [spec] + ([] if spec.fused else [reg.backbone_spec(backbone_name or spec.default_backbone)])
+    chosen = spec.backbone_for(backbone_name)
+    sources = [spec] + ([] if chosen is None else [reg.backbone_spec(chosen)])
     for src in sources:
         info = reg.plugins[src.plugin]
         if info.distribution:
@@ -656,72 +395,9 @@ def plugin_requirements(model_name: str, backbone_name: str | None) -> dict[str,
     return needed
 
 
-@dataclass(frozen=True)
-class WeightsReport:
-    """What `load_backbone_weights` did: tensors loaded, backbone keys left as initialised, file keys ignored."""
-
-    path: str
-    loaded: int
-    missing: tuple[str, ...]
-    unexpected: tuple[str, ...]
-
-    def summary(self) -> str:
-        text = f"backbone weights {self.path}: loaded {self.loaded} tensors"
-        if self.missing:
-            text += f"; {len(self.missing)} backbone keys missing from the file, left as initialised " \
-                    f"(e.g. {', '.join(self.missing[:3])})"
-        if self.unexpected:
-            text += f"; {len(self.unexpected)} unexpected keys ignored (e.g. {', '.join(self.unexpected[:3])})"
-        return text
-
-
-def load_backbone_weights(backbone: Any, path: str | os.PathLike) -> WeightsReport:
-    """Load a local state dict into a backbone, with torch.load(weights_only=True).
-
-    The file holds the backbone's state dict, or a whole model's (an instseg checkpoint or
-    its `state_dict`), whose `backbone.*` entries are used - so a run's backbone can start
-    another. Keys on one side only are reported; a tensor of another shape, or a file of
-    which nothing fits, is an error (pretrained weights need the backbone's `width`).
-    """
-    import torch
-
-    path = Path(path)
-    own = backbone.state_dict()
-    if not own:
-        raise ConfigError(f"--weights {path}: this model's encoder is fused to its decoder; "
-                          "there is no separate backbone to load weights into")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such weights file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path}: refused to load - it holds objects that could run code") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise CheckpointError(f"{path}: weights file is truncated or corrupted ({type(exc).__name__})") from exc
-    state = _backbone_state(payload, path)
-    matched = {k: v for k, v in state.items() if k in own}
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in matched.items() if v.shape != own[k].shape]
-    if wrong:
-        raise CheckpointError(f"{path}: {len(wrong)} tensors do not fit the backbone's shapes, e.g. {wrong[0]} "
-                              "(file vs backbone; a different --width?)")
-    if not matched:
-        raise CheckpointError(f"{path}: none of its {len(state)} tensors fit the backbone (file keys e.g. "
-                              f"{', '.join(list(state)[:3])}; backbone keys e.g. {', '.join(list(own)[:3])})")
-    backbone.load_state_dict(matched, strict=False)
-    return WeightsReport(str(path), len(matched), tuple(k for k in own if k not in matched),
-                         tuple(k for k in state if k not in own))
-
-
-def _backbone_state(payload: Any, path: Path) -> dict[str, Any]:
-    """The backbone's entries of a state dict, a model's state dict or an instseg checkpoint."""
-    import torch
-
-    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
-        payload = payload["state_dict"]
-    if not isinstance(payload, dict) or not payload or \
-            not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload.items()):
-        raise CheckpointError(f"{path}: not a state dict (a mapping of parameter names to tensors)")
-    prefix = "backbone."
-    if any(k.startswith(prefix) for k in payload):
-        return {k[len(prefix):]: v for k, v in payload.items() if k.startswith(prefix)}
-    return payload
+# moved; re-exported for compatibility (these lived here before the registry was split):
+from instseg.core.hookspecs import hookimpl, hookspec  # noqa: E402
+from instseg.core.plugin_loading import (  # noqa: E402
+    BUILTIN_DISTRIBUTION, DISABLE_ENV, ONLY_ENV, _short_error, normalise_distribution)
+from instseg.core.specs import ExportCaps, _check_name  # noqa: E402
+from instseg.core.weights import WeightsReport, _backbone_state, load_backbone_weights  # noqa: E402

@@ -1,4 +1,4 @@
-"""The PyTorch runner of the prediction pipeline (see `instseg.pipeline` for the protocol)."""
+"""The PyTorch runner of the prediction pipeline (see `instseg.torchfree.pipeline` for the protocol)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import os
 import numpy as np
 import torch
 
-from instseg.core.checkpoint import build_model, load_checkpoint
-from instseg.core.clustering import ClusterParams
+from instseg.core.checkpoint import load_trained
 from instseg.core.device import DeviceChoice, resolve_device
+from instseg.torchfree.clustering import ClusterParams
 
 
 class TorchRunner:
-    """A checkpoint's model on a device: numpy images in, numpy outputs out.
+    """A model on a device: numpy images in, numpy outputs out. Built from a checkpoint
+    (`from_checkpoint`) or around an in-memory model (training's validation).
 
     The model normalises and pads internally, so any H x W is accepted (`multiple_of` 1).
     """
@@ -22,21 +23,23 @@ class TorchRunner:
     static_size = None
 
     def __init__(self, model: torch.nn.Module, device: DeviceChoice, image_size: int, cluster: ClusterParams,
-                 description: str = "") -> None:
+                 description: str = "", checkpoint: dict | None = None) -> None:
         self.model = model.to(device.device).eval()
         self.device = device
         self.image_size = image_size
         self.cluster = cluster
         self.max_instances = model.max_instances
         self.description = description
+        checkpoint = checkpoint or {}
+        self.config: dict = checkpoint.get("config", {})  # the run's training options, when from a checkpoint
+        self.checkpoint_path: str | None = checkpoint.get("path")
+        self.epoch: int | None = checkpoint.get("epoch")
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto") -> "TorchRunner":
-        ckpt = load_checkpoint(path)
-        config = ckpt["config"]
-        return cls(build_model(ckpt), resolve_device(device), int(config["image_size"]),
-                   ClusterParams.from_config(config),
-                   f"{ckpt['model']['name']} from {ckpt['path']} (epoch {ckpt['epoch']})")
+        trained = load_trained(path)
+        return cls(trained.model, resolve_device(device), trained.image_size, trained.cluster, trained.description,
+                   trained.checkpoint)
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,9 +1,9 @@
-"""The Trainer: one loop for every registered model, on one device or many, that never loses work.
+"""The Trainer: one explicit loop for every registered model, on one device or many, that never loses work.
 
-A run directory `runs/<model>-<timestamp>/` receives `config.json` (written before the first
-step, which also proves the directory is writable), `metrics.jsonl` (one line per epoch),
-`last.pt` after every epoch and whenever training is interrupted, and `best.pt` whenever the
-validation SBD improves; all written atomically, by rank 0 only.
+The parts live beside it: `rundir.RunDirectory` owns the run's files and disk checks,
+`state.TrainingState` is what a checkpoint holds (symmetric save / restore), and
+`reporting.TrainingReporter` is the console. This module builds data, model, loss and
+optimiser from a `TrainConfig` and runs the epochs.
 
 Scale: under torchrun every process runs this same code on its share of each global batch
 (`GlobalBatchSampler`) inside DistributedDataParallel; validation images are split across the
@@ -15,48 +15,45 @@ continues from exactly there; a non-finite loss skips its step.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
-import os
-import random
-import shutil
-import signal
-import threading
 import time
 import warnings
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-import instseg
-from instseg.atomic import atomic_write_bytes, atomic_write_text
-from instseg.core.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
-from instseg.core.clustering import ClusterParams
-from instseg.core.config import TrainConfig
-from instseg.core.data import build_datasets, estimate_mean_std, eval_loader
+from instseg.core.checkpoint import capture_rng_state, restore_rng_state
+from instseg.core.config import OPTIMIZERS, TrainConfig, resume_config
+from instseg.core.data import build_datasets, estimate_mean_std
 from instseg.core.device import DeviceChoice, check_compile_supported, resolve_device
 from instseg.core.distributed import DistContext, GlobalBatchSampler
-from instseg.core.evaluation import EvalResult, evaluate_dataset, save_epoch_pictures
+from instseg.core.evaluation import evaluate_dataset, save_epoch_pictures
 from instseg.core.losses import LossWeights, MultiTaskLoss
 from instseg.core.registry import create_model, get_registry, load_backbone_weights, plugin_requirements
+from instseg.core.reporting import TrainingReporter
+from instseg.core.rundir import RunDirectory
+from instseg.core.seeding import seed_everything, seed_worker, stream_seed
+from instseg.core.signals import GracefulStop
+from instseg.core.state import BatchLayout, StepResult, TrainingState
 from instseg.errors import CheckpointError, ConfigError, TrainingError
+from instseg.torchfree.clustering import ClusterParams
+from instseg.torchfree.metrics import summarize
+from instseg.version import __version__
+
+__all__ = ["GracefulStop", "TrainResult", "Trainer", "resume_config", "seed_worker"]
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-OPTIMIZER_SLOTS = 2  # Adam(W) keeps two tensors per parameter, so a checkpoint is ~3x the weights
-RESUME_OVERRIDES = ("device", "workers", "compile", "max_nonfinite", "accumulate")  # how a run runs, not what it computes
 
 
 @dataclass
@@ -73,85 +70,6 @@ class TrainResult:
     steps_per_epoch: int = 0
 
 
-@dataclass
-class StepResult:
-    terms: dict[str, float] | None  # loss terms averaged over the micro-batches; None: step skipped
-    images: int
-    nonfinite: dict[str, float] | None = None  # this process's terms when its loss was not finite
-
-
-@dataclass
-class EpochStats:
-    """Running sums of one epoch; saved mid-epoch so a resumed epoch reports the same means."""
-
-    sums: dict[str, float] = field(default_factory=dict)
-    steps: int = 0  # steps that updated the weights
-    skipped: int = 0  # steps skipped for a non-finite loss
-    images: int = 0  # images this process trained on
-    seconds: float = 0.0
-
-    def add(self, result: StepResult) -> None:
-        self.images += result.images
-        if result.terms is None:
-            self.skipped += 1
-            return
-        self.steps += 1
-        for name, value in result.terms.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value
-
-    def reduced(self, dist: DistContext) -> tuple[dict[str, float], int, int]:
-        """(mean terms, skipped steps, images) over all processes."""
-        names = sorted(self.sums)
-        totals = dist.sum([self.sums[n] for n in names] + [float(self.steps), float(self.images)])
-        steps, images = totals[-2], totals[-1]
-        return {n: v / max(steps, 1.0) for n, v in zip(names, totals)}, self.skipped, int(images)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader worker init: derive numpy/random seeds from torch's per-worker seed."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def stream_seed(seed: int, epoch: int, rank: int) -> int:
-    """Seed of the DataLoader generator for one epoch on one process (worker seeds derive from it)."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
-
-
-def make_run_dir(out: str | Path, model: str, name: str | None = None) -> Path:
-    root = Path(out)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--out {root}: cannot create directory ({exc.strerror})") from exc
-    base = name or f"{model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    for suffix in ["", *(f"-{i}" for i in range(2, 1000))]:
-        run = root / f"{base}{suffix}"
-        try:
-            run.mkdir()
-            return run
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise ConfigError(f"--out {root}: cannot write there ({exc.strerror})") from exc
-    raise ConfigError(f"--out {root}: too many runs named {base}")
-
-
-def check_free_space(run_dir: Path, needed: int) -> None:
-    """Fail before training when the disk cannot take the checkpoints the run will write."""
-    free = shutil.disk_usage(run_dir).free
-    if free < needed:
-        raise ConfigError(f"--out {run_dir.parent}: only {free / 2**20:.1f} MiB free on that disk, "
-                          f"the checkpoints of this run need about {needed / 2**20:.1f} MiB")
-
-
 def _lr_lambda(total_steps: int, warmup_steps: int, kind: str):
     def factor(step: int) -> float:
         if warmup_steps and step < warmup_steps:
@@ -162,36 +80,6 @@ def _lr_lambda(total_steps: int, warmup_steps: int, kind: str):
         return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
-
-
-class GracefulStop:
-    """SIGINT / SIGTERM ask training to stop after the current step; a second one aborts at once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, quiet: bool = False) -> None:
-        self.signum: int | None = None
-        self.quiet = quiet
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> GracefulStop:
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt  # asked twice: stop now, without saving
-        self.signum = signum
-        if not self.quiet:
-            os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step and saving last.pt "
-                        "(send it again to abort without saving)\n".encode())
 
 
 class Trainer:
@@ -207,11 +95,10 @@ class Trainer:
         config.validate()
         self.config = config
         self.dist = dist or DistContext.from_env()
-        self.console = console or Console(stderr=True)
-        if not self.dist.is_main:
-            self.console = Console(stderr=True, quiet=True)
+        self.report = TrainingReporter(console or Console(stderr=True), self.dist.is_main)
         self.device: DeviceChoice = resolve_device(
-            config.device, amp=config.amp, local_rank=self.dist.local_rank if self.dist.enabled else None)
+            config.device, amp=config.amp, local_rank=self.dist.local_rank if self.dist.enabled else None,
+            cpu_amp=True)
         self._check_options()
         self.dist.start(self.device.device)
         seed_everything(config.seed)
@@ -222,19 +109,24 @@ class Trainer:
         self._build_schedule()
         seed_everything(config.seed + self.dist.rank)  # model init is identical everywhere; data randomness is not
         self.cluster = ClusterParams.from_config(asdict(config))
-        self.epoch, self.epoch_step, self.step, self.epoch_done = 1, 0, 0, False
-        self.stats = EpochStats()
-        self.nonfinite_streak = 0
-        self.best_sbd, self.best_epoch, self.best, self.last = -1.0, 0, {}, {}
-        self.run_seconds = 0.0  # wall time of earlier sessions of this run
-        self._clock = time.perf_counter()
+        self.state = TrainingState()
         self.resumed_from: str | None = None
+        self._clock = time.perf_counter()
         if resume is None:
-            self.run_dir: Path = self.dist.run_on_main(self._new_run_dir)
+            self.run = RunDirectory(self.dist.run_on_main(self._new_run_dir))
         else:
-            self.run_dir = Path(resume["path"]).parent
+            self.run = RunDirectory(Path(resume["path"]).parent)
             self._restore(resume)
-        self.dist.run_on_main(self._check_disk)
+        weight_bytes = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        self.dist.run_on_main(lambda: self.run.check_disk(weight_bytes))
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
+
+    @property
+    def step(self) -> int:
+        return self.state.step
 
     # -- construction ----------------------------------------------------------------
     def _check_options(self) -> None:
@@ -262,15 +154,10 @@ class Trainer:
             max_instances=cfg.max_instances, mean=self.mean, std=self.std, **cfg.model_kwargs,
         ).to(self.device.device)
         if cfg.weights and initial_weights:
-            self.console.print(load_backbone_weights(model.backbone, cfg.weights).summary())
+            self.report.note(load_backbone_weights(model.backbone, cfg.weights).summary())
         self.model_init = {
-            "name": spec.name,
-            "backbone": cfg.backbone,
-            "width": cfg.width,
-            "embedding_dim": cfg.embedding_dim,
-            "max_instances": cfg.max_instances,
-            "mean": list(self.mean),
-            "std": list(self.std),
+            "name": spec.name, "backbone": cfg.backbone, "width": cfg.width, "embedding_dim": cfg.embedding_dim,
+            "max_instances": cfg.max_instances, "mean": list(self.mean), "std": list(self.std),
             "kwargs": dict(cfg.model_kwargs),
         }
         self.plugins = plugin_requirements(spec.name, cfg.backbone)
@@ -290,12 +177,12 @@ class Trainer:
     def _build_optimisation(self) -> None:
         cfg = self.config
         self.loss_fn = MultiTaskLoss(cfg.max_instances, LossWeights(**cfg.loss_weights), cfg.delta_v, cfg.delta_d)
-        self.optimizer = OPTIMIZERS[cfg.optimizer](self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = getattr(torch.optim, OPTIMIZERS[cfg.optimizer])
+        self.optimizer = optimizer(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.amp_dtype == torch.float16)
 
     def _build_loaders(self) -> None:
         cfg = self.config
-        pin = self.device.is_cuda
         self.train_sampler = GlobalBatchSampler(
             self.train_set, batch_size=cfg.batch_size, accumulate=cfg.accumulate,
             num_replicas=self.dist.world_size, rank=self.dist.rank, seed=cfg.seed)
@@ -303,10 +190,9 @@ class Trainer:
         self.loader_generator = torch.Generator()
         self.train_loader = DataLoader(
             self.train_set, batch_size=cfg.batch_size, sampler=self.train_sampler, num_workers=cfg.workers,
-            worker_init_fn=seed_worker, generator=self.loader_generator, pin_memory=pin,
+            worker_init_fn=seed_worker, generator=self.loader_generator, pin_memory=self.device.is_cuda,
             persistent_workers=cfg.workers > 0)
-        val_share = Subset(self.val_set, range(self.dist.rank, len(self.val_set), self.dist.world_size))
-        self.val_loader = eval_loader(val_share, cfg.batch_size, cfg.workers, pin)
+        self.val_share = Subset(self.val_set, range(self.dist.rank, len(self.val_set), self.dist.world_size))
 
     def _build_schedule(self) -> None:
         cfg = self.config
@@ -314,115 +200,87 @@ class Trainer:
         warmup = int(cfg.warmup_epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(total, warmup, cfg.scheduler))
 
-    def _new_run_dir(self) -> Path:
-        run_dir = make_run_dir(self.config.out, self.model_init["name"], self.config.name)
-        try:
-            atomic_write_text(run_dir / "config.json", json.dumps(self._config_record(), indent=2))
-        except OSError as exc:
-            raise ConfigError(f"--out {self.config.out}: cannot write {run_dir / 'config.json'} "
-                              f"({exc.strerror or exc})") from exc
-        return run_dir
+    @property
+    def layout(self) -> BatchLayout:
+        return BatchLayout(self.dist.world_size, self.config.accumulate, self.config.batch_size, self.steps_per_epoch)
 
-    def _check_disk(self) -> None:
-        """Before the first step: the run directory takes a write and has room for the checkpoints."""
-        probe = self.run_dir / ".write-test"
-        try:
-            atomic_write_bytes(probe, b"instseg")
-            probe.unlink()
-        except OSError as exc:
-            raise ConfigError(f"cannot write in {self.run_dir} ({exc.strerror or exc})") from exc
-        weights = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
-        # last.pt and best.pt, plus the temporary copy that exists while one of them is replaced
-        check_free_space(self.run_dir, 3 * weights * (1 + OPTIMIZER_SLOTS) + 2**20)
+    def _new_run_dir(self) -> Path:
+        return RunDirectory.create(self.config.out, self.model_init["name"], self.config.name,
+                                   self._config_record()).path
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         """Load everything last.pt holds, so the run continues as if it had never stopped."""
-        state = checkpoint["training"]
         path = checkpoint["path"]
-        saved = (state["world_size"], state["accumulate"], state["batch_size"])
-        now = (self.dist.world_size, self.config.accumulate, self.config.batch_size)
-        if math.prod(saved) != math.prod(now):
-            raise ConfigError(
-                f"{path}: the run trained with {saved[0]} process(es) x accumulate {saved[1]} x batch {saved[2]}; "
-                f"resuming needs the same global batch ({math.prod(saved)}): choose --accumulate so that "
-                f"processes x accumulate = {saved[0] * saved[1]} (now {now[0]} x {now[1]})")
-        if state["steps_per_epoch"] != self.steps_per_epoch:
-            raise ConfigError(f"{path}: the run had {state['steps_per_epoch']} steps per epoch, the data now gives "
-                              f"{self.steps_per_epoch}: the training data changed")
+        state, saved_layout, extra = TrainingState.restore(checkpoint)
+        self.layout.check_resumable(saved_layout, path)
         try:
             self.model.load_state_dict(checkpoint["state_dict"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             self.scheduler.load_state_dict(checkpoint["scheduler"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{path}: does not fit this model and optimiser ({str(exc).splitlines()[0]})") from exc
-        if self.scaler.is_enabled() and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch, self.epoch_step = checkpoint["step"], checkpoint["epoch"], state["epoch_step"]
-        self.stats = EpochStats(**state["epoch_stats"])
-        if state["epoch_done"]:
-            self.epoch, self.epoch_step, self.stats = self.epoch + 1, 0, EpochStats()
-        self.nonfinite_streak = state["nonfinite_streak"]
-        self.best_sbd, self.best_epoch = checkpoint["best_sbd"], state["best_epoch"]
-        self.best, self.last = state["best"], checkpoint["metrics"]
-        self.run_seconds = state["seconds"]
-        rng = state["rng"]
+        if self.scaler.is_enabled() and extra["scaler"]:
+            self.scaler.load_state_dict(extra["scaler"])
+        self.state = state
+        rng = extra["rng"]
         if len(rng) == self.dist.world_size:
             restore_rng_state(rng[self.dist.rank])
         else:
-            seed_everything(self.config.seed + self.dist.rank + 7919 * self.step)
-            self.console.print(f"note: {path} holds the RNG states of {len(rng)} process(es), this run has "
-                               f"{self.dist.world_size}: random streams are re-seeded")
+            seed_everything(self.config.seed + self.dist.rank + 7919 * state.step)
+            self.report.note(f"note: {path} holds the RNG states of {len(rng)} process(es), this run has "
+                             f"{self.dist.world_size}: random streams are re-seeded")
         self.resumed_from = path
         if self.dist.is_main:
-            self._trim_metrics(self.epoch - 1)
+            self.run.trim_metrics(state.epoch - 1)
 
     # -- the loop --------------------------------------------------------------------
     def fit(self) -> TrainResult:
-        cfg = self.config
+        cfg, state = self.config, self.state
         self._announce()
         start = self._clock = time.perf_counter()
         self.session_images, self.session_seconds = 0, 0.0
-        with GracefulStop(quiet=not self.dist.is_main) as stop, self._progress() as progress:
+        with GracefulStop(quiet=not self.dist.is_main) as stop, self.report.progress() as progress:
             task = progress.add_task("train", total=cfg.epochs * self.steps_per_epoch, loss=float("nan"), epoch="",
-                                     completed=(self.epoch - 1) * self.steps_per_epoch + self.epoch_step)
-            while self.epoch <= cfg.epochs:
-                self.epoch_done = False
+                                     completed=(state.epoch - 1) * self.steps_per_epoch + state.epoch_step)
+            while state.epoch <= cfg.epochs:
+                state.epoch_done = False
                 signum = self._train_epoch(stop, progress, task)
-                if signum is None or self.epoch_step == self.steps_per_epoch:
+                if signum is None or state.epoch_step == self.steps_per_epoch:
                     self._end_epoch()
                     signum = signum or self._agreed_signal(stop)
                 if signum is not None:
-                    if not self.epoch_done:
+                    if not state.epoch_done:
                         self._save()
                     return self._result(start, interrupted_by=signum)
-                self.epoch, self.epoch_step, self.stats = self.epoch + 1, 0, EpochStats()
+                state.next_epoch()
         return self._result(start)
 
     def _train_epoch(self, stop: GracefulStop, progress: Progress, task: Any) -> int | None:
-        """Optimizer steps from `self.epoch_step` to the end of the epoch; the signal if one stopped it."""
+        """Optimizer steps from the state's position to the end of the epoch; the signal if one stopped it."""
+        state = self.state
         self.model.train()
-        self.train_sampler.set_epoch(self.epoch)
-        self.train_sampler.set_start(self.epoch_step)
-        self.loader_generator.manual_seed(stream_seed(self.config.seed, self.epoch, self.dist.rank))
+        self.train_sampler.set_epoch(state.epoch)
+        self.train_sampler.set_start(state.epoch_step)
+        self.loader_generator.manual_seed(stream_seed(self.config.seed, state.epoch, self.dist.rank))
         batches = iter(self.train_loader)
         t0 = time.perf_counter()
         try:
-            while self.epoch_step < self.steps_per_epoch:
+            while state.epoch_step < self.steps_per_epoch:
                 result = self.train_step(itertools.islice(batches, self.config.accumulate))
-                self.step += 1
-                self.epoch_step += 1
-                self.stats.add(result)
+                state.step += 1
+                state.epoch_step += 1
+                state.stats.add(result)
                 self.session_images += result.images
                 self._check_nonfinite(result)
-                progress.update(task, advance=1, epoch=f"epoch {self.epoch}/{self.config.epochs}",
-                                loss=self.stats.sums.get("loss", float("nan")) / max(self.stats.steps, 1))
+                progress.update(task, advance=1, epoch=f"epoch {state.epoch}/{self.config.epochs}",
+                                loss=state.stats.sums.get("loss", float("nan")) / max(state.stats.steps, 1))
                 signum = self._agreed_signal(stop)
                 if signum is not None:
                     return signum
             return None
         finally:
             elapsed = time.perf_counter() - t0
-            self.stats.seconds += elapsed
+            state.stats.seconds += elapsed
             self.session_seconds += elapsed
 
     def train_step(self, micro_batches: Iterable[dict[str, Any]]) -> StepResult:
@@ -481,20 +339,20 @@ class Trainer:
 
     def _check_nonfinite(self, result: StepResult) -> None:
         """Log a skipped step; stop (saving last.pt) after --max-nonfinite of them in a row."""
+        state = self.state
         if result.terms is not None:
-            self.nonfinite_streak = 0
+            state.nonfinite_streak = 0
             return
-        self.nonfinite_streak += 1
+        state.nonfinite_streak += 1
         limit = self.config.max_nonfinite
         where = (", ".join(f"{k}={v:.4g}" for k, v in result.nonfinite.items()) if result.nonfinite
                  else "on another process")
-        message = (f"epoch {self.epoch} step {self.epoch_step}: non-finite loss ({where}); step skipped "
-                   f"({self.nonfinite_streak}/{limit} in a row)")
-        self.console.print(f"[yellow]{message}[/]", highlight=False)
-        if self.nonfinite_streak >= limit:
+        self.report.warn(f"epoch {state.epoch} step {state.epoch_step}: non-finite loss ({where}); step skipped "
+                         f"({state.nonfinite_streak}/{limit} in a row)")
+        if state.nonfinite_streak >= limit:
             self._save()
             raise TrainingError(
-                f"stopped at epoch {self.epoch} step {self.epoch_step}: the loss was non-finite for {limit} steps "
+                f"stopped at epoch {state.epoch} step {state.epoch_step}: the loss was non-finite for {limit} steps "
                 f"in a row. The weights (never updated by those steps) are in {self.run_dir / 'last.pt'}; "
                 "try a lower --lr, a --grad-clip, --no-amp, or check the data")
 
@@ -504,57 +362,45 @@ class Trainer:
         return signum or None
 
     def _elapsed(self) -> float:
-        return self.run_seconds + time.perf_counter() - self._clock
+        return self.state.seconds + time.perf_counter() - self._clock
 
     def _end_epoch(self) -> None:
         """Everything done once per epoch after its last step: validate, record, checkpoint, report."""
-        cfg = self.config
+        cfg, state = self.config, self.state
         self.dist.average_buffers(self.model)
-        train, skipped, images = self.stats.reduced(self.dist)
-        self.last = self._validate().summary()
-        improved = self.last["sbd"]["mean"] > self.best_sbd
-        if improved:
-            self.best_sbd, self.best_epoch, self.best = self.last["sbd"]["mean"], self.epoch, self.last
-        self.epoch_done = True
+        train, skipped, images = state.stats.reduced(self.dist)
+        improved = state.record_validation(self._validate())
         record = {
-            "epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
-            "train": train, "skipped_steps": skipped, "val": {k: v["mean"] for k, v in self.last.items()},
-            "images_per_second": images / max(self.stats.seconds, 1e-9),
+            "epoch": state.epoch, "step": state.step, "lr": self.optimizer.param_groups[0]["lr"],
+            "train": train, "skipped_steps": skipped, "val": {k: v["mean"] for k, v in state.last.items()},
+            "images_per_second": images / max(state.stats.seconds, 1e-9),
             "seconds": self._elapsed(),
         }
-        self.dist.run_on_main(lambda: self._append_metrics(record))
+        self.dist.run_on_main(lambda: self.run.append_metrics(record))
         self.dist.run_on_main(lambda: save_epoch_pictures(
-            self.run_dir, self.epoch, self.model, self.val_set, self.device.device, self.cluster, cfg.image_size))
+            self.run_dir, state.epoch, self.model, self.val_set, self.device.device, self.cluster, cfg.image_size))
         self._save(best=improved)
-        self.console.print(
-            f"epoch {self.epoch:>3}/{cfg.epochs}  loss {train.get('loss', float('nan')):.4f}  "
-            f"SBD {self.last['sbd']['mean']:.3f}  FG Dice {self.last['fg_dice']['mean']:.3f}  "
-            f"|DiC| {self.last['abs_dic']['mean']:.2f}" + ("  [green]best[/]" if improved else "")
-            + (f"  [yellow]{skipped} step(s) skipped[/]" if skipped else ""))
+        self.report.epoch(state.epoch, cfg.epochs, train.get("loss", float("nan")), state.last, improved, skipped)
 
-    def _validate(self) -> EvalResult:
+    def _validate(self) -> dict[str, dict[str, float]]:
         """Each process scores its share of the validation images (clustering, on the CPU,
-        dominates); gathering the per-image scores gives every process the same result."""
-        share = evaluate_dataset(self.model, self.val_loader, self.device.device, params=self.cluster,
-                                 image_size=self.config.image_size)
-        merged = EvalResult()
-        rows = [row for part in self.dist.gather(share) for row in zip(part.names, part.scores, part.head_counts)]
-        for name, score, count in sorted(rows, key=lambda row: row[0]):  # shares are batched by image size
-            merged.names.append(name)
-            merged.scores.append(score)
-            merged.head_counts.append(count)
-        return merged
+        dominates); gathering the per-image scores gives every process the same summary."""
+        share = evaluate_dataset(self.model, self.val_share, self.device.device, params=self.cluster,
+                                 image_size=self.config.image_size, batch_size=self.config.batch_size)
+        rows = sorted((row for part in self.dist.gather(share.rows) for row in part), key=lambda row: row.name)
+        return summarize(row.scores for row in rows)
 
     def _result(self, start: float, interrupted_by: int | None = None) -> TrainResult:
+        state = self.state
         images = int(self.dist.sum([float(self.session_images)])[0])
-        return TrainResult(self.run_dir, self.best_epoch, self.best, self.last, time.perf_counter() - start,
-                           images / max(self.session_seconds, 1e-9), interrupted_by, self.epoch, self.epoch_step,
+        return TrainResult(self.run_dir, state.best_epoch, state.best, state.last, time.perf_counter() - start,
+                           images / max(self.session_seconds, 1e-9), interrupted_by, state.epoch, state.epoch_step,
                            self.steps_per_epoch)
 
     # -- files -----------------------------------------------------------------------
     def _config_record(self) -> dict[str, Any]:
         return {
-            "instseg_version": instseg.__version__,
+            "instseg_version": __version__,
             "config": asdict(self.config),
             "model": self.model_init,
             "plugins": self.plugins,
@@ -564,107 +410,23 @@ class Trainer:
             "created": datetime.now().isoformat(timespec="seconds"),
         }
 
-    def _append_metrics(self, record: dict[str, Any]) -> None:
-        path = self.run_dir / "metrics.jsonl"
-        previous = path.read_text() if path.exists() else ""
-        atomic_write_text(path, previous + json.dumps(record) + "\n")
-
-    def _trim_metrics(self, completed_epochs: int) -> None:
-        """Drop lines of epochs the checkpoint does not cover (written just before an interruption)."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        lines = path.read_text().splitlines()
-        kept = [line for line in lines if json.loads(line)["epoch"] <= completed_epochs]
-        if len(kept) != len(lines):
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
-
     def _save(self, best: bool = False) -> None:
         """last.pt (and best.pt): every process contributes its RNG state, rank 0 writes."""
         rng = self.dist.gather(capture_rng_state())
-        names = ["last.pt", "best.pt"] if best else ["last.pt"]
-        self.dist.run_on_main(lambda: self._write_checkpoints(self._checkpoint(rng), names))
-
-    def _checkpoint(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
-        cfg = self.config
-        return {
-            "instseg_version": instseg.__version__,
-            "model": self.model_init,
-            "plugins": self.plugins,
-            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "config": asdict(cfg),
-            "epoch": self.epoch,
-            "step": self.step,
-            "best_sbd": self.best_sbd,
-            "metrics": self.last,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "training": {  # what --resume needs beyond the weights
-                "epoch_step": self.epoch_step,
-                "epoch_done": self.epoch_done,
-                "steps_per_epoch": self.steps_per_epoch,
-                "world_size": self.dist.world_size,
-                "accumulate": cfg.accumulate,
-                "batch_size": cfg.batch_size,
-                "epoch_stats": asdict(self.stats),
-                "nonfinite_streak": self.nonfinite_streak,
-                "best_epoch": self.best_epoch,
-                "best": self.best,
-                "seconds": self._elapsed(),
-                "scaler": self.scaler.state_dict(),
-                "rng": rng,
-            },
-        }
-
-    def _write_checkpoints(self, payload: dict[str, Any], names: list[str]) -> None:
-        for name in names:
-            path = self.run_dir / name
-            try:
-                save_checkpoint(path, payload)
-            except OSError as exc:
-                raise TrainingError(f"could not write {path} ({exc.strerror or exc}); "
-                                    f"the previous {name}, if any, is intact") from exc
+        self.state.seconds = self._elapsed()
+        self._clock = time.perf_counter()
+        payload = lambda: self.state.payload(  # noqa: E731 - built on rank 0 only
+            layout=self.layout, model=self.model_init, plugins=self.plugins, config=asdict(self.config),
+            weights={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(), rng=rng)
+        self.dist.run_on_main(lambda: self.run.save_checkpoints(payload(), best))
 
     # -- console ---------------------------------------------------------------------
     def _announce(self) -> None:
-        cfg = self.config
-        n_params = sum(p.numel() for p in self.model.parameters())
-        world = self.dist.world_size
-        scale = (f"{world} processes ({'nccl' if self.device.is_cuda else 'gloo'}{', SyncBatchNorm' if cfg.sync_bn else ''}); "
-                 if world > 1 else "")
-        self.console.print(
-            f"[bold]instseg train[/] {cfg.model} ({n_params / 1e6:.2f} M params) on {self.device.describe()}; {scale}"
-            f"global batch {world * cfg.accumulate * cfg.batch_size} = {world} x accumulate {cfg.accumulate} x "
-            f"batch {cfg.batch_size}; data {cfg.data} {len(self.train_set)}/{len(self.val_set)} images at "
-            f"{cfg.image_size}px -> {self.run_dir}")
-        if self.resumed_from:
-            self.console.print(f"resuming {self.resumed_from}: epoch {self.epoch}, step {self.epoch_step}/"
-                               f"{self.steps_per_epoch} of the epoch")
-        if cfg.compile:
-            self.console.print("torch.compile: the first steps compile the model and are slow")
-
-    def _progress(self) -> Progress:
-        return Progress(
-            TextColumn("{task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), console=self.console, transient=False, disable=not self.dist.is_main)
-
-
-def resume_config(checkpoint: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
-    """The configuration a run resumes with: its saved one, changed only in how it runs.
-
-    Options that change what is computed (learning rate, epochs, data, ...) would make the
-    resumed run differ from the one that was interrupted, so they are refused.
-    """
-    refused = sorted(set(overrides) - set(RESUME_OVERRIDES))
-    if refused:
-        allowed = ", ".join(f"--{name.replace('_', '-')}" for name in RESUME_OVERRIDES)
-        given = ", ".join(f"--{name.replace('_', '-')}" for name in refused)
-        raise ConfigError(f"--resume continues {Path(checkpoint['path']).parent} with its saved options; "
-                          f"only {allowed} may change (given: {given})")
-    try:
-        config = TrainConfig(**{**checkpoint["config"], **overrides})
-    except TypeError as exc:
-        raise CheckpointError(f"{checkpoint['path']}: its saved options do not fit this instseg ({exc})") from exc
-    config.validate()
-    return config
+        state = self.state
+        self.report.announce(
+            self.config, params=sum(p.numel() for p in self.model.parameters()), device=self.device.describe(),
+            world=self.dist.world_size, cuda=self.device.is_cuda, train_images=len(self.train_set),
+            val_images=len(self.val_set), run_dir=self.run_dir, resumed=self.resumed_from,
+            position=f"epoch {state.epoch}, step {state.epoch_step}/{self.steps_per_epoch} of the epoch")

@@ -1,6 +1,6 @@
 """ONNX export: a model's whole forward pass in one file that ONNX Runtime runs as PyTorch does.
 
-    instseg export RUN --onnx  ->  export_checkpoint()  ->  export_onnx()
+    instseg export RUN --onnx  ->  request_from_checkpoint()  ->  export_onnx()
 
 The graph is the SegmentationModel itself: float32 RGB NCHW in [0, 1] in (normalised inside,
 so preprocessing cannot drift), `semantic`, `embedding`, `count` out. How it is exported
@@ -14,7 +14,7 @@ Every export is checked before it is kept: `metadata_props` (`runtime.metadata.M
 synthetic plants at the export shape and, for a dynamic graph, at a second shape (another
 batch, H and W). A graph that misses the tolerance is kept only as `<name>.parity-failed.onnx`.
 
-Verified with torch 2.13 / onnxscript 0.7.2 (DESIGN.md lists the traps):
+The known traps, verified with torch 2.13 / onnxscript 0.7.2:
 - dynamo writes opset 18 when asked for 17 and says nothing, so 18 is the minimum;
 - dynamo writes weights to a side file unless `external_data=False`: one file ships easier;
 - declaring H, W as `k * Dim(...)` makes the model's internal padding vanish from the graph
@@ -47,9 +47,9 @@ import torch
 from torch import nn
 
 from instseg.atomic import atomic_write_bytes
-from instseg.core.clustering import ClusterParams
+from instseg.torchfree.clustering import ClusterParams
 from instseg.core.data.synthetic import render_plant
-from instseg.core.registry import ExportCaps
+from instseg.core.specs import ExportCaps
 from instseg.errors import InstsegError
 from instseg.runtime.metadata import INPUT_NAME, OUTPUT_NAMES, ModelInfo
 from instseg.runtime.runner import RUN_ERRORS
@@ -373,7 +373,7 @@ def request_from_checkpoint(path: str | os.PathLike, opset: int = DEFAULT_OPSET,
     model = build_model(checkpoint)
     init, config = checkpoint["model"], checkpoint["config"]
     spec = get_registry().model_spec(init["name"])
-    backbone = None if spec.fused else (init.get("backbone") or spec.default_backbone)
+    backbone = spec.backbone_for(init.get("backbone"))
     return ExportRequest(
         model=model, name=spec.name, backbone=backbone, caps=spec.export, image_size=int(config["image_size"]),
         cluster=ClusterParams.from_config(config), plugins=plugin_requirements(spec.name, backbone),

@@ -114,7 +114,7 @@ class ReNet(nn.Module):
 
     Each output pixel sees its whole row, then (through the row summaries) the whole image.
     Reshapes name the channel size explicitly: with `-1` there, a dynamo ONNX export only
-    runs at the export shape (DESIGN.md).
+    runs at the export shape.
     """
 
     def __init__(self, in_channels: int, hidden: int) -> None:

@@ -21,10 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from instseg import hookimpl
-from instseg.core.interfaces import Backbone, Decoder
-from instseg.core.registry import ModelSpec
-from instseg.errors import ConfigError
+from instseg import Backbone, ConfigError, Decoder, ModelSpec, hookimpl
 from instseg.plugins.blocks import ConvBNReLU
 
 ASPP_RATES = (6, 12, 18)

@@ -19,9 +19,7 @@ from math import lcm
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from instseg import hookimpl
-from instseg.core.interfaces import Backbone, Decoder
-from instseg.core.registry import ModelSpec
+from instseg import Backbone, Decoder, ModelSpec, hookimpl
 from instseg.plugins.blocks import ConvBNReLU, ConvGRUCell, ReNet
 from instseg.plugins.reseg import RENET_EXPORT, RENET_MULTIPLE
 from instseg.plugins.unet import UpBlock

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from instseg import hookimpl
-from instseg.core.interfaces import Backbone, Decoder
-from instseg.core.registry import ExportCaps, ModelSpec
+from instseg import Backbone, Decoder, ExportCaps, ModelSpec, hookimpl
 from instseg.plugins.blocks import COORD_CHANNELS, ReNet, add_coordinates
 from instseg.plugins.unet import UpBlock
 

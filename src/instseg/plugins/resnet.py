@@ -14,9 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from instseg import hookimpl
-from instseg.core.interfaces import Backbone
-from instseg.errors import ConfigError
+from instseg import Backbone, ConfigError, hookimpl
 
 RESNET34_LAYERS = (3, 4, 6, 3)
 OUTPUT_STRIDES = (8, 16, 32)

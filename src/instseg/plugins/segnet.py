@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from instseg import hookimpl
-from instseg.core.interfaces import Backbone, Decoder
-from instseg.core.registry import ExportCaps, ModelSpec
+from instseg import Backbone, Decoder, ExportCaps, ModelSpec, hookimpl
 from instseg.plugins.blocks import ConvBNReLU
 from instseg.plugins.vgg import VGG16_BLOCKS
 

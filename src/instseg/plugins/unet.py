@@ -12,9 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from instseg import hookimpl
-from instseg.core.interfaces import Backbone, Decoder
-from instseg.core.registry import ModelSpec
+from instseg import Backbone, Decoder, ModelSpec, hookimpl
 from instseg.plugins.blocks import DoubleConv
 
 UP_MODES = ("bilinear", "transposed")

@@ -8,8 +8,7 @@ the decoder keeps it and the backbone is used as it is.
 
 from __future__ import annotations
 
-from instseg import hookimpl
-from instseg.core.registry import ModelSpec
+from instseg import ModelSpec, hookimpl
 from instseg.plugins.unet import UNetDecoder
 
 

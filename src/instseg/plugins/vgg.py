@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from instseg import hookimpl
-from instseg.core.interfaces import Backbone
-from instseg.errors import ConfigError
+from instseg import Backbone, ConfigError, hookimpl
 
 VGG16_BLOCKS = (2, 2, 3, 3, 3)
 

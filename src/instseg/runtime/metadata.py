@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
-from instseg.core.clustering import ClusterParams
+from instseg.torchfree.clustering import ClusterParams
 from instseg.errors import CheckpointError, ConfigError
 
 FORMAT_KEY = "instseg.format"

@@ -1,4 +1,4 @@
-"""The ONNX Runtime runner of the prediction pipeline (see `instseg.pipeline` for the protocol).
+"""The ONNX Runtime runner of the prediction pipeline (see `instseg.torchfree.pipeline` for the protocol).
 
 `instseg predict` runs a checkpoint through `core.runner.TorchRunner`; `instseg infer` runs an
 exported file through `OnnxRunner` - the same pipeline, clustering and files around either.

@@ -18,7 +18,7 @@ import numpy as np
 from instseg.core.data.layouts import discover, parse_data_spec
 from instseg.core.data.samples import Sample, check_same_size, read_instance_labels
 from instseg.errors import ConfigError, DataError
-from instseg.imageio import display_path, read_image, read_label_map
+from instseg.torchfree.imageio import display_path, read_image, read_label_map
 
 MAX_BINS = 10
 

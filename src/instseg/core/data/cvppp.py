@@ -23,7 +23,7 @@ from instseg.atomic import atomic_write_text
 from instseg.core.data.samples import Layout, Sample, index_by_stem, list_files, unmatched
 from instseg.core.data.synthetic import SyntheticConfig, render_plant
 from instseg.errors import DataError
-from instseg.imageio import display_path, write_image
+from instseg.torchfree.imageio import display_path, write_image
 
 RGB, LABEL, FG = "_rgb", "_label", "_fg"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from instseg.core.data.samples import Layout, Sample, index_by_stem, list_files, unmatched
 from instseg.errors import DataError
-from instseg.imageio import IMAGE_SUFFIXES, display_path
+from instseg.torchfree.imageio import IMAGE_SUFFIXES, display_path
 
 IMAGES, MASKS = "images", "masks"
 MASK_SUFFIXES = (".png", ".tif", ".tiff")

@@ -15,7 +15,7 @@ from instseg.core.data.cvppp import discover_cvppp, looks_like_cvppp
 from instseg.core.data.folder import discover_folder, looks_like_folder
 from instseg.core.data.samples import Layout
 from instseg.errors import ConfigError, DataError
-from instseg.imageio import display_path
+from instseg.torchfree.imageio import display_path
 
 FILE_KINDS = ("cvppp", "folder")
 

@@ -5,7 +5,7 @@ blur touch the image only. The transforms run inside DataLoader workers and draw
 random generator, which DataLoader seeds per worker from the loader's generator (`--seed`):
 a run repeats exactly for a given `--seed` and `--workers`, and workers never share a stream.
 
-Resize policy (as `instseg.imageio.working_size`): an image is scaled so that its shorter side
+Resize policy (as `instseg.torchfree.imageio.working_size`): an image is scaled so that its shorter side
 is `image_size` (times a random zoom), and an `image_size` square is cropped from it. The crop
 is taken at the original resolution first and then resized, so a large image costs no more
 than a small one.
@@ -26,7 +26,7 @@ GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma
 def resize_image_tensor(image: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear resize with antialiasing of C x H x W or B x C x H x W images.
 
-    Matches `instseg.imageio.resize_image` (Pillow) to ~1e-5, so evaluation in torch and
+    Matches `instseg.torchfree.imageio.resize_image` (Pillow) to ~1e-5, so evaluation in torch and
     prediction on the torch-free ONNX path see the same pixels.
     """
     if tuple(image.shape[-2:]) == tuple(size):

@@ -87,7 +87,8 @@ def score_image(pred: np.ndarray, gt: np.ndarray) -> ImageScores:
     return ImageScores(symmetric_best_dice(pred, gt), foreground_dice(pred, gt), dic, abs(dic))
 
 
-METRIC_NAMES = ("sbd", "fg_dice", "dic", "abs_dic")
+METRIC_LABELS = {"sbd": "SBD", "fg_dice": "FG Dice", "dic": "DiC", "abs_dic": "|DiC|"}  # names -> table labels
+METRIC_NAMES = tuple(METRIC_LABELS)
 
 
 def summarize(scores: Sequence[ImageScores] | Iterable[ImageScores]) -> dict[str, dict[str, float]]:

@@ -1,0 +1,105 @@
+"""Prediction files: the label map and pictures of one Prediction, and a whole folder of inputs
+predicted and written (what `instseg predict` and `instseg infer` do, as a library call)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from instseg.errors import ConfigError, DataError
+from instseg.torchfree.clustering import ClusterParams
+from instseg.torchfree.imageio import read_label_map, write_label_map, write_rgb
+from instseg.torchfree.inputs import match_key
+from instseg.torchfree.metrics import count_instances
+from instseg.torchfree.pipeline import Failure, Prediction, Runner, predict
+from instseg.torchfree.render import colorize, embedding_rgb, overlay, panel
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    overlay: bool = True
+    panels: bool = False  # input / prediction / ground truth (when found in gt_files)
+    embeddings: bool = False  # PCA picture of the embedding map
+    gt_files: dict[str, Path] = field(default_factory=dict)  # match key -> label PNG
+
+
+def _ground_truth(prediction: Prediction, gt_files: dict[str, Path]) -> np.ndarray | None:
+    path = gt_files.get(match_key(prediction.path))
+    if path is None:
+        return None
+    gt = read_label_map(path)
+    if gt.shape != prediction.labels.shape:
+        raise DataError(f"{path}: ground truth is {gt.shape[1]}x{gt.shape[0]} but {prediction.path} is "
+                        f"{prediction.labels.shape[1]}x{prediction.labels.shape[0]}")
+    return gt
+
+
+def _pictures(prediction: Prediction, options: OutputOptions) -> dict[str, np.ndarray]:
+    pictures = {}
+    if options.overlay:
+        pictures["overlay"] = overlay(prediction.image, prediction.labels)
+    if options.panels:
+        tiles = [("input", prediction.image),
+                 (f"prediction ({int(prediction.labels.max(initial=0))})", colorize(prediction.labels))]
+        gt = _ground_truth(prediction, options.gt_files)
+        if gt is not None:
+            tiles.append((f"ground truth ({count_instances(gt)})", colorize(gt)))
+        pictures["panel"] = panel([tiles])
+    if options.embeddings:
+        pictures["embedding"] = embedding_rgb(prediction.embedding, prediction.foreground)
+    return pictures
+
+
+def write_prediction(prediction: Prediction, out_dir: Path, options: OutputOptions = OutputOptions()) -> list[Path]:
+    """Write `<name>_label.png` (16-bit ids, input size) and the pictures asked for
+    (`<name>_overlay.png`, `_panel.png`, `_embedding.png`); all are drawn before any is written."""
+    pictures = _pictures(prediction, options)
+    written = []
+    for kind, array in [("label", prediction.labels), *pictures.items()]:
+        path = out_dir / f"{prediction.name}_{kind}.png"
+        try:
+            (write_label_map if kind == "label" else write_rgb)(path, array)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+        written.append(path)
+    return written
+
+
+@dataclass
+class FolderResult:
+    """What `predict_folder` did: instances per written image, and one line per failed input."""
+
+    instances: list[int] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {folder}: cannot create folder ({exc.strerror or exc})") from exc
+
+
+def predict_folder(paths: Sequence[Path], runner: Runner, out_dir: Path, params: ClusterParams | None = None,
+                   batch_size: int = 4, options: OutputOptions = OutputOptions(),
+                   on_result: Callable[[Prediction | Failure], None] | None = None) -> FolderResult:
+    """Predict every input and write its files to `out_dir`; a failed input (unreadable, NaN
+    outputs, unwritable) is recorded and the others go on. `on_result` sees each result
+    (progress bars)."""
+    make_folder(out_dir)
+    result = FolderResult()
+    for item in predict(paths, runner, params, batch_size):
+        if isinstance(item, Prediction):
+            try:
+                write_prediction(item, out_dir, options)
+                result.instances.append(int(item.labels.max(initial=0)))
+            except DataError as exc:  # this image's ground truth or files failed: record it, go on
+                result.failures.append(str(exc))
+        else:
+            result.failures.append(item.message)
+        if on_result is not None:
+            on_result(item)
+    return result

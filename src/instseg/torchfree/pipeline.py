@@ -1,0 +1,167 @@
+"""Images in, instance label maps out: the one prediction path every runtime and evaluation shares.
+
+    sources (files, or a dataset's images) -> resize to the working size -> batch images of
+    one size -> runner -> check outputs -> cluster -> label map back to the original size
+
+`instseg predict` and `instseg evaluate` drive it with a PyTorch runner
+(`instseg.core.runner.TorchRunner`, from a checkpoint or an in-memory model, as training's
+validation does); `instseg infer` with the ONNX Runtime runner. All of them get the same
+`Prediction` from the same network outputs.
+
+The runner protocol
+-------------------
+A runner is a callable with a few attributes:
+
+    runner(images) -> (semantic, embedding, count)
+        images     N x 3 x H x W float32 RGB in [0, 1]; normalisation is the runner's job
+                   (it lives inside the model and the exported graph)
+        semantic   N x 2 x H x W background / foreground logits
+        embedding  N x D x H x W
+        count      N x 1 counter-head output, normalised to [0, 1]
+        all numpy arrays.
+    max_instances: int           count x max_instances = number of instances
+    image_size: int              the working size: an image's shorter side is resized to it,
+                                 as in training (`imageio.working_size`)
+    cluster: ClusterParams       clustering defaults saved with the model
+    multiple_of: int             H and W the runner accepts must divide by this (1 = any);
+                                 the pipeline pads (edge values) and crops the outputs
+    static_size: (H, W) or None  a runner fixed to one size gets every image resized to it
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from instseg.errors import DataError
+from instseg.torchfree.clustering import ClusterParams, instances_from_outputs
+from instseg.torchfree.imageio import read_image, resize_image, resize_labels, working_size
+from instseg.torchfree.inputs import output_names
+
+
+class Runner(Protocol):
+    max_instances: int
+    image_size: int
+    cluster: ClusterParams
+    multiple_of: int
+    static_size: tuple[int, int] | None
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+@dataclass
+class Source:
+    """One image to predict: where it came from (a file, or a dataset item's name), the name
+    its outputs get, its pixels (H x W x 3 float32 in [0, 1]) and its position in the input."""
+
+    path: Path
+    name: str
+    image: np.ndarray
+    index: int = 0
+
+
+@dataclass
+class Prediction:
+    path: Path
+    name: str
+    image: np.ndarray  # H x W x 3 float32 in [0, 1], original size
+    labels: np.ndarray  # H x W int32 instance ids, original size
+    head_count: float  # the counter head's estimate, in instances
+    embedding: np.ndarray  # D x h x w at the working size
+    foreground: np.ndarray  # h x w bool at the working size
+    index: int = 0  # the source's position in the input
+
+
+@dataclass
+class Failure:
+    path: Path
+    name: str
+    message: str  # one line, starting with the file name
+    index: int = 0
+
+
+def read_sources(paths: Sequence[Path]) -> Iterator[Source | Failure]:
+    """Image files as sources, read one at a time; an unreadable file is a Failure naming it."""
+    for index, (path, name) in enumerate(zip(paths, output_names(paths))):
+        try:
+            yield Source(path, name, read_image(path), index)
+        except DataError as exc:
+            yield Failure(path, name, str(exc), index)
+
+
+def network_size(height: int, width: int, runner: Runner) -> tuple[int, int]:
+    """The H x W an image is fed to the runner at (before padding to `multiple_of`)."""
+    if runner.static_size is not None:
+        return tuple(runner.static_size)
+    return working_size(height, width, runner.image_size)
+
+
+def _pad(batch: np.ndarray, multiple: int) -> np.ndarray:
+    h, w = batch.shape[-2:]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if not (pad_h or pad_w):
+        return batch
+    return np.pad(batch, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="edge")
+
+
+def check_outputs(outputs, n: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runner's outputs cropped to h x w, or a DataError when they do not fit its contract."""
+    semantic, embedding, count = (np.asarray(o) for o in outputs)
+    fits = (semantic.ndim == embedding.ndim == 4 and semantic.shape[:2] == (n, 2) and embedding.shape[0] == n
+            and count.shape == (n, 1) and semantic.shape[2] >= h and semantic.shape[3] >= w
+            and embedding.shape[2:] == semantic.shape[2:])
+    if not fits:
+        raise DataError(f"the model's outputs do not fit its contract: got semantic {semantic.shape}, embedding "
+                        f"{embedding.shape}, count {count.shape} for {n} images of {h}x{w}")
+    return semantic[..., :h, :w], embedding[..., :h, :w], count
+
+
+def head_count(count: float, max_instances: int) -> float:
+    """The counter head's output (normalised to [0, 1]) in instances."""
+    return float(count) * max_instances
+
+
+def _run_batch(items: list[tuple[Source, np.ndarray]], runner: Runner,
+               params: ClusterParams) -> Iterator[Prediction | Failure]:
+    batch = np.stack([network_input for _, network_input in items]).astype(np.float32, copy=False)
+    h, w = batch.shape[-2:]
+    semantic, embedding, count = check_outputs(runner(_pad(batch, runner.multiple_of)), len(items), h, w)
+    for i, (source, _) in enumerate(items):
+        try:
+            labels = instances_from_outputs(semantic[i], embedding[i], count[i, 0], runner.max_instances, params)
+        except DataError as exc:  # NaN / Inf outputs for this image: report it, go on with the others
+            yield Failure(source.path, source.name, f"{source.path}: {exc}", source.index)
+            continue
+        yield Prediction(source.path, source.name, source.image, resize_labels(labels, source.image.shape[:2]),
+                         head_count(count[i, 0], runner.max_instances), embedding[i],
+                         semantic[i, 1] > semantic[i, 0], source.index)
+
+
+def predict_sources(sources: Iterable[Source | Failure], runner: Runner, params: ClusterParams | None = None,
+                    batch_size: int = 4) -> Iterator[Prediction | Failure]:
+    """Predict every source; yields one Prediction or Failure per source (failed sources pass
+    through). Images of one network size share a batch; to bound memory, the fullest group
+    runs whenever 4 x batch_size images wait. Results come in batch order: use `index`."""
+    params = params or runner.cluster
+    waiting: dict[tuple[int, int], list[tuple[Source, np.ndarray]]] = {}
+    for source in sources:
+        if isinstance(source, Failure):
+            yield source
+            continue
+        size = network_size(*source.image.shape[:2], runner)
+        group = waiting.setdefault(size, [])
+        group.append((source, resize_image(source.image, size).transpose(2, 0, 1)))
+        if len(group) >= batch_size or sum(map(len, waiting.values())) >= 4 * batch_size:
+            fullest = max(waiting, key=lambda key: len(waiting[key]))
+            yield from _run_batch(waiting.pop(fullest), runner, params)
+    for group in waiting.values():
+        yield from _run_batch(group, runner, params)
+
+
+def predict(paths: Sequence[Path], runner: Runner, params: ClusterParams | None = None,
+            batch_size: int = 4) -> Iterator[Prediction | Failure]:
+    """Predict image files (unreadable files are failures naming the file)."""
+    return predict_sources(read_sources(paths), runner, params, batch_size)
