@@ -39,7 +39,8 @@ class CodeRunner:
     def __init__(self, image_size=32, multiple_of=1, static_size=None, nan=False):
         self.max_instances = 20
         self.image_size = image_size
-        self.cluster = ClusterParams(method="kmeans")
+        # its embeddings encode ids linearly, so bilinear up-sampling would blend ids: cluster at the working size
+        self.cluster = ClusterParams(method="kmeans", full_resolution=False)
         self.multiple_of = multiple_of
         self.static_size = static_size
         self.nan = nan
@@ -125,6 +126,35 @@ def test_pipeline_batches_by_size_and_returns_maps_at_the_input_size(tmp_path):
         assert r.labels.shape == gt.shape
         assert symmetric_best_dice(r.labels, gt) > 0.85  # nearest-neighbour up-sampling from 30 px
         assert r.head_count == pytest.approx(len(np.unique(gt)) - 1)
+
+
+class DiskRunner:
+    """Foreground logits = the image's green channel - 0.5 (smooth), one instance everywhere."""
+
+    max_instances, multiple_of, static_size = 20, 1, None
+
+    def __init__(self, image_size, full_resolution):
+        self.image_size = image_size
+        self.cluster = ClusterParams(full_resolution=full_resolution)
+
+    def __call__(self, images):
+        green = images[:, 1:2] - 0.5
+        semantic = np.concatenate([-green, green], 1)
+        return semantic, np.zeros((len(images), 2, *images.shape[2:]), np.float32), np.full((len(images), 1), 0.05)
+
+
+def test_full_resolution_clustering_follows_the_outputs_between_working_pixels(tmp_path):
+    yy, xx = np.mgrid[:60, :60]
+    disk = (yy - 29.5) ** 2 + (xx - 29.5) ** 2 < 20**2
+    image = np.zeros((60, 60, 3), np.uint8)
+    image[..., 1] = disk * 255
+    write_rgb(tmp_path / "disk.png", image)
+    dice = {}
+    for full in (False, True):
+        [result] = predict(gather_inputs([tmp_path]), DiskRunner(image_size=12, full_resolution=full))
+        assert result.labels.shape == (60, 60) and result.labels.max() == 1
+        dice[full] = symmetric_best_dice(result.labels, disk.astype(np.int32))
+    assert dice[True] > 0.97 and dice[True] > dice[False] + 0.01, dice
 
 
 def test_pipeline_is_exact_at_the_working_size(tmp_path):

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from instseg.cli.console import err, fmt_mean_std, out
 from instseg.core.config import OPTIMIZERS, SCHEDULERS, TrainConfig, parse_model_options
+from instseg.core.presets import AUTO, PRESETS
 
 D = TrainConfig()  # the defaults live in one place
 CLI_TO_CONFIG = {"out_dir": "out", "compile_": "compile", "model_option": "model_kwargs"}  # parameter names that differ from TrainConfig's
@@ -31,6 +32,9 @@ def train(
     weights: Annotated[Optional[str], typer.Option(
         help="Local state dict for the backbone (or a run's checkpoint: its backbone.* weights).")] = None,
     data: Annotated[str, typer.Option(help="'synthetic', 'cvppp:PATH', 'folder:PATH' or a dataset folder.")] = D.data,
+    preset: Annotated[str, typer.Option(
+        help="Recipe whose defaults the run starts from: auto (by --data: synthetic or cvppp), none, "
+             f"{', '.join(PRESETS)}; options you type override it.")] = AUTO,
     val_split: Annotated[float, typer.Option(help="Dataset folders: seeded fraction of images for validation.")] = D.val_split,
     val_list: Annotated[Optional[Path], typer.Option(help="Dataset folders: file of validation stems, one per line "
                                                           "(overrides --val-split).")] = None,
@@ -51,7 +55,8 @@ def train(
     val_size: Annotated[int, typer.Option(help="Synthetic data only: validation images.")] = D.val_size,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = D.workers,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK).")] = D.device,
-    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (bf16, else fp16 with a grad scaler).")] = D.amp,
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision: CUDA bf16 (else fp16 with a grad scaler); "
+                                                              "CPU bf16 where the CPU has AMX / AVX-512 BF16.")] = D.amp,
     compile_: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model (slow first steps).")] = D.compile,
     sync_bn: Annotated[bool, typer.Option("--sync-bn/--no-sync-bn", help="SyncBatchNorm across processes (CUDA).")] = D.sync_bn,
     max_nonfinite: Annotated[int, typer.Option(help="Stop after this many non-finite losses in a row (each one skips its step).")] = D.max_nonfinite,
@@ -66,21 +71,23 @@ def train(
     from instseg.core.checkpoint import load_resume_checkpoint
     from instseg.core.data.layouts import parse_data_spec
     from instseg.core.distributed import DistContext
+    from instseg.core.presets import apply_preset, resolve_preset
     from instseg.core.training import Trainer, resume_config
     from instseg.torchfree.metrics import METRIC_LABELS
 
     options = {CLI_TO_CONFIG.get(k, k): v for k, v in ctx.params.items() if k != "resume"}
-    options["data"] = str(parse_data_spec(data).absolute())  # runs stay valid from any directory
+    spec = parse_data_spec(data)
+    options["data"] = str(spec.absolute())  # runs stay valid from any directory
     options["val_list"] = str(val_list.absolute()) if val_list else None
     options["model_kwargs"] = parse_model_options(model_option or [])
     options["weights"] = str(Path(weights).absolute()) if weights else None
     checkpoint = None
+    given = {CLI_TO_CONFIG.get(k, k) for k in ctx.params if k != "resume" and _given(ctx, k)}
     if resume is None:
-        config = TrainConfig(**options)
+        config = TrainConfig(**apply_preset(options, given, resolve_preset(preset, spec.kind)))
     else:
         checkpoint = load_resume_checkpoint(resume)
-        given = {CLI_TO_CONFIG.get(k, k) for k in ctx.params if k != "resume" and _given(ctx, k)}
-        config = resume_config(checkpoint, {k: options[k] for k in given})
+        config = resume_config(checkpoint, {k: options[k] for k in given - {"preset"}})
     with DistContext.from_env() as dist:
         result = Trainer(config, console=err, dist=dist, resume=checkpoint).fit()
     if result.interrupted_by is not None:

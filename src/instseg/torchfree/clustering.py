@@ -43,6 +43,9 @@ class ClusterParams:
     restarts: int = 8  # k-means++ seedings screened (on a quarter of the sample); the best is refined
     max_clusters: int = 64  # meanshift stops seeding here (bounds its cost on poor embeddings)
     seed: int = 0
+    # Cluster at the input's resolution (outputs up-sampled bilinearly, at most MAX_CLUSTER_PIXELS)
+    # instead of at the working size then up-sampling the labels: +0.01 SBD, +0.006 FG Dice on A1.
+    full_resolution: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in CLUSTER_METHODS:

@@ -30,7 +30,7 @@ A runner is a callable with a few attributes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol, Sequence
 
@@ -119,6 +119,31 @@ def check_outputs(outputs, n: int, h: int, w: int) -> tuple[np.ndarray, np.ndarr
     return semantic[..., :h, :w], embedding[..., :h, :w], count
 
 
+MAX_CLUSTER_PIXELS = 2**21  # full-resolution clustering works at most at ~2 Mpx (then labels are resized)
+
+
+def clustering_size(work: tuple[int, int], original: tuple[int, int], params: ClusterParams) -> tuple[int, int]:
+    """Where an image's outputs are clustered: the working size, or the original (capped) size."""
+    if not params.full_resolution or original[0] * original[1] <= work[0] * work[1]:
+        return work
+    scale = min(1.0, (MAX_CLUSTER_PIXELS / (original[0] * original[1])) ** 0.5)
+    return max(1, round(original[0] * scale)), max(1, round(original[1] * scale))
+
+
+def _instances(semantic: np.ndarray, embedding: np.ndarray, count: float, max_instances: int,
+               original: tuple[int, int], params: ClusterParams) -> np.ndarray:
+    """One image's outputs at the working size -> its label map at the original size."""
+    work = semantic.shape[1:]
+    size = clustering_size(work, original, params)
+    if size != work:
+        semantic = resize_image(semantic.transpose(1, 2, 0), size).transpose(2, 0, 1)
+        embedding = resize_image(embedding.transpose(1, 2, 0), size).transpose(2, 0, 1)
+        # min_size counts pixels at the working size, wherever the clustering runs
+        params = replace(params, min_size=round(params.min_size * size[0] * size[1] / (work[0] * work[1])))
+    labels = instances_from_outputs(semantic, embedding, count, max_instances, params)
+    return resize_labels(labels, original)
+
+
 def head_count(count: float, max_instances: int) -> float:
     """The counter head's output (normalised to [0, 1]) in instances."""
     return float(count) * max_instances
@@ -131,11 +156,12 @@ def _run_batch(items: list[tuple[Source, np.ndarray]], runner: Runner,
     semantic, embedding, count = check_outputs(runner(_pad(batch, runner.multiple_of)), len(items), h, w)
     for i, (source, _) in enumerate(items):
         try:
-            labels = instances_from_outputs(semantic[i], embedding[i], count[i, 0], runner.max_instances, params)
+            labels = _instances(semantic[i], embedding[i], count[i, 0], runner.max_instances,
+                                source.image.shape[:2], params)
         except DataError as exc:  # NaN / Inf outputs for this image: report it, go on with the others
             yield Failure(source.path, source.name, f"{source.path}: {exc}", source.index)
             continue
-        yield Prediction(source.path, source.name, source.image, resize_labels(labels, source.image.shape[:2]),
+        yield Prediction(source.path, source.name, source.image, labels,
                          head_count(count[i, 0], runner.max_instances), embedding[i],
                          semantic[i, 1] > semantic[i, 0], source.index)
 

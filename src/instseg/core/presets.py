@@ -1,0 +1,38 @@
+"""Named training recipes: the defaults a run starts from, chosen by its data unless `--preset` says.
+
+`synthetic` is TrainConfig's own defaults (a first run in ~5 minutes on 2 CPU cores). `cvppp`
+is the recipe measured on the real CVPPP A1 leaves (`bench/cvppp.py`, README): real images need
+a larger working size and many more epochs than the synthetic renders. Options typed on the
+command line override the preset; the preset's name and every resulting value are stored in
+the run's config.json.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from instseg.errors import ConfigError
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "synthetic": {},
+    "cvppp": {"image_size": 256, "epochs": 50, "batch_size": 8, "lr": 2e-3, "scheduler": "cosine"},
+}
+AUTO = "auto"
+DATA_PRESETS = {"synthetic": "synthetic", "cvppp": "cvppp"}  # data kind -> preset chosen by `auto`
+
+
+def resolve_preset(name: str, data_kind: str) -> str | None:
+    """The preset a run uses: `auto` picks by data kind (None for kinds without one), `none` none."""
+    if name == AUTO:
+        return DATA_PRESETS.get(data_kind)
+    if name == "none":
+        return None
+    if name not in PRESETS:
+        raise ConfigError(f"--preset {name}: choose from {', '.join([AUTO, 'none', *PRESETS])}")
+    return name
+
+
+def apply_preset(options: Mapping[str, Any], given: set[str], preset: str | None) -> dict[str, Any]:
+    """`options` with the preset's values for every option the user did not type."""
+    values = PRESETS.get(preset or "", {})
+    return {**options, **{k: v for k, v in values.items() if k not in given}, "preset": preset}
