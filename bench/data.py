@@ -5,7 +5,7 @@ temporary directory, then measures in one run:
 
 - loading: images/s out of a DataLoader built as the Trainer builds it (PNG decode, label
   map, paired augmentation and crop to --image-size), with 0 and 2 workers;
-- training: images/s of forward + loss + backward + optimiser step of --model at the same
+- training: images/s of forward + loss + backward + optimizer step of --model at the same
   size and batch size, on the device this machine has.
 
 Loading keeps up when its images/s is at least the training images/s (ratio >= 1).

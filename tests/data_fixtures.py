@@ -15,25 +15,25 @@ from instseg.core.data.synthetic import render_plant
 SIZE = (40, 36)  # H, W: tiny and not square
 
 
-def cvppp(root: Path, n: int = 6, colours: int = 16, size: tuple[int, int] = SIZE, **kwargs) -> Path:
-    """A CVPPP-layout folder; 16 palette colours give 4-bit label PNGs, 256 give 8-bit."""
-    return write_synthetic_cvppp(root, n, size, palette_colours=colours, **kwargs)
+def cvppp(root: Path, n: int = 6, colors: int = 16, size: tuple[int, int] = SIZE, **kwargs) -> Path:
+    """A CVPPP-layout folder; 16 palette colors give 4-bit label PNGs, 256 give 8-bit."""
+    return write_synthetic_cvppp(root, n, size, palette_colors=colors, **kwargs)
 
 
 def png_bit_depth(path: Path) -> int:
     return Path(path).read_bytes()[24]
 
 
-def write_raw_png(path: Path, width: int, height: int, depth: int, colour_type: int, rows: bytes | None = None) -> Path:
+def write_raw_png(path: Path, width: int, height: int, depth: int, color_type: int, rows: bytes | None = None) -> Path:
     """A PNG written byte by byte: for sizes and depths Pillow will not write (16-bit RGB, bombs)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    channels = {0: 1, 2: 3}[colour_type]
+    channels = {0: 1, 2: 3}[color_type]
     row_bytes = (width * channels * depth + 7) // 8
     if rows is None:
         rows = bytes(height * (row_bytes + 1))  # filter byte 0 + zeros on every row
-    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
                      + chunk(b"IEND", b""))
     return path
@@ -60,6 +60,6 @@ def labels_of(i: int, size: tuple[int, int] = SIZE, seed: int = 0, max_leaves: i
     return render_plant(seed, i, size, cfg=SyntheticConfig(max_leaves=max_leaves))[1]
 
 
-def write_palette(path: Path, labels: np.ndarray, colours: int = 256) -> Path:
-    palette_image(labels, colours).save(path)
+def write_palette(path: Path, labels: np.ndarray, colors: int = 256) -> Path:
+    palette_image(labels, colors).save(path)
     return path

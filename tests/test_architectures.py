@@ -151,8 +151,8 @@ def test_coord_conv_option_is_the_reseg_coord_model():
 
 
 def test_unknown_option_names_what_the_model_takes():
-    with pytest.raises(RegistryError, match=r"model 'reseg' does not take option\(s\) colour; it takes: renet_layers"):
-        create_model("reseg", width=4, colour=1)
+    with pytest.raises(RegistryError, match=r"model 'reseg' does not take option\(s\) color; it takes: renet_layers"):
+        create_model("reseg", width=4, color=1)
     with pytest.raises(RegistryError, match=r"backbone 'vgg16' does not take option\(s\) output_stride"):
         create_model("deeplabv3", backbone="vgg16", width=4, backbone_kwargs={"output_stride": 16})
 

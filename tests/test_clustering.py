@@ -11,10 +11,10 @@ METHODS = ["kmeans", "meanshift"]
 
 
 def blobs(k=4, per=50, dim=8, seed=0, spread=0.1):
-    """k tight clusters whose centres lie ~7 apart (more than 2 x the default bandwidth)."""
+    """k tight clusters whose centers lie ~7 apart (more than 2 x the default bandwidth)."""
     rng = np.random.default_rng(seed)
-    centres = rng.normal(0, 5, (k, dim))
-    points = np.concatenate([c + rng.normal(0, spread, (per, dim)) for c in centres])
+    centers = rng.normal(0, 5, (k, dim))
+    points = np.concatenate([c + rng.normal(0, spread, (per, dim)) for c in centers])
     return points.astype(np.float32), np.repeat(np.arange(k), per)
 
 

@@ -21,7 +21,7 @@ def run_cli(*args):
 
 
 def test_a_good_cvppp_folder_is_usable(tmp_path):
-    root = cvppp(tmp_path / "A1", n=5, colours=16)
+    root = cvppp(tmp_path / "A1", n=5, colors=16)
     result = runner.invoke(app, ["data", "check", str(root)])
     assert result.exit_code == 0, result.output
     assert "5 (5 labelled)" in result.output and "40x36 x5" in result.output
@@ -34,13 +34,13 @@ def test_a_good_cvppp_folder_is_usable(tmp_path):
 
 
 def test_every_problem_is_one_line_naming_its_file(tmp_path):
-    root = cvppp(tmp_path / "A1", n=8, colours=16)
+    root = cvppp(tmp_path / "A1", n=8, colors=16)
     label = lambda i: root / f"plant{i:03d}_label.png"  # noqa: E731
     (root / "plant001_rgb.png").write_bytes(b"garbage")  # corrupt
     data = (root / "plant002_rgb.png").read_bytes()
     (root / "plant002_rgb.png").write_bytes(data[: len(data) // 2])  # truncated
     write_palette(label(3), np.ones((10, 10), np.uint8))  # size mismatch
-    Image.fromarray(np.zeros((40, 36, 3), np.uint8)).save(label(4))  # colour label map
+    Image.fromarray(np.zeros((40, 36, 3), np.uint8)).save(label(4))  # color label map
     write_palette(label(5), np.zeros((40, 36), np.uint8))  # empty: warning only (+ csv/fg mismatch)
     (root / "plant006_fg.png").write_bytes((root / "plant007_fg.png").read_bytes())  # fg disagrees
     (root / "plant099_label.png").write_bytes(label(8).read_bytes())  # unmatched

@@ -44,7 +44,7 @@ def test_truncated_and_corrupt_files(tmp_path):
         read_header(tmp_path / "nothing.png")
 
 
-def test_float_tiff_and_colour_label_maps_are_refused(tmp_path):
+def test_float_tiff_and_color_label_maps_are_refused(tmp_path):
     Image.fromarray(np.ones((5, 6), np.float32)).save(tmp_path / "float.tif")
     with pytest.raises(DataError) as exc:
         read_label_map(tmp_path / "float.tif")

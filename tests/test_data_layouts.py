@@ -22,9 +22,9 @@ def build(spec, **kwargs):
     return build_datasets(spec, **options)
 
 
-@pytest.mark.parametrize("colours, bits", [(16, 4), (256, 8)])
-def test_cvppp_palette_labels_are_read_by_index(tmp_path, colours, bits):
-    root = cvppp(tmp_path / "A1", n=3, colours=colours)
+@pytest.mark.parametrize("colors, bits", [(16, 4), (256, 8)])
+def test_cvppp_palette_labels_are_read_by_index(tmp_path, colors, bits):
+    root = cvppp(tmp_path / "A1", n=3, colors=colors)
     assert png_bit_depth(root / "plant001_label.png") == bits
     layout = discover(parse_data_spec(str(root)))  # layout detected from the files
     assert layout.kind == "cvppp" and not layout.problems
@@ -34,7 +34,7 @@ def test_cvppp_palette_labels_are_read_by_index(tmp_path, colours, bits):
     for i, sample in enumerate(train.samples):
         item = train.read(i)
         plant = int(sample.name[-3:])
-        expected = labels_of(plant, max_leaves=min(20, colours - 1))
+        expected = labels_of(plant, max_leaves=min(20, colors - 1))
         assert item["labels"].dtype == torch.int64 and item["labels"].shape == SIZE
         assert np.array_equal(item["labels"].numpy(), expected)
         assert item["image"].shape == (3, *SIZE) and item["image"].dtype == torch.float32

@@ -64,7 +64,7 @@ def test_batch_of_two_images_is_vectorised_mean():
     assert t.regularization.item() == pytest.approx(0.75)
 
 
-def test_identical_centres_give_finite_gradients():
+def test_identical_centers_give_finite_gradients():
     e = torch.zeros(1, 4, 8, 8, requires_grad=True)
     labels = torch.zeros(1, 8, 8, dtype=torch.long)
     labels[0, :4], labels[0, 4:] = 1, 2
@@ -74,7 +74,7 @@ def test_identical_centres_give_finite_gradients():
     assert torch.isfinite(e.grad).all()
 
 
-def test_gradients_pull_pixels_towards_their_centre():
+def test_gradients_pull_pixels_towards_their_center():
     e, labels = ONE
     e = e.clone().requires_grad_(True)
     discriminative_loss(e, labels).variance.backward()

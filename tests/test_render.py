@@ -5,17 +5,17 @@ import pytest
 from PIL import Image
 
 from instseg.errors import DataError
-from instseg.torchfree.render import (BOUNDARY_RGB, SERIES_RGB, boundaries, colorize, embedding_rgb, label_colours, line_chart,
+from instseg.torchfree.render import (BOUNDARY_RGB, SERIES_RGB, boundaries, colorize, embedding_rgb, label_colors, line_chart,
                             overlay, panel, read_metrics, training_curves)
 
 
-def test_label_colours_are_distinct_and_background_is_black():
-    colours = label_colours(40)
-    assert colours.shape == (41, 3) and colours.dtype == np.uint8
-    assert colours[0].tolist() == [0, 0, 0]
-    assert len({tuple(c) for c in colours}) == 41
+def test_label_colors_are_distinct_and_background_is_black():
+    colors = label_colors(40)
+    assert colors.shape == (41, 3) and colors.dtype == np.uint8
+    assert colors[0].tolist() == [0, 0, 0]
+    assert len({tuple(c) for c in colors}) == 41
     # consecutive ids (often neighbours in a rosette) differ clearly
-    assert np.abs(colours[2:].astype(int) - colours[1:-1].astype(int)).sum(1).min() > 60
+    assert np.abs(colors[2:].astype(int) - colors[1:-1].astype(int)).sum(1).min() > 60
 
 
 def test_boundaries_mark_instance_pixels_next_to_another_label():
@@ -35,24 +35,24 @@ def test_overlay_tints_instances_draws_boundaries_and_keeps_background():
     assert out.shape == (6, 6, 3) and out.dtype == np.uint8
     assert out[0, 0].tolist() == [128, 128, 128]  # background untouched
     assert out[1, 1].tolist() == list(BOUNDARY_RGB)  # instance rim
-    expected = np.round(0.5 * 128 + 0.5 * label_colours(1)[1].astype(np.float32))
+    expected = np.round(0.5 * 128 + 0.5 * label_colors(1)[1].astype(np.float32))
     assert out[2, 2].tolist() == expected.tolist()  # interior blended
     with pytest.raises(ValueError, match="differ in size"):
         overlay(image, labels[:5])
 
 
-def test_colorize_uses_label_colours():
+def test_colorize_uses_label_colors():
     labels = np.array([[0, 0, 0], [0, 3, 0], [0, 0, 0]])
     out = colorize(labels, outline=False)
-    assert out[1, 1].tolist() == label_colours(3)[3].tolist() and out[0, 0].tolist() == [0, 0, 0]
+    assert out[1, 1].tolist() == label_colors(3)[3].tolist() and out[0, 0].tolist() == [0, 0, 0]
 
 
-def test_embedding_picture_gives_each_instance_its_own_colour():
+def test_embedding_picture_gives_each_instance_its_own_color():
     labels = np.zeros((10, 12), np.int64)
     labels[1:5, 1:5], labels[5:9, 6:11] = 1, 2
     rng = np.random.default_rng(0)
-    centres = rng.normal(0, 3, (3, 8))
-    emb = centres[labels].transpose(2, 0, 1) + rng.normal(0, 0.01, (8, 10, 12))
+    centers = rng.normal(0, 3, (3, 8))
+    emb = centers[labels].transpose(2, 0, 1) + rng.normal(0, 0.01, (8, 10, 12))
     picture = embedding_rgb(emb, labels > 0)
     assert picture.shape == (10, 12, 3) and picture.dtype == np.uint8
     a, b = picture[2, 2].astype(int), picture[6, 8].astype(int)
@@ -74,8 +74,8 @@ def test_panel_scales_tiles_to_one_height_and_stacks_rows():
 def test_line_chart_draws_each_series_and_skips_bad_points():
     chart = line_chart({"a": [(1, 1.0), (2, 0.5), (3, float("nan"))], "b": [(1, 0.1), (2, 0.2)]}, "t", log_y=True)
     assert chart.shape == (320, 480, 3)
-    for colour in SERIES_RGB[:2]:
-        assert (chart == colour).all(axis=2).sum() > 20
+    for color in SERIES_RGB[:2]:
+        assert (chart == color).all(axis=2).sum() > 20
     empty = line_chart({"a": []}, "nothing")
     assert not (empty == SERIES_RGB[0]).all(axis=2).any()
 

@@ -38,7 +38,7 @@ def train(
     val_split: Annotated[float, typer.Option(help="Dataset folders: seeded fraction of images for validation.")] = D.val_split,
     val_list: Annotated[Optional[Path], typer.Option(help="Dataset folders: file of validation stems, one per line "
                                                           "(overrides --val-split).")] = None,
-    augment: Annotated[bool, typer.Option(help="Dataset folders: paired flips, rotations, zoom, colour jitter, blur.")] = D.augment,
+    augment: Annotated[bool, typer.Option(help="Dataset folders: paired flips, rotations, zoom, color jitter, blur.")] = D.augment,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = D.epochs,
     image_size: Annotated[int, typer.Option(help="Training crop size (square); images are scaled so that their "
                                                  "shorter side is this, here and at prediction.")] = D.image_size,

@@ -36,7 +36,7 @@ class TrainConfig:
     val_size: int = 32  # synthetic validation images
     val_split: float = 0.2  # file datasets: seeded fraction of images for validation
     val_list: str | None = None  # file datasets: stems of the validation images (overrides val_split)
-    augment: bool = True  # file datasets: paired flips, rotations, zoom, colour jitter, blur
+    augment: bool = True  # file datasets: paired flips, rotations, zoom, color jitter, blur
     epochs: int = 6
     batch_size: int = 8  # per process; the global batch is batch_size x accumulate x processes
     accumulate: int = 1  # micro-batches whose gradients add up to one optimizer step

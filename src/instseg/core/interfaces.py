@@ -103,7 +103,7 @@ class CounterHead(nn.Module):
     """Normalised instance count: two strided convs, global avg+max pooling, linear, sigmoid.
 
     The strided convs give the pooled descriptor a receptive field larger than one pixel,
-    so it can respond to leaf tips and boundaries rather than only to mean colour.
+    so it can respond to leaf tips and boundaries rather than only to mean color.
     """
 
     def __init__(self, in_channels: int, hidden: int = 64) -> None:

@@ -84,14 +84,14 @@ def discriminative_loss(
     clusters = present.sum(dim=1).float()
     variance = var_per_cluster.view(batch, k).sum(dim=1) / clusters.clamp_min(1)
 
-    centres = means.view(batch, k, dim)
-    pair_dist = _safe_norm(centres.unsqueeze(2) - centres.unsqueeze(1), dim=3)
+    centers = means.view(batch, k, dim)
+    pair_dist = _safe_norm(centers.unsqueeze(2) - centers.unsqueeze(1), dim=3)
     off_diagonal = ~torch.eye(k, dtype=torch.bool, device=embedding.device)
     pairs = present.unsqueeze(2) & present.unsqueeze(1) & off_diagonal
     push = (2 * delta_d - pair_dist).clamp_min(0).pow(2) * pairs
     distance = push.sum(dim=(1, 2)) / (clusters * (clusters - 1)).clamp_min(1)
 
-    regularization = (_safe_norm(centres, dim=2) * present).sum(dim=1) / clusters.clamp_min(1)
+    regularization = (_safe_norm(centers, dim=2) * present).sum(dim=1) / clusters.clamp_min(1)
 
     has_instances = clusters > 0
     n_images = has_instances.sum().clamp_min(1)

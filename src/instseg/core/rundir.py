@@ -14,6 +14,7 @@ from typing import Any
 from instseg.atomic import atomic_write_bytes, atomic_write_text
 from instseg.core.checkpoint import save_checkpoint
 from instseg.errors import ConfigError, TrainingError
+from instseg.version import __version__
 
 OPTIMIZER_SLOTS = 2  # Adam(W) keeps two tensors per parameter, so a checkpoint is ~3x the weights
 
@@ -44,6 +45,16 @@ def check_free_space(run_dir: Path, needed: int) -> None:
     if free < needed:
         raise ConfigError(f"--out {run_dir.parent}: only {free / 2**20:.1f} MiB free on that disk, "
                           f"the checkpoints of this run need about {needed / 2**20:.1f} MiB")
+
+
+def config_record(config: dict[str, Any], model: dict[str, Any], plugins: dict[str, str], device: str,
+                  processes: int) -> dict[str, Any]:
+    """What config.json holds: every option, how the model is built, and where the run ran."""
+    import torch
+
+    return {"instseg_version": __version__, "config": config, "model": model, "plugins": plugins, "device": device,
+            "processes": processes, "torch_version": torch.__version__,
+            "created": datetime.now().isoformat(timespec="seconds")}
 
 
 class RunDirectory:

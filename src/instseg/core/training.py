@@ -3,7 +3,7 @@
 The parts live beside it: `rundir.RunDirectory` owns the run's files and disk checks,
 `state.TrainingState` is what a checkpoint holds (symmetric save / restore), and
 `reporting.TrainingReporter` is the console. This module builds data, model, loss and
-optimiser from a `TrainConfig` and runs the epochs.
+optimizer from a `TrainConfig` and runs the epochs.
 
 Scale: under torchrun every process runs this same code on its share of each global batch
 (`GlobalBatchSampler`) inside DistributedDataParallel; validation images are split across the
@@ -21,7 +21,6 @@ import time
 import warnings
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -33,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 from instseg.core.checkpoint import capture_rng_state, restore_rng_state
-from instseg.core.config import OPTIMIZERS, TrainConfig, resume_config
+from instseg.core.config import TrainConfig, resume_config
 from instseg.core.data import build_datasets, estimate_mean_std
 from instseg.core.device import DeviceChoice, check_compile_supported, resolve_device
 from instseg.core.distributed import DistContext, GlobalBatchSampler
@@ -41,14 +40,14 @@ from instseg.core.evaluation import evaluate_dataset, save_epoch_pictures
 from instseg.core.losses import LossWeights, MultiTaskLoss
 from instseg.core.registry import create_model, get_registry, load_backbone_weights, plugin_requirements
 from instseg.core.reporting import TrainingReporter
-from instseg.core.rundir import RunDirectory
+from instseg.core.optim import build_optimizer, build_scheduler
+from instseg.core.rundir import RunDirectory, config_record
 from instseg.core.seeding import seed_everything, seed_worker, stream_seed
 from instseg.core.signals import GracefulStop
 from instseg.core.state import BatchLayout, StepResult, TrainingState
 from instseg.errors import CheckpointError, ConfigError, TrainingError
 from instseg.torchfree.clustering import ClusterParams
 from instseg.torchfree.metrics import summarize
-from instseg.version import __version__
 
 __all__ = ["GracefulStop", "TrainResult", "Trainer", "resume_config", "seed_worker"]
 
@@ -70,20 +69,8 @@ class TrainResult:
     steps_per_epoch: int = 0
 
 
-def _lr_lambda(total_steps: int, warmup_steps: int, kind: str):
-    def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if kind == "constant":
-            return 1.0
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
 class Trainer:
-    """Builds data, model, loss and optimiser from a TrainConfig and runs the epochs.
+    """Builds data, model, loss and optimizer from a TrainConfig and runs the epochs.
 
     `resume` is a checkpoint from `load_resume_checkpoint`: the run continues in its own
     directory from the step it stopped at. `dist` describes a torchrun launch (read from the
@@ -104,7 +91,7 @@ class Trainer:
         seed_everything(config.seed)
         self._build_datasets()
         self._build_model(initial_weights=resume is None)  # a resumed run takes its weights from last.pt
-        self._build_optimisation()
+        self._build_optimization()
         self._build_loaders()
         self._build_schedule()
         seed_everything(config.seed + self.dist.rank)  # model init is identical everywhere; data randomness is not
@@ -174,11 +161,10 @@ class Trainer:
         net = self.ddp or model
         self.net: nn.Module = torch.compile(net) if cfg.compile else net
 
-    def _build_optimisation(self) -> None:
+    def _build_optimization(self) -> None:
         cfg = self.config
         self.loss_fn = MultiTaskLoss(cfg.max_instances, LossWeights(**cfg.loss_weights), cfg.delta_v, cfg.delta_d)
-        optimizer = getattr(torch.optim, OPTIMIZERS[cfg.optimizer])
-        self.optimizer = optimizer(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = build_optimizer(cfg, self.model.parameters())
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.amp_dtype == torch.float16)
 
     def _build_loaders(self) -> None:
@@ -195,10 +181,7 @@ class Trainer:
         self.val_share = Subset(self.val_set, range(self.dist.rank, len(self.val_set), self.dist.world_size))
 
     def _build_schedule(self) -> None:
-        cfg = self.config
-        total = cfg.epochs * self.steps_per_epoch
-        warmup = int(cfg.warmup_epochs * self.steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(total, warmup, cfg.scheduler))
+        self.scheduler = build_scheduler(self.config, self.optimizer, self.steps_per_epoch)
 
     @property
     def layout(self) -> BatchLayout:
@@ -218,7 +201,7 @@ class Trainer:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             self.scheduler.load_state_dict(checkpoint["scheduler"])
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{path}: does not fit this model and optimiser ({str(exc).splitlines()[0]})") from exc
+            raise CheckpointError(f"{path}: does not fit this model and optimizer ({str(exc).splitlines()[0]})") from exc
         if self.scaler.is_enabled() and extra["scaler"]:
             self.scaler.load_state_dict(extra["scaler"])
         self.state = state
@@ -399,16 +382,8 @@ class Trainer:
 
     # -- files -----------------------------------------------------------------------
     def _config_record(self) -> dict[str, Any]:
-        return {
-            "instseg_version": __version__,
-            "config": asdict(self.config),
-            "model": self.model_init,
-            "plugins": self.plugins,
-            "device": self.device.describe(),
-            "processes": self.dist.world_size,
-            "torch_version": torch.__version__,
-            "created": datetime.now().isoformat(timespec="seconds"),
-        }
+        return config_record(asdict(self.config), self.model_init, self.plugins, self.device.describe(),
+                             self.dist.world_size)
 
     def _save(self, best: bool = False) -> None:
         """last.pt (and best.pt): every process contributes its RNG state, rank 0 writes."""

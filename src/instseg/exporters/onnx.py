@@ -55,7 +55,7 @@ from instseg.runtime.metadata import INPUT_NAME, OUTPUT_NAMES, ModelInfo
 from instseg.runtime.runner import RUN_ERRORS
 from instseg.runtime.session import open_session
 
-ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")  # exporter messages come coloured
+ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")  # exporter messages come colored
 EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "onnx_ir", "onnxscript")
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # dynamo silently writes 18 when asked for less

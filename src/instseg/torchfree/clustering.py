@@ -1,17 +1,17 @@
 """From network outputs to an instance label map (numpy only: the ONNX path uses it too).
 
 The semantic head selects foreground pixels; their embeddings are grouped into instances
-by one of two methods, both of which fit centres on a subsample of the foreground (so the
-cost hardly grows with the image) and then give every foreground pixel its nearest centre:
+by one of two methods, both of which fit centers on a subsample of the foreground (so the
+cost hardly grows with the image) and then give every foreground pixel its nearest center:
 
 - `kmeans`: k = the counter head's count (rounded, at least 1). Several greedy k-means++
   seedings are screened with a few Lloyd steps on a quarter of the sample; the one with
   the lowest inertia is refined on the whole sample. The default: it scored the better SBD
   on the synthetic validation set (README, "Predict and evaluate").
 - `meanshift`: the paper's method, no count needed. Pick an unassigned point as seed, move a
-  centre to the mean of the unassigned points within `bandwidth` until it settles, assign
-  those points, repeat. The discriminative loss pulls pixels within delta_v of their centre
-  and pushes centres 2 delta_d apart, so a bandwidth between them separates instances.
+  center to the mean of the unassigned points within `bandwidth` until it settles, assign
+  those points, repeat. The discriminative loss pulls pixels within delta_v of their center
+  and pushes centers 2 delta_d apart, so a bandwidth between them separates instances.
 
 Post-processing (`postprocess`): drop instances under `min_size` pixels, fill holes (a
 background region enclosed by one instance joins it), relabel 1..N.
@@ -38,7 +38,7 @@ class ClusterParams:
     bandwidth: float = 1.5  # meanshift radius in embedding space; the loss's delta_d by default
     min_size: int = 0  # instances with fewer pixels are dropped (0 keeps all)
     fill_holes: bool = True
-    sample_size: int = 8192  # points used to fit centres; all points are then assigned
+    sample_size: int = 8192  # points used to fit centers; all points are then assigned
     iterations: int = 10  # Lloyd / mean-shift steps at most per fit
     restarts: int = 8  # k-means++ seedings screened (on a quarter of the sample); the best is refined
     max_clusters: int = 64  # meanshift stops seeding here (bounds its cost on poor embeddings)
@@ -74,10 +74,10 @@ def _check_finite(embedding: np.ndarray) -> None:
         raise DataError("embedding contains NaN or Inf values; the model output is not usable")
 
 
-def _sq_dist(points: np.ndarray, centres: np.ndarray, norms: np.ndarray | None = None) -> np.ndarray:
+def _sq_dist(points: np.ndarray, centers: np.ndarray, norms: np.ndarray | None = None) -> np.ndarray:
     """N x K squared distances; `norms` (the points' squared norms) may be passed in when reused."""
     norms = (points * points).sum(1) if norms is None else norms
-    d = norms[:, None] - 2.0 * points @ centres.T + (centres * centres).sum(1)[None, :]
+    d = norms[:, None] - 2.0 * points @ centers.T + (centers * centers).sum(1)[None, :]
     return np.maximum(d, 0.0)
 
 
@@ -86,7 +86,7 @@ def _subsample(points: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
 
 
 def _kmeans_pp(points: np.ndarray, k: int, restarts: int, rng: np.random.Generator) -> np.ndarray:
-    """`restarts` greedy k-means++ seedings at once (R x k' x D, k' <= k): each new centre is
+    """`restarts` greedy k-means++ seedings at once (R x k' x D, k' <= k): each new center is
     the best of a few candidates drawn by D^2. Batched over the seedings, so the Python loop
     runs k times, not k x restarts."""
     trials = 2 + int(math.log(k))
@@ -95,21 +95,21 @@ def _kmeans_pp(points: np.ndarray, k: int, restarts: int, rng: np.random.Generat
     norms = (points * points).sum(1)
     transposed = np.ascontiguousarray(points.T)
     first = points[rng.integers(len(points), size=restarts)]
-    centres = np.empty((restarts, k, dims), dtype=points.dtype)
-    centres[:, 0] = first
-    closest = _sq_dist(points, first, norms).T  # R x N: each point's distance to its nearest centre
+    centers = np.empty((restarts, k, dims), dtype=points.dtype)
+    centers[:, 0] = first
+    closest = _sq_dist(points, first, norms).T  # R x N: each point's distance to its nearest center
     for j in range(1, k):
         cumulative = np.cumsum(closest, axis=1, dtype=np.float64)
-        if (cumulative[:, -1] <= 0).any():  # every point coincides with a centre: fewer clusters than asked
-            return centres[:, :j]
+        if (cumulative[:, -1] <= 0).any():  # every point coincides with a center: fewer clusters than asked
+            return centers[:, :j]
         candidates = points[_draw(cumulative, trials, rng)]  # R x T x D
         products = (candidates.reshape(-1, dims) @ transposed).reshape(restarts, trials, -1)
         distances = norms - 2.0 * products + (candidates * candidates).sum(-1, keepdims=True)
         options = np.minimum(closest[:, None, :], np.maximum(distances, 0.0))  # R x T x N
         best = options.sum(-1).argmin(1)
-        centres[:, j] = candidates[rows, best]
+        centers[:, j] = candidates[rows, best]
         closest = options[rows, best]
-    return centres
+    return centers
 
 
 def _draw(cumulative: np.ndarray, trials: int, rng: np.random.Generator) -> np.ndarray:
@@ -122,49 +122,49 @@ def _draw(cumulative: np.ndarray, trials: int, rng: np.random.Generator) -> np.n
     return np.clip(flat - np.arange(rows)[:, None] * n, 0, n - 1)
 
 
-def _screen(points: np.ndarray, centres: np.ndarray, steps: int) -> np.ndarray:
+def _screen(points: np.ndarray, centers: np.ndarray, steps: int) -> np.ndarray:
     """A few Lloyd steps on R seedings at once (R x k x D); returns the one with the lowest
     inertia. Laid out as R x k x N scores and 2-D matrix products: numpy's argmin over a short
-    last axis is several times slower. A point exactly as near to two centres counts for both,
+    last axis is several times slower. A point exactly as near to two centers counts for both,
     which only nudges how seedings rank."""
-    restarts, k, dims = centres.shape
+    restarts, k, dims = centers.shape
     transposed = np.ascontiguousarray(points.T)
     for step in range(steps + 1):
-        products = (centres.reshape(-1, dims) @ transposed).reshape(restarts, k, -1)
-        scores = (centres * centres).sum(-1, keepdims=True) - 2.0 * products  # R x k x N
+        products = (centers.reshape(-1, dims) @ transposed).reshape(restarts, k, -1)
+        scores = (centers * centers).sum(-1, keepdims=True) - 2.0 * products  # R x k x N
         lowest = scores.min(1, keepdims=True)
         if step == steps:
             break
         members = (scores == lowest).astype(points.dtype)
         sums = (members.reshape(restarts * k, -1) @ points).reshape(restarts, k, dims)
         sizes = members.sum(-1, keepdims=True)
-        centres = np.where(sizes > 0, sums / np.maximum(sizes, 1), centres)
-    return centres[int(lowest.sum((1, 2)).argmin())]  # inertia up to the points' norms, equal for all
+        centers = np.where(sizes > 0, sums / np.maximum(sizes, 1), centers)
+    return centers[int(lowest.sum((1, 2)).argmin())]  # inertia up to the points' norms, equal for all
 
 
-def _centre_means(points: np.ndarray, assign: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    onehot = (assign[:, None] == np.arange(len(centres))[None, :]).astype(points.dtype)
+def _center_means(points: np.ndarray, assign: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    onehot = (assign[:, None] == np.arange(len(centers))[None, :]).astype(points.dtype)
     sizes = onehot.sum(0)[:, None]
-    return np.where(sizes > 0, (onehot.T @ points) / np.maximum(sizes, 1), centres)
+    return np.where(sizes > 0, (onehot.T @ points) / np.maximum(sizes, 1), centers)
 
 
-def _nearest(points: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each point's nearest centre and its squared distance minus the point's own norm
+def _nearest(points: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each point's nearest center and its squared distance minus the point's own norm
     (constant per point, so it is left out of the argmin)."""
-    scores = (centres * centres).sum(1)[None, :] - 2.0 * points @ centres.T
+    scores = (centers * centers).sum(1)[None, :] - 2.0 * points @ centers.T
     nearest = scores.argmin(1)
     return nearest, scores[np.arange(len(points)), nearest]
 
 
-def _lloyd(points: np.ndarray, centres: np.ndarray, iterations: int, tolerance: float) -> np.ndarray:
-    """Lloyd iterations until the centres move less than `tolerance` (sum of squared shifts)."""
+def _lloyd(points: np.ndarray, centers: np.ndarray, iterations: int, tolerance: float) -> np.ndarray:
+    """Lloyd iterations until the centers move less than `tolerance` (sum of squared shifts)."""
     for _ in range(iterations):
-        updated = _centre_means(points, _nearest(points, centres)[0], centres)
-        settled = float(((updated - centres) ** 2).sum()) <= tolerance
-        centres = updated
+        updated = _center_means(points, _nearest(points, centers)[0], centers)
+        settled = float(((updated - centers) ** 2).sum()) <= tolerance
+        centers = updated
         if settled:
             break
-    return centres
+    return centers
 
 
 def kmeans(points: np.ndarray, k: int, params: ClusterParams = ClusterParams()) -> np.ndarray:
@@ -186,26 +186,26 @@ def kmeans(points: np.ndarray, k: int, params: ClusterParams = ClusterParams()) 
 
 
 def _shift(pool: np.ndarray, start: np.ndarray, radius2: float, iterations: int) -> tuple[np.ndarray, np.ndarray]:
-    """Move a centre to the mean of the pool points within the bandwidth until it settles."""
-    centre = start
-    inside = _sq_dist(pool, centre[None])[:, 0] <= radius2
+    """Move a center to the mean of the pool points within the bandwidth until it settles."""
+    center = start
+    inside = _sq_dist(pool, center[None])[:, 0] <= radius2
     for _ in range(iterations):
-        moved = pool[inside].mean(0) if inside.any() else centre
-        settled = float(((moved - centre) ** 2).sum()) <= 1e-6 * radius2
-        centre = moved
-        inside = _sq_dist(pool, centre[None])[:, 0] <= radius2
+        moved = pool[inside].mean(0) if inside.any() else center
+        settled = float(((moved - center) ** 2).sum()) <= 1e-6 * radius2
+        center = moved
+        inside = _sq_dist(pool, center[None])[:, 0] <= radius2
         if settled:
             break
-    return centre, inside
+    return center, inside
 
 
 def meanshift(points: np.ndarray, params: ClusterParams = ClusterParams()) -> np.ndarray:
     """Cluster N x D points by thresholding around shifted seeds; ids 0..k-1 per point.
 
-    Centres come from a subsample; every point then joins its nearest centre. A centre that
+    Centers come from a subsample; every point then joins its nearest center. A center that
     settles within the bandwidth of an earlier one (it gathered that cluster's rim) merges
     into it, and one that gathered a single sample point (an outlier) is dropped unless it
-    is the only one. Seeding stops at `max_clusters` centres: on embeddings that never
+    is the only one. Seeding stops at `max_clusters` centers: on embeddings that never
     formed clusters (an untrained model) the cost stays bounded.
     """
     if len(points) == 0:
@@ -215,26 +215,26 @@ def meanshift(points: np.ndarray, params: ClusterParams = ClusterParams()) -> np
     sample = _subsample(points, params.sample_size, rng)
     radius2 = float(params.bandwidth) ** 2
     unassigned = np.ones(len(sample), dtype=bool)
-    centres: list[np.ndarray] = []
+    centers: list[np.ndarray] = []
     support: list[int] = []
     for seed in rng.permutation(len(sample)):
         if not unassigned[seed]:
             continue
-        if len(centres) >= params.max_clusters:
+        if len(centers) >= params.max_clusters:
             break
         pool_index = np.flatnonzero(unassigned)
-        centre, inside = _shift(sample[pool_index], sample[seed], radius2, params.iterations)
+        center, inside = _shift(sample[pool_index], sample[seed], radius2, params.iterations)
         members = int(inside.sum()) + (not inside[np.searchsorted(pool_index, seed)])
         unassigned[pool_index[inside]] = False
         unassigned[seed] = False
-        near = _sq_dist(centre[None], np.stack(centres))[0] if centres else np.zeros(0)
+        near = _sq_dist(center[None], np.stack(centers))[0] if centers else np.zeros(0)
         if len(near) and near.min() <= radius2:  # the rim of a cluster already found: join it
             support[int(near.argmin())] += members
         else:
-            centres.append(centre)
+            centers.append(center)
             support.append(members)
     keep = np.array(support) > 1
-    chosen = np.stack(centres)[keep] if keep.any() else np.stack(centres)
+    chosen = np.stack(centers)[keep] if keep.any() else np.stack(centers)
     return _nearest(points, chosen)[0]
 
 

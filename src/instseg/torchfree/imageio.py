@@ -2,7 +2,7 @@
 
 Images become H x W x 3 float32 RGB in [0, 1] whatever they are stored as (grey, RGBA,
 palette, 8- or 16-bit, PNG / TIFF / JPEG / BMP). Label maps are read as their stored integer
-values - palette PNGs by index, never converted to colours - and written as 16-bit PNGs.
+values - palette PNGs by index, never converted to colors - and written as 16-bit PNGs.
 Every file is read in its displayed orientation (EXIF orientation applied), so a mask drawn
 on a phone photo lines up with it. Every failure raises DataError naming the file, including
 images larger than Pillow's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`), which are

@@ -1,6 +1,6 @@
 """Pictures where people would rather look than read (numpy + Pillow only, no torch).
 
-Label colours, overlays with instance boundaries, titled panels (input / prediction / ground
+Label colors, overlays with instance boundaries, titled panels (input / prediction / ground
 truth), an embedding picture (its first three principal components as RGB) and the
 training curves from `metrics.jsonl`. Charts are drawn with Pillow rather than matplotlib:
 a few lines and labels do not justify a heavy dependency, and the ONNX path can draw too.
@@ -27,16 +27,16 @@ SERIES_RGB = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148
               (140, 86, 75), (227, 119, 194), (127, 127, 127))
 
 
-def label_colours(n: int) -> np.ndarray:
-    """(n + 1) x 3 uint8 colours: black for 0, then hues a golden angle apart so that
+def label_colors(n: int) -> np.ndarray:
+    """(n + 1) x 3 uint8 colors: black for 0, then hues a golden angle apart so that
     consecutive ids differ strongly; saturation and value alternate to tell near hues apart."""
-    colours = np.zeros((n + 1, 3), dtype=np.uint8)
+    colors = np.zeros((n + 1, 3), dtype=np.uint8)
     for i in range(1, n + 1):
         hue = (i * GOLDEN_RATIO_CONJUGATE) % 1.0
         saturation = (0.95, 0.65, 0.8)[i % 3]
         value = (1.0, 0.85)[(i // 3) % 2]
-        colours[i] = np.round(np.array(colorsys.hsv_to_rgb(hue, saturation, value)) * 255)
-    return colours
+        colors[i] = np.round(np.array(colorsys.hsv_to_rgb(hue, saturation, value)) * 255)
+    return colors
 
 
 def boundaries(labels: np.ndarray) -> np.ndarray:
@@ -59,8 +59,8 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def colorize(labels: np.ndarray, outline: bool = True) -> np.ndarray:
-    """An instance label map as distinct colours on black, boundaries in white."""
-    rgb = label_colours(int(labels.max(initial=0)))[labels]
+    """An instance label map as distinct colors on black, boundaries in white."""
+    rgb = label_colors(int(labels.max(initial=0)))[labels]
     if outline:
         rgb[boundaries(labels)] = BOUNDARY_RGB
     return rgb
@@ -71,7 +71,7 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.nd
     if image.shape[:2] != labels.shape:
         raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
     base = to_uint8(image).astype(np.float32)
-    tint = label_colours(int(labels.max(initial=0)))[labels].astype(np.float32)
+    tint = label_colors(int(labels.max(initial=0)))[labels].astype(np.float32)
     fg = (labels > 0)[..., None]
     blended = np.where(fg, (1 - alpha) * base + alpha * tint, base)
     out = np.round(blended).astype(np.uint8)
@@ -191,18 +191,18 @@ def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], title: str, 
         draw.text((x - 4, height - bottom + 6), f"{tick:g}", fill=(0, 0, 0), font=font)
     draw.text((width // 2 - 14, height - 14), "epoch", fill=(0, 0, 0), font=font)
     for i, (name, points) in enumerate(clean.items()):
-        colour = SERIES_RGB[i % len(SERIES_RGB)]
+        color = SERIES_RGB[i % len(SERIES_RGB)]
         xy = [at(x, y) for x, y in points]
         if len(xy) > 1:
-            draw.line(xy, fill=colour, width=2)
+            draw.line(xy, fill=color, width=2)
         for px, py in xy:
-            draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
+            draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=color)
     draw.rectangle([width - right - 114, top + 2, width - right - 2, top + 10 + 14 * len(clean)],
                    fill=(255, 255, 255), outline=(200, 200, 200))  # the legend stays readable over lines
     for i, name in enumerate(clean):
-        colour = SERIES_RGB[i % len(SERIES_RGB)]
+        color = SERIES_RGB[i % len(SERIES_RGB)]
         ly = top + 6 + 14 * i
-        draw.line([width - right - 110, ly + 6, width - right - 92, ly + 6], fill=colour, width=3)
+        draw.line([width - right - 110, ly + 6, width - right - 92, ly + 6], fill=color, width=3)
         draw.text((width - right - 88, ly), name, fill=(0, 0, 0), font=font)
     return np.asarray(image)
 

@@ -94,20 +94,20 @@ def write_synthetic_cvppp(
     n: int,
     size: tuple[int, int] = (530, 500),
     seed: int = 0,
-    palette_colours: int = 256,
+    palette_colors: int = 256,
     with_fg: bool = True,
     with_csv: bool = True,
 ) -> Path:
-    """Write n synthetic plants in the CVPPP layout; a 16-colour palette gives 4-bit label PNGs."""
+    """Write n synthetic plants in the CVPPP layout; a 16-color palette gives 4-bit label PNGs."""
     root = Path(root)
-    cfg = SyntheticConfig(min_leaves=min(5, palette_colours - 1), max_leaves=min(20, palette_colours - 1))
+    cfg = SyntheticConfig(min_leaves=min(5, palette_colors - 1), max_leaves=min(20, palette_colors - 1))
     lines = []
     for i in range(1, n + 1):
         image, labels = render_plant(seed, i, size, cfg=cfg)
         stem = f"plant{i:03d}"
         rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], axis=2)
         write_image(root / f"{stem}{RGB}.png", Image.fromarray(rgba, "RGBA"))
-        write_image(root / f"{stem}{LABEL}.png", palette_image(labels, palette_colours))
+        write_image(root / f"{stem}{LABEL}.png", palette_image(labels, palette_colors))
         if with_fg:
             write_image(root / f"{stem}{FG}.png", palette_image((labels > 0).astype(np.int32), 2))
         lines.append(f"{stem}{RGB}.png,{int(labels.max())}")
@@ -116,13 +116,13 @@ def write_synthetic_cvppp(
     return root
 
 
-def palette_image(labels: np.ndarray, colours: int) -> Image.Image:
+def palette_image(labels: np.ndarray, colors: int) -> Image.Image:
     """A palette ('P') image of ids; Pillow writes it 1/2/4/8-bit deep by the palette length."""
-    if labels.max(initial=0) >= colours:
-        raise ValueError(f"ids up to {labels.max()} do not fit a {colours}-colour palette")
+    if labels.max(initial=0) >= colors:
+        raise ValueError(f"ids up to {labels.max()} do not fit a {colors}-color palette")
     image = Image.fromarray(labels.astype(np.uint8), "P")
-    rng = np.random.default_rng(colours)
-    palette = rng.integers(0, 256, (colours, 3), dtype=np.uint8)
+    rng = np.random.default_rng(colors)
+    palette = rng.integers(0, 256, (colors, 3), dtype=np.uint8)
     palette[0] = 0
     image.putpalette(palette.ravel().tolist())
     return image

@@ -1,13 +1,13 @@
 """Synthetic leaves: plant-like rosettes that resemble CVPPP A1 (see shared cvppp-facts.md).
 
 Each image is a top-down rosette of 5-20 leaves: obovate/teardrop or elliptic blades on
-thin petioles radiating from a centre with golden-angle phyllotaxis, older (outer, larger)
+thin petioles radiating from a center with golden-angle phyllotaxis, older (outer, larger)
 leaves first and younger (inner, smaller) leaves on top. Leaves are shaded darker towards
 their rims and bases with a lighter midrib, so overlapping leaves of the same green are
 still separable - as they are in real photographs. The background is a brown soil texture
 (multi-octave value noise plus pebbles); the whole image gets a lighting gradient and
 sensor noise. Label maps are taken after occlusion; leaves hidden down to a few pixels
-are dropped before colouring, so every label is a visible leaf.
+are dropped before coloring, so every label is a visible leaf.
 
 Everything is numpy and deterministic per (seed, split, index).
 """
@@ -35,7 +35,7 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class Leaf:
-    angle: float  # direction from the plant centre
+    angle: float  # direction from the plant center
     petiole: float  # petiole length (px)
     length: float  # blade length (px)
     half_width: float  # maximum blade half width (px)
@@ -105,7 +105,7 @@ def _leaves(rng: np.random.Generator, side: float, cfg: SyntheticConfig) -> list
     return leaves
 
 
-def _leaf_geometry(leaf: Leaf, centre: tuple[float, float], shape: tuple[int, int]):
+def _leaf_geometry(leaf: Leaf, center: tuple[float, float], shape: tuple[int, int]):
     """Mask and shading coordinates of one leaf inside its bounding box.
 
     Returns (y0, x0, mask, t, rim) where t in [0, 1] runs along the blade and rim in [0, 1]
@@ -114,14 +114,14 @@ def _leaf_geometry(leaf: Leaf, centre: tuple[float, float], shape: tuple[int, in
     h, w = shape
     reach = leaf.petiole + leaf.length
     r = reach + leaf.half_width + 2
-    y0, y1 = max(0, int(centre[0] - r)), min(h, int(centre[0] + r) + 1)
-    x0, x1 = max(0, int(centre[1] - r)), min(w, int(centre[1] + r) + 1)
+    y0, y1 = max(0, int(center[0] - r)), min(h, int(center[0] + r) + 1)
+    x0, x1 = max(0, int(center[1] - r)), min(w, int(center[1] + r) + 1)
     if y0 >= y1 or x0 >= x1:
         return y0, x0, np.zeros((0, 0), bool), None, None
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-    dy, dx = yy - centre[0], xx - centre[1]
+    dy, dx = yy - center[0], xx - center[1]
     ca, sa = np.cos(leaf.angle), np.sin(leaf.angle)
-    u = dx * ca + dy * sa  # along the leaf axis, from the plant centre
+    u = dx * ca + dy * sa  # along the leaf axis, from the plant center
     v = -dx * sa + dy * ca  # across it
     t = (u - leaf.petiole) / leaf.length
     v_bent = v - leaf.bend * np.clip(t, 0, 1) ** 2 * leaf.length
@@ -147,9 +147,9 @@ def render_plant(
         raise ValueError(f"synthetic images must be at least 16 px, got {h}x{w}")
     rng = _rng(seed, split, index)
     side = float(min(h, w))
-    centre = (h / 2 + rng.normal(0, 0.06) * h, w / 2 + rng.normal(0, 0.06) * w)
+    center = (h / 2 + rng.normal(0, 0.06) * h, w / 2 + rng.normal(0, 0.06) * w)
     leaves = _leaves(rng, side, cfg)
-    geometry = [_leaf_geometry(leaf, centre, (h, w)) for leaf in leaves]
+    geometry = [_leaf_geometry(leaf, center, (h, w)) for leaf in leaves]
 
     # Occlusion: paint ids in age order, drop leaves left with too few visible pixels.
     # Dropping a leaf only uncovers others, so one repaint keeps every survivor large enough.

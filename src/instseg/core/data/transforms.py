@@ -1,6 +1,6 @@
 """Paired training transforms on torch tensors: image and label map move together.
 
-Geometry is applied to both (labels with nearest neighbour, never blended); colour jitter and
+Geometry is applied to both (labels with nearest neighbour, never blended); color jitter and
 blur touch the image only. The transforms run inside DataLoader workers and draw from torch's
 random generator, which DataLoader seeds per worker from the loader's generator (`--seed`):
 a run repeats exactly for a given `--seed` and `--workers`, and workers never share a stream.
@@ -37,7 +37,7 @@ def resize_image_tensor(image: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def resize_labels_tensor(labels: Tensor, size: tuple[int, int]) -> Tensor:
-    """Nearest-neighbour resize of an H x W label map (sampling at pixel centres)."""
+    """Nearest-neighbour resize of an H x W label map (sampling at pixel centers)."""
     if tuple(labels.shape[-2:]) == tuple(size):
         return labels
     out = F.interpolate(labels[None, None].float(), size=tuple(size), mode="nearest-exact")
@@ -101,7 +101,7 @@ def random_dihedral(image: Tensor, labels: Tensor, generator: torch.Generator | 
 
 
 def rotate(image: Tensor, labels: Tensor, degrees: float) -> tuple[Tensor, Tensor]:
-    """Rotate about the centre; corners that come from outside are background (zeros)."""
+    """Rotate about the center; corners that come from outside are background (zeros)."""
     angle = math.radians(degrees)
     cos, sin = math.cos(angle), math.sin(angle)
     theta = torch.tensor([[[cos, -sin, 0.0], [sin, cos, 0.0]]], dtype=torch.float32)
@@ -117,7 +117,7 @@ def grey(image: Tensor) -> Tensor:
     return (image * weights).sum(dim=0, keepdim=True)
 
 
-def colour_jitter(image: Tensor, aug: Augment, generator: torch.Generator | None) -> Tensor:
+def color_jitter(image: Tensor, aug: Augment, generator: torch.Generator | None) -> Tensor:
     """Brightness, contrast (around the mean grey) and saturation (around the pixel's grey)."""
     image = image * _uniform(1 - aug.brightness, 1 + aug.brightness, generator)
     mean = grey(image).mean()
@@ -158,7 +158,7 @@ class TrainTransform:
             image, labels = random_dihedral(image, labels, generator)
             if _uniform(0, 1, generator) < aug.rotation_p:
                 image, labels = rotate(image, labels, _uniform(-aug.rotation, aug.rotation, generator))
-            image = colour_jitter(image, aug, generator)
+            image = color_jitter(image, aug, generator)
             if _uniform(0, 1, generator) < aug.blur_p:
                 image = gaussian_blur(image, _uniform(*aug.blur_sigma, generator))
         return {"image": image.clamp(0.0, 1.0).contiguous(), "labels": labels.contiguous(), "name": item["name"]}
