@@ -8,7 +8,6 @@ inference path stays torch-free):
 
 from __future__ import annotations
 
-from importlib import metadata as _metadata
 from typing import Any
 
 from instseg.core.hookspecs import hookimpl, hookspec
@@ -23,11 +22,8 @@ from instseg.core.registry import (
 )
 from instseg.core.specs import BackboneSpec, ExportCaps, ModelSpec
 from instseg.errors import ConfigError, InstsegError
+from instseg.version import __version__
 
-try:
-    __version__ = _metadata.version("instseg")
-except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
 
 _LAZY = {
     "Backbone": "instseg.core.interfaces",

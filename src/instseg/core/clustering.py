@@ -1,0 +1,5 @@
+"""Deprecated alias of instseg.torchfree.clustering (see `instseg._moved`)."""
+
+from instseg._moved import reexport
+
+reexport(__name__, ('instseg.torchfree.clustering',), globals())
