@@ -259,9 +259,35 @@ def test_predict_cli_writes_every_readable_image_and_fails_on_the_rest(checkpoin
     assert read_label_map(out / "plant000_rgb-2_label.png").shape == (36, 36)
     assert (out / "plant001_rgb_overlay.png").is_file()
 
-    ok = invoke("predict", checkpoint, tmp_path / "a" / "plant001_rgb.png", "--out", out, "--no-overlay", "--panels")
+    before = (out / "plant001_rgb_label.png").read_bytes()
+    again = invoke("predict", checkpoint, tmp_path / "a" / "plant001_rgb.png", "--out", out, "--no-overlay", "--panels")
+    assert again.exit_code != 0 and "plant001_rgb_label.png: exists and this run did not write it" in again.output
+    assert (out / "plant001_rgb_label.png").read_bytes() == before and not (out / "plant001_rgb_panel.png").exists()
+    ok = invoke("predict", checkpoint, tmp_path / "a" / "plant001_rgb.png", "--out", out, "--no-overlay", "--panels",
+                "--overwrite")
     assert ok.exit_code == 0, ok.output
     assert (out / "plant001_rgb_panel.png").is_file()
+
+
+def test_predict_into_the_input_folder_keeps_the_users_files_and_skips_its_own(checkpoint, tmp_path):
+    write_images(tmp_path, [(32, 32), (32, 32)])  # plant000_rgb.png, plant001_rgb.png
+    users = {"plant000_rgb_label.png": b"the user's ground truth", "plant001_rgb_overlay.png": b"the user's picture"}
+    for name, data in users.items():
+        (tmp_path / name).write_bytes(data)
+    result = invoke("predict", checkpoint, tmp_path, "--out", tmp_path)
+    assert result.exit_code != 0
+    assert "plant000_rgb_label.png: exists and this run did not write it" in result.output
+    assert "plant001_rgb_overlay.png: exists and this run did not write it" in result.output
+    assert all((tmp_path / name).read_bytes() == data for name, data in users.items())  # nothing replaced
+    (tmp_path / "plant000_rgb_label.png").unlink()
+    (tmp_path / "plant001_rgb_overlay.png").unlink()
+    first = invoke("predict", checkpoint, tmp_path, "--out", tmp_path)
+    assert first.exit_code == 0, first.output
+    written = sorted(p.name for p in tmp_path.glob("*_label.png"))
+    again = invoke("predict", checkpoint, tmp_path, "--out", tmp_path, "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert "skipped 4 input(s)" in again.output  # its own label maps and overlays are not inputs
+    assert sorted(p.name for p in tmp_path.glob("*_label.png")) == written  # no plant000_rgb_label_label.png
 
 
 def test_predict_cli_rejects_bad_options(checkpoint, tmp_path):

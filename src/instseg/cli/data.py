@@ -6,10 +6,9 @@ import json
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from instseg.cli.console import err, out
+from instseg.cli.console import err, out, safe_text, shown
 from instseg.core.config import TrainConfig
 from instseg.progress import progress_bar
 
@@ -38,11 +37,11 @@ def check(
     else:
         out.print(summary_table(report))
         for line in report.notes:
-            out.print(f"note: {escape(line)}", highlight=False)
+            out.print(f"note: {shown(line)}", highlight=False)
     for line in report.warnings:
-        typer.echo(f"warning: {line}", err=True)
+        typer.echo(f"warning: {safe_text(line)}", err=True)
     for line in report.problems:  # one unwrapped line each, for people and for grep
-        typer.echo(line, err=True)
+        typer.echo(safe_text(line), err=True)
     if not report.usable:
         typer.echo(f"{len(report.problems)} problem(s): not usable for training", err=True)
         raise typer.Exit(1)
@@ -51,7 +50,7 @@ def check(
 
 
 def summary_table(report: CheckReport) -> Table:
-    table = Table(title=f"dataset {escape(report.data)}", show_header=False)
+    table = Table(title=f"dataset {shown(report.data)}", show_header=False)
     table.add_column("what")
     table.add_column("value", overflow="fold")
     table.add_row("images", f"{report.images} ({report.labelled} labelled)")

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from instseg.cli.console import err, fmt_mean_std, out
+from instseg.cli.console import err, fmt_mean_std, out, shown
 from instseg.cli.options import Bandwidth, Cluster, FillHoles, MinSize
 from instseg.errors import ConfigError
 
@@ -58,7 +57,7 @@ def evaluate(
         target = out_dir or model_file.parent / "eval"
     _print(report)
     write_report(report, target)
-    out.print(f"wrote {escape(str(target / 'metrics.json'))} and per_image.csv", highlight=False, soft_wrap=True)
+    out.print(f"wrote {shown(str(target / 'metrics.json'))} and per_image.csv", highlight=False, soft_wrap=True)
 
 
 def _score_folders(pred: Path, gt: Path) -> Report:
@@ -67,8 +66,8 @@ def _score_folders(pred: Path, gt: Path) -> Report:
     report, unmatched = score_folders(pred, gt)
     for side, names in unmatched.items():
         if names:
-            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-            err.print(f"warning: {len(names)} {side} file(s) without a partner: {escape(shown)}", highlight=False,
+            listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            err.print(f"warning: {len(names)} {side} file(s) without a partner: {shown(listed)}", highlight=False,
                       soft_wrap=True)
     return report
 
@@ -79,14 +78,14 @@ def _score_model(path: Path, data: str | None, image_size: int | None, val_size:
 
     selection = EvalData(data, str(val_list) if val_list else None, val_size=val_size)
     return evaluate_model(path, selection, image_size=image_size, cluster=cluster_options, batch_size=batch_size,
-                          device=device, on_start=lambda line: err.print(escape(line), highlight=False, soft_wrap=True))
+                          device=device, on_start=lambda line: err.print(shown(line), highlight=False, soft_wrap=True))
 
 
 def _print(report: Report) -> None:
     from instseg.torchfree.metrics import METRIC_LABELS
 
     summary, head = report.summary, report.counter_head
-    table = Table(title=escape(report.title))
+    table = Table(title=shown(report.title))
     table.add_column("metric")
     table.add_column("mean ± std", justify="right")
     for key, label in METRIC_LABELS.items():
@@ -97,4 +96,4 @@ def _print(report: Report) -> None:
         table.add_row("counter-head |DiC|", fmt_mean_std(head, "abs_dic"))
     out.print(table)
     worst = report.worst
-    out.print(f"worst image: {escape(worst.name)} (SBD {worst.scores.sbd:.3f})", highlight=False, soft_wrap=True)
+    out.print(f"worst image: {shown(worst.name)} (SBD {worst.scores.sbd:.3f})", highlight=False, soft_wrap=True)

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from instseg.cli.console import err, out
+from instseg.cli.console import err, out, shown
 from instseg.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -27,6 +26,8 @@ def export(
              "Default: dynamic batch, H and W where the model allows it.")] = None,
     fp16: Annotated[bool, typer.Option(
         "--fp16", help="Half-precision weights and compute; inputs and outputs stay float32.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace an existing --output that is not an instseg ONNX file (never the checkpoint itself).")] = False,
 ) -> None:
     """Write the model as ONNX (normalisation inside, metadata for `instseg infer`), run onnx.checker,
     and compare ONNX Runtime with PyTorch on every output; exit 1 when they differ."""
@@ -47,16 +48,29 @@ def export(
         raise ConfigError(f"--static: {exc}") from None
     source = resolve_checkpoint(checkpoint)
     target = output or default_output(source, static_size, fp16)
-    if target.is_dir():
-        raise ConfigError(f"--output {target}: is a folder; give a file name such as {target / 'model.onnx'}")
+    check_target(target, source, overwrite)
     request = request_from_checkpoint(source, DEFAULT_OPSET if opset is None else opset, static_size, fp16)
     plan_note = "" if request.caps.notes == "" else f" ({request.caps.notes})"
-    err.print(f"exporting {escape(request.name)} from {escape(request.source)} with the {request.caps.exporter} "
-              f"exporter{escape(plan_note)} ...", highlight=False, soft_wrap=True)
+    err.print(f"exporting {shown(request.name)} from {shown(request.source)} with the {request.caps.exporter} "
+              f"exporter{shown(plan_note)} ...", highlight=False, soft_wrap=True)
     result = export_onnx(request, target)
     out.print(f"onnx.checker: ok; {result.info.describe()}", highlight=False, soft_wrap=True)
     out.print(parity_table(result))
     _conclude(result, target)
+
+
+def check_target(target: Path, source: Path, overwrite: bool) -> None:
+    """Never replace the checkpoint being exported, a folder, or (unasked) a file that is not an
+    ONNX model instseg wrote: re-exporting over an earlier export is fine."""
+    from instseg.exporters.onnx import is_instseg_onnx
+
+    if target.is_dir():
+        raise ConfigError(f"--output {target}: is a folder; give a file name such as {target / 'model.onnx'}")
+    if target.exists() and target.resolve() == source.resolve():
+        raise ConfigError(f"--output {target}: is the checkpoint being exported; choose another file name")
+    if target.exists() and not overwrite and not is_instseg_onnx(target):
+        raise ConfigError(f"--output {target}: exists and is not an ONNX model written by instseg; not replaced "
+                          "(pass --overwrite to replace it)")
 
 
 def parity_table(result: "ExportResult") -> Table:
@@ -65,7 +79,7 @@ def parity_table(result: "ExportResult") -> Table:
     for column in ("input shape", "output", "max abs", "max rel", "rtol / atol", ""):
         table.add_column(column, justify="right" if column.startswith("max") else "left")
     for row in result.parity:
-        verdict = "ok" if row.ok else ("[red]FAILED[/red]" if not row.error else f"[red]{escape(row.error)}[/red]")
+        verdict = "ok" if row.ok else ("[red]FAILED[/red]" if not row.error else f"[red]{shown(row.error)}[/red]")
         table.add_row("x".join(map(str, row.shape)), row.output, f"{row.max_abs:.2e}", f"{row.max_rel:.2e}",
                       str(row.tolerance), verdict)
     return table
@@ -82,7 +96,7 @@ def _conclude(result: "ExportResult", target: Path) -> None:
         err.print("warning: the fp16 model differs from the fp32 PyTorch model by more than the indicative fp16 "
                   "tolerance; compare predictions (instseg evaluate --pred) before deploying it", highlight=False,
                   soft_wrap=True)
-    out.print(f"wrote {escape(str(result.path))} ({size:.1f} MB) in {result.seconds:.1f} s", highlight=False,
+    out.print(f"wrote {shown(str(result.path))} ({size:.1f} MB) in {result.seconds:.1f} s", highlight=False,
               soft_wrap=True)
-    out.print(f"next: instseg infer {escape(str(result.path))} IMAGES... --out predictions", highlight=False,
+    out.print(f"next: instseg infer {shown(str(result.path))} IMAGES... --out predictions", highlight=False,
               soft_wrap=True)

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from instseg.cli.console import err
+from instseg.cli.console import err, shown
 from instseg.cli.options import (
     Bandwidth,
     Cluster,
@@ -23,6 +22,7 @@ from instseg.cli.options import (
     MinSize,
     OutDir,
     Overlays,
+    Overwrite,
     Panels,
     cluster_params,
     output_options,
@@ -49,6 +49,7 @@ def infer(
     panels: Panels = False,
     gt: GroundTruth = None,
     embeddings: Embeddings = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Write <stem>_label.png (16-bit instance ids, input size) and <stem>_overlay.png per image, as
     `instseg predict` does, with ONNX Runtime. Sizes, clustering defaults and normalisation come
@@ -61,11 +62,11 @@ def infer(
     if threads < 0:
         raise ConfigError(f"--threads {threads}: must be 0 (ONNX Runtime's default) or more")
     paths = gather_inputs(inputs)
-    options = output_options(overlays, panels, gt, embeddings)
+    options = output_options(overlays, panels, gt, embeddings, overwrite)
     runner = OnnxRunner.open(model, provider, threads)
     note = runner.providers.note()
     if note:
-        err.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
+        err.print(f"note: {shown(note)}", highlight=False, soft_wrap=True)
     params = cluster_params(runner.cluster, cluster, min_size, fill_holes, bandwidth)
     predict_to_folder(paths, runner, params, batch_size, out_dir, options,
                       f"{runner.description} on {runner.providers.describe()}")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
 
 from instseg.cli import data, evaluate, export, infer, models, plugins, predict, train
+from instseg.cli.console import safe_text
 from instseg.errors import InstsegError
 
 app = typer.Typer(
@@ -39,13 +41,27 @@ def one_line(exc: InstsegError) -> str:
     return last.removeprefix(prefix) if len(lines) > 1 else last
 
 
+DEBUG_ENV = "INSTSEG_DEBUG"  # set (to anything but 0 / empty) for full tracebacks in bug reports
+
+
 def main() -> None:
-    """Run the CLI; user errors become one line on stderr and a non-zero exit."""
+    """Run the CLI; errors become one line on stderr and a non-zero exit (a traceback only
+    with INSTSEG_DEBUG=1): user errors say what to fix, anything else says it is a bug."""
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         app()
     except InstsegError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"error: {safe_text(one_line(exc))}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except Exception as exc:  # a bug in instseg or a plugin: one line, the traceback on request
+        if debug:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"error: internal error ({type(exc).__name__}: {safe_text(first)}); rerun with {DEBUG_ENV}=1 "
+              "for the traceback and report it", file=sys.stderr)
+        raise SystemExit(2) from None

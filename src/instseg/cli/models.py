@@ -6,10 +6,9 @@ import json
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from instseg.cli.console import err, out
+from instseg.cli.console import err, out, shown
 
 
 def _params(build) -> str:
@@ -49,10 +48,10 @@ def models(
         table.add_column(col, overflow="fold")
     for row in rows:
         name = row["name"] + (f" ({', '.join(row['aliases'])})" if row["aliases"] else "")
-        desc = escape(row["description"]) + (f" [dim]\\[backbone: {row['backbone']}][/]" if row["backbone"] else "")
+        desc = shown(row["description"]) + (f" [dim]\\[backbone: {row['backbone']}][/]" if row["backbone"] else "")
         table.add_row(name, row["kind"], row["plugin"], row["params"], desc)
     out.print(table)
     for p in reg.failed_plugins():
-        err.print(f"[red]plugin failed[/] {escape(p.label)}: {escape(p.error or '')}", highlight=False, soft_wrap=True)
+        err.print(f"[red]plugin failed[/] {shown(p.label)}: {shown(p.error or '')}", highlight=False, soft_wrap=True)
     if failed:
         err.print("its models and backbones are not listed; `instseg plugins` shows details", highlight=False)

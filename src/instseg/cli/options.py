@@ -36,12 +36,14 @@ Panels = Annotated[bool, typer.Option(help="Write <stem>_panel.png: input / pred
 GroundTruth = Annotated[Optional[Path], typer.Option(
     help="Ground-truth label PNGs for the panels (matched by name).")]
 Embeddings = Annotated[bool, typer.Option(help="Write <stem>_embedding.png: 3 PCA components as RGB.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace existing files in --out (never done otherwise).")]
 
 
-def output_options(overlays: bool, panels: bool, gt: Path | None, embeddings: bool) -> "OutputOptions":
+def output_options(overlays: bool, panels: bool, gt: Path | None, embeddings: bool,
+                   overwrite: bool = False) -> "OutputOptions":
     """What to write beside each label map."""
     from instseg.torchfree.inputs import label_files
     from instseg.torchfree.outputs import OutputOptions
 
     return OutputOptions(overlay=overlays, panels=panels, embeddings=embeddings,
-                         gt_files=label_files(gt) if gt is not None else {})
+                         gt_files=label_files(gt) if gt is not None else {}, overwrite=overwrite)

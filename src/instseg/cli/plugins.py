@@ -6,10 +6,9 @@ import json
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from instseg.cli.console import err, out
+from instseg.cli.console import err, out, shown
 
 STATUS_STYLE = {"loaded": "green", "failed": "red", "skipped": "yellow"}
 
@@ -36,8 +35,8 @@ def plugins(
         status = p.error or (f"skipped: {p.skipped}" if p.skipped else "loaded")
         registered = [f"{key.split(':', 1)[1]} ({key.split(':', 1)[0]})" for key in p.registered]
         table.add_row(
-            escape(p.name), escape(dist) + (" (built-in)" if p.builtin else ""), "\n".join(p.hooks),
-            escape("\n".join(registered)), f"[{STATUS_STYLE[p.status]}]{escape(status)}[/]")
+            shown(p.name), shown(dist) + (" (built-in)" if p.builtin else ""), "\n".join(p.hooks),
+            shown("\n".join(registered)), f"[{STATUS_STYLE[p.status]}]{shown(status)}[/]")
     out.print(table)
     if any(p.error for p in infos):
         err.print("some plugins failed; `instseg plugins --json` shows their tracebacks", highlight=False)

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 
-from instseg.cli.console import err, out
+from instseg.cli.console import err, out, shown
 from instseg.progress import progress_bar
 from instseg.cli.options import (
     Bandwidth,
@@ -20,6 +19,7 @@ from instseg.cli.options import (
     MinSize,
     OutDir,
     Overlays,
+    Overwrite,
     Panels,
     cluster_params,
     output_options,
@@ -46,6 +46,7 @@ def predict(
     panels: Panels = False,
     gt: GroundTruth = None,
     embeddings: Embeddings = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Write <stem>_label.png (16-bit instance ids, input size) and <stem>_overlay.png per image."""
     from instseg.core.runner import TorchRunner
@@ -54,7 +55,7 @@ def predict(
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
     paths = gather_inputs(inputs)
-    options = output_options(overlays, panels, gt, embeddings)
+    options = output_options(overlays, panels, gt, embeddings, overwrite)
     runner = TorchRunner.from_checkpoint(checkpoint, device)
     params = cluster_params(runner.cluster, cluster, min_size, fill_holes, bandwidth)
     predict_to_folder(paths, runner, params, batch_size, out_dir, options,
@@ -70,19 +71,22 @@ def predict_to_folder(paths: list[Path], runner: Runner, params: ClusterParams, 
 
     for path, name in zip(paths, output_names(paths)):
         if name != path.stem:
-            err.print(f"note: {escape(str(path))} is written as {escape(name)}_label.png", highlight=False, soft_wrap=True)
-    err.print(f"predicting {len(paths)} image(s) with {escape(source)}; "
-              f"{params.method} clustering, working size {runner.image_size}px -> {escape(str(out_dir))}",
+            err.print(f"note: {shown(str(path))} is written as {shown(name)}_label.png", highlight=False, soft_wrap=True)
+    err.print(f"predicting {len(paths)} image(s) with {shown(source)}; "
+              f"{params.method} clustering, working size {runner.image_size}px -> {shown(str(out_dir))}",
               highlight=False, soft_wrap=True)
     with progress_bar("predict", err) as progress:
         task = progress.add_task("predict", total=len(paths))
         result = predict_folder(paths, runner, out_dir, params, batch_size, options,
                                 on_result=lambda _: progress.advance(task))
+    if result.skipped:
+        err.print(f"note: skipped {len(result.skipped)} input(s) in {shown(out_dir)} written by an earlier instseg run "
+                  f"(e.g. {shown(result.skipped[0].name)})", highlight=False, soft_wrap=True)
     if result.instances:
-        out.print(f"wrote {len(result.instances)} prediction(s) to {escape(str(out_dir))} "
+        out.print(f"wrote {len(result.instances)} prediction(s) to {shown(str(out_dir))} "
                   f"({sum(result.instances) / len(result.instances):.1f} instances per image on average)",
                   highlight=False, soft_wrap=True)
     for message in result.failures:
-        err.print(f"error: {escape(message)}", highlight=False, soft_wrap=True)
+        err.print(f"error: {shown(message)}", highlight=False, soft_wrap=True)
     if result.failures:
         raise DataError(f"{len(result.failures)} of {len(paths)} input(s) failed (listed above)")

@@ -9,8 +9,10 @@ leaves a truncated file.
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
+import warnings
 import random
 import zipfile
 from dataclasses import dataclass
@@ -51,17 +53,36 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 def load_weights_only(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     """`torch.load(weights_only=True)` on the CPU - the one place instseg unpickles a file.
 
-    A file holding objects that could run code, or a truncated or corrupted one, is a
-    CheckpointError naming `path` (`what` says what kind of file it was meant to be).
+    A file that is not a PyTorch zip archive (random bytes, an ONNX model, a raw pickle) is
+    refused before unpickling; one holding objects that could run code, or a truncated one, is
+    a CheckpointError naming `path` (`what` says what kind of file it was meant to be). PyTorch's
+    own advice (retry with weights_only=False) is never repeated: for a hostile file it is wrong.
     """
+    if not _starts_like_zip(path):
+        hint = " (an ONNX model: run it with `instseg infer`)" if _looks_like_onnx(path) else ""
+        raise CheckpointError(f"{path}: not a {what} (not a PyTorch checkpoint archive){hint}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch may warn with a line of the file's code
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: refused to load - it holds objects that could run code ({first})") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(f"{path}: refused to load - it holds objects other than tensors and plain data, "
+                              "which could run code when loaded") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: {what} is truncated or corrupted ({type(exc).__name__})") from exc
+
+
+def _looks_like_onnx(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() == ".onnx"
+
+
+def _starts_like_zip(path: str | os.PathLike) -> bool:
+    """PyTorch checkpoints are zip archives: a local-file header first (also when truncated)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == b"PK\x03\x04"
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from exc
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -74,8 +95,47 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: checkpoint format {payload['format_version']} is newer than this instseg "
             f"understands ({FORMAT_VERSION}); upgrade instseg")
+    check_schema(payload, path)
     payload["path"] = str(path)
     return payload
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_channels(value: Any, positive: bool) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == 3
+            and all(isinstance(v, (int, float)) and math.isfinite(v) and (v > 0 or not positive) for v in value))
+
+
+MODEL_FIELDS = {  # what `build_model` reads from a checkpoint's "model" entry, and what is sane there
+    "name": lambda v: isinstance(v, str) and bool(v),
+    "backbone": lambda v: v is None or isinstance(v, str),
+    "width": lambda v: v is None or _is_int(v, 1, 1024),
+    "embedding_dim": lambda v: _is_int(v, 1, 4096),
+    "max_instances": lambda v: _is_int(v, 1, 2**16 - 1),
+    "mean": lambda v: _is_channels(v, positive=False),
+    "std": lambda v: _is_channels(v, positive=True),
+    "kwargs": lambda v: isinstance(v, dict),
+}
+
+
+def check_schema(payload: dict[str, Any], path: Path) -> None:
+    """Everything a checkpoint is used for has the right type and a sane size, before anything
+    is built from it: one CheckpointError naming the file and the field otherwise."""
+    for key, kind in (("config", dict), ("model", dict), ("state_dict", dict)):
+        if not isinstance(payload.get(key), kind):
+            raise CheckpointError(f"{path}: field '{key}' is missing or not a {kind.__name__}")
+    for key, ok in MODEL_FIELDS.items():
+        value = payload["model"].get(key)
+        if not ok(value):
+            raise CheckpointError(f"{path}: field 'model.{key}' has an invalid value {value!r:.80}")
+    bad = next((k for k, v in payload["state_dict"].items() if not isinstance(k, str) or not torch.is_tensor(v)), None)
+    if bad is not None:
+        raise CheckpointError(f"{path}: field 'state_dict' holds a non-tensor entry {bad!r:.80}")
+    if not _is_int(payload.get("epoch", 0), 0, 10**9):
+        raise CheckpointError(f"{path}: field 'epoch' has an invalid value {payload.get('epoch')!r:.80}")
 
 
 def load_resume_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -175,6 +235,9 @@ def load_trained(path: str | os.PathLike) -> Trained:
     """A run directory or checkpoint -> its model, working size and clustering defaults."""
     checkpoint = load_checkpoint(path)
     config = checkpoint["config"]
+    if not _is_int(config.get("image_size"), 16, 4096):
+        raise CheckpointError(f"{checkpoint['path']}: field 'config.image_size' has an invalid value "
+                              f"{config.get('image_size')!r:.80}")
     return Trained(build_model(checkpoint), checkpoint, int(config["image_size"]), ClusterParams.from_config(config))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,11 +66,18 @@ class TrainConfig:
             "epochs": self.epochs >= 1,
             "batch_size": self.batch_size >= 1,
             "image_size": 16 <= self.image_size <= 4096,
-            "lr": self.lr > 0,
+            "lr": math.isfinite(self.lr) and self.lr > 0,
+            "weight_decay": math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            "warmup_epochs": math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0,
+            "delta_v": math.isfinite(self.delta_v) and self.delta_v > 0,
+            "delta_d": math.isfinite(self.delta_d) and self.delta_d > 0,
+            "embedding_dim": 1 <= self.embedding_dim <= 4096,
+            "max_instances": 1 <= self.max_instances <= 2**16 - 1,
+            "width": self.width is None or 1 <= self.width <= 1024,
             "train_size": self.train_size >= 1,
             "val_size": self.val_size >= 1,
             "workers": self.workers >= 0,
-            "grad_clip": self.grad_clip >= 0,
+            "grad_clip": math.isfinite(self.grad_clip) and self.grad_clip >= 0,
             "val_split": 0 < self.val_split < 1,
             "accumulate": self.accumulate >= 1,
             "max_nonfinite": self.max_nonfinite >= 1,

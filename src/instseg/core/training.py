@@ -136,10 +136,14 @@ class Trainer:
         `initial_weights`: load the `--weights` backbone state dict."""
         cfg = self.config
         spec = get_registry().model_spec(cfg.model)
-        model = create_model(
-            spec.name, backbone=cfg.backbone, width=cfg.width, embedding_dim=cfg.embedding_dim,
-            max_instances=cfg.max_instances, mean=self.mean, std=self.std, **cfg.model_kwargs,
-        ).to(self.device.device)
+        try:
+            model = create_model(
+                spec.name, backbone=cfg.backbone, width=cfg.width, embedding_dim=cfg.embedding_dim,
+                max_instances=cfg.max_instances, mean=self.mean, std=self.std, **cfg.model_kwargs,
+            ).to(self.device.device)
+        except (ValueError, TypeError, RuntimeError) as exc:  # option values the architecture refuses
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"--model {spec.name}: cannot be built with these options ({first})") from exc
         if cfg.weights and initial_weights:
             self.report.note(load_backbone_weights(model.backbone, cfg.weights).summary())
         self.model_init = {

@@ -326,6 +326,15 @@ def failed_path(path: Path) -> Path:
     return path.with_name(f"{path.name.removesuffix('.onnx')}.parity-failed.onnx")
 
 
+def is_instseg_onnx(path: str | os.PathLike) -> bool:
+    """Whether a file is an ONNX model carrying instseg metadata (an earlier export)."""
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # onnx raises DecodeError, OSError, ValueError...: any of them means "not ours"
+        return False
+    return any(prop.key == "instseg.model" for prop in proto.metadata_props)
+
+
 def export_onnx(request: ExportRequest, path: str | os.PathLike) -> ExportResult:
     """Export, add metadata, check, write and compare with PyTorch.
 

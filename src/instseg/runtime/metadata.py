@@ -12,6 +12,7 @@ and `onnx.load(...).metadata_props` show them as they are. Torch-free.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
@@ -123,18 +124,18 @@ class ModelInfo:
             plugins=reader.json("instseg.plugins", dict),
             exporter=reader.text("instseg.exporter"),
             torch_version=reader.text("instseg.torch"),
-            opset=reader.integer("instseg.opset"),
+            opset=reader.integer("instseg.opset", 1, 1000),
             precision=precision,
             exported=reader.text("instseg.exported"),
             source=reader.text("instseg.source"),
-            embedding_dim=reader.integer("instseg.embedding_dim"),
-            max_instances=reader.integer("instseg.max_instances"),
-            image_size=reader.integer("instseg.image_size"),
-            multiple_of=reader.integer("instseg.multiple_of"),
+            embedding_dim=reader.integer("instseg.embedding_dim", 1, 4096),
+            max_instances=reader.integer("instseg.max_instances", 1, 2**16 - 1),
+            image_size=reader.integer("instseg.image_size", 16, 4096),
+            multiple_of=reader.integer("instseg.multiple_of", 1, 1024),
             static_size=_parse_size(static, where) if static else None,
             dynamic_batch=bool(dynamic.get("batch", False)),
-            mean=tuple(reader.json("instseg.mean", list)),
-            std=tuple(reader.json("instseg.std", list)),
+            mean=reader.channels("instseg.mean", positive=False),
+            std=reader.channels("instseg.std", positive=True),
             cluster=_cluster(reader.json("instseg.cluster", dict), where),
         )
 
@@ -151,12 +152,26 @@ class _Reader:
             raise CheckpointError(f"{self.where}: instseg metadata lacks '{key}' (a damaged or hand-edited file?)")
         return self.props[key]
 
-    def integer(self, key: str) -> int:
+    def integer(self, key: str, low: int | None = None, high: int | None = None) -> int:
+        """An integer value, within [low, high] when given."""
         value = self.text(key)
         try:
-            return int(value)
+            number = int(value)
         except ValueError:
             raise CheckpointError(f"{self.where}: metadata {key} is {value!r}, expected an integer") from None
+        if (low is not None and number < low) or (high is not None and number > high):
+            raise CheckpointError(f"{self.where}: metadata {key} is {number}, expected {low}..{high}")
+        return number
+
+    def channels(self, key: str, positive: bool) -> tuple[float, ...]:
+        """Three finite per-channel numbers (positive ones for a std)."""
+        values = self.json(key, list)
+        ok = len(values) == 3 and all(isinstance(v, (int, float)) and math.isfinite(v) and (v > 0 or not positive)
+                                      for v in values)
+        if not ok:
+            raise CheckpointError(f"{self.where}: metadata {key} is {values!r}, expected three finite "
+                                  f"{'positive ' if positive else ''}numbers")
+        return tuple(float(v) for v in values)
 
     def json(self, key: str, kind: type) -> Any:
         value = self.text(key)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from instseg.atomic import atomic_write_bytes
 from instseg.errors import DataError
@@ -75,7 +75,19 @@ def _opened(path: str | os.PathLike) -> Iterator[Image.Image]:
         except _DECODE_ERRORS as exc:
             raise DataError(f"{shown}: image header is corrupted ({exc})") from exc
         with image:
+            _check_aspect(image.size, shown)
             yield image
+
+
+MAX_ASPECT = 20  # images are scaled so that their shorter side is the working size: bound the longer one
+
+
+def _check_aspect(size: tuple[int, int], shown: str) -> None:
+    """Refuse very elongated images: a 1x2000 PNG would be worked on at 64x128000 pixels."""
+    width, height = size
+    if min(width, height) < 1 or max(width, height) > MAX_ASPECT * min(width, height):
+        raise DataError(f"{shown}: {width}x{height} is too elongated (more than {MAX_ASPECT}:1); scaled so that "
+                        "its shorter side is the working size it would need far too much memory: crop it first")
 
 
 def _decode(image: Image.Image, path: str | os.PathLike) -> Image.Image:
@@ -146,27 +158,49 @@ def read_label_map(path: str | os.PathLike) -> np.ndarray:
     return labels
 
 
-def write_label_map(path: str | os.PathLike, labels: np.ndarray) -> None:
-    """Write instance ids as a 16-bit greyscale PNG (atomically)."""
+def write_label_map(path: str | os.PathLike, labels: np.ndarray, output: str | None = None) -> None:
+    """Write instance ids as a 16-bit greyscale PNG (atomically); `output`: see `write_image`."""
     if labels.ndim != 2:
         raise ValueError(f"label map must be 2-D, got shape {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() > 65535):
         raise ValueError("label ids must lie in 0..65535 for a 16-bit PNG")
     image = Image.fromarray(labels.astype(np.uint16))
-    write_image(path, image)
+    write_image(path, image, output)
 
 
-def write_rgb(path: str | os.PathLike, rgb: np.ndarray) -> None:
+def write_rgb(path: str | os.PathLike, rgb: np.ndarray, output: str | None = None) -> None:
     """Write an H x W x 3 uint8 image (atomically; the format follows the suffix)."""
-    write_image(path, Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)))
+    write_image(path, Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)), output)
 
 
-def write_image(path: str | os.PathLike, image: Image.Image) -> None:
-    """Write a Pillow image atomically; the format follows the suffix (PNG when unknown)."""
+OUTPUT_KEY = "instseg.output"  # PNG text naming what a prediction file is (label, overlay, ...)
+
+
+def write_image(path: str | os.PathLike, image: Image.Image, output: str | None = None) -> None:
+    """Write a Pillow image atomically; the format follows the suffix (PNG when unknown).
+    A prediction output PNG carries `instseg.output: <kind>`, so a later run that finds it among
+    its inputs knows it is not an image to predict."""
     path = Path(path)
     buffer = io.BytesIO()
-    image.save(buffer, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+    kind = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    extra = {}
+    if kind == "PNG" and output is not None:
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Software", "instseg")
+        info.add_text(OUTPUT_KEY, output)
+        extra["pnginfo"] = info
+    image.save(buffer, format=kind, **extra)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def prediction_output_kind(path: str | os.PathLike) -> str | None:
+    """What prediction output a PNG is (`label`, `overlay`, ...), None for any other file;
+    reads the header chunks only."""
+    try:
+        with Image.open(path) as image:
+            return image.info.get(OUTPUT_KEY) if image.format == "PNG" else None
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
 
 
 def working_size(height: int, width: int, image_size: int) -> tuple[int, int]:

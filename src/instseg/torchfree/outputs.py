@@ -11,7 +11,7 @@ import numpy as np
 
 from instseg.errors import ConfigError, DataError
 from instseg.torchfree.clustering import ClusterParams
-from instseg.torchfree.imageio import read_label_map, write_label_map, write_rgb
+from instseg.torchfree.imageio import read_label_map, write_label_map, write_rgb, prediction_output_kind
 from instseg.torchfree.inputs import match_key
 from instseg.torchfree.metrics import count_instances
 from instseg.torchfree.pipeline import Failure, Prediction, Runner, predict
@@ -24,6 +24,7 @@ class OutputOptions:
     panels: bool = False  # input / prediction / ground truth (when found in gt_files)
     embeddings: bool = False  # PCA picture of the embedding map
     gt_files: dict[str, Path] = field(default_factory=dict)  # match key -> label PNG
+    overwrite: bool = False  # replace existing files of the same names (never done unasked)
 
 
 def _ground_truth(prediction: Prediction, gt_files: dict[str, Path]) -> np.ndarray | None:
@@ -57,11 +58,16 @@ def write_prediction(prediction: Prediction, out_dir: Path, options: OutputOptio
     """Write `<name>_label.png` (16-bit ids, input size) and the pictures asked for
     (`<name>_overlay.png`, `_panel.png`, `_embedding.png`); all are drawn before any is written."""
     pictures = _pictures(prediction, options)
+    files = [(out_dir / f"{prediction.name}_{kind}.png", kind, array)
+             for kind, array in [("label", prediction.labels), *pictures.items()]]
+    clash = next((path for path, _, _ in files if path.exists() or path.is_symlink()), None)
+    if clash is not None and not options.overwrite:
+        raise DataError(f"{clash}: exists and this run did not write it, so it is not replaced "
+                        f"(the output of {prediction.path}; pass --overwrite, or choose another --out)")
     written = []
-    for kind, array in [("label", prediction.labels), *pictures.items()]:
-        path = out_dir / f"{prediction.name}_{kind}.png"
+    for path, kind, array in files:
         try:
-            (write_label_map if kind == "label" else write_rgb)(path, array)
+            (write_label_map if kind == "label" else write_rgb)(path, array, output=kind)
         except OSError as exc:
             raise DataError(f"{path}: cannot write ({exc.strerror or exc})") from exc
         written.append(path)
@@ -70,10 +76,18 @@ def write_prediction(prediction: Prediction, out_dir: Path, options: OutputOptio
 
 @dataclass
 class FolderResult:
-    """What `predict_folder` did: instances per written image, and one line per failed input."""
+    """What `predict_folder` did: instances per written image, one line per failed input, and
+    the inputs skipped because they are outputs of an earlier run in the output folder."""
 
     instances: list[int] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+
+
+def earlier_outputs(paths: Sequence[Path], out_dir: Path) -> list[Path]:
+    """The inputs that lie in `out_dir` and were written by instseg (not images to predict)."""
+    out = out_dir.resolve()
+    return [path for path in paths if path.resolve().parent == out and prediction_output_kind(path)]
 
 
 def make_folder(folder: Path) -> None:
@@ -90,7 +104,8 @@ def predict_folder(paths: Sequence[Path], runner: Runner, out_dir: Path, params:
     outputs, unwritable) is recorded and the others go on. `on_result` sees each result
     (progress bars)."""
     make_folder(out_dir)
-    result = FolderResult()
+    result = FolderResult(skipped=earlier_outputs(paths, out_dir))
+    paths = [path for path in paths if path not in result.skipped]
     for item in predict(paths, runner, params, batch_size):
         if isinstance(item, Prediction):
             try:

@@ -37,7 +37,7 @@ from typing import Iterable, Iterator, Protocol, Sequence
 import numpy as np
 
 from instseg.errors import DataError
-from instseg.torchfree.clustering import ClusterParams, instances_from_outputs
+from instseg.torchfree.clustering import ClusterParams, instances_from_outputs, relabel_sequential
 from instseg.torchfree.imageio import read_image, resize_image, resize_labels, working_size
 from instseg.torchfree.inputs import output_names
 
@@ -141,7 +141,9 @@ def _instances(semantic: np.ndarray, embedding: np.ndarray, count: float, max_in
         # min_size counts pixels at the working size, wherever the clustering runs
         params = replace(params, min_size=round(params.min_size * size[0] * size[1] / (work[0] * work[1])))
     labels = instances_from_outputs(semantic, embedding, count, max_instances, params)
-    return resize_labels(labels, original)
+    if labels.shape == original:
+        return labels
+    return relabel_sequential(resize_labels(labels, original))  # shrinking may drop an id
 
 
 def head_count(count: float, max_instances: int) -> float:
@@ -155,6 +157,10 @@ def _run_batch(items: list[tuple[Source, np.ndarray]], runner: Runner,
     h, w = batch.shape[-2:]
     semantic, embedding, count = check_outputs(runner(_pad(batch, runner.multiple_of)), len(items), h, w)
     for i, (source, _) in enumerate(items):
+        if not np.isfinite(count[i, 0]):
+            yield Failure(source.path, source.name, f"{source.path}: the model's count output is not finite "
+                                                    f"({count[i, 0]}); the model or its input is broken", source.index)
+            continue
         try:
             labels = _instances(semantic[i], embedding[i], count[i, 0], runner.max_instances,
                                 source.image.shape[:2], params)
