@@ -13,7 +13,7 @@ from typing import Annotated, Any, List, Optional
 import typer
 from rich.table import Table
 
-from instseg.cli.console import err, fmt_mean_std, out
+from instseg.cli.console import err, fmt_mean_std, out, shown
 from instseg.core.config import OPTIMIZERS, SCHEDULERS, TrainConfig, parse_model_options
 from instseg.core.presets import AUTO, PRESETS
 
@@ -72,6 +72,7 @@ def train(
     from instseg.core.data.layouts import parse_data_spec
     from instseg.core.distributed import DistContext
     from instseg.core.presets import apply_preset, resolve_preset
+    from instseg.core.state import TrainingState
     from instseg.core.training import Trainer, resume_config
     from instseg.torchfree.metrics import METRIC_LABELS
 
@@ -87,6 +88,11 @@ def train(
         config = TrainConfig(**apply_preset(options, given, resolve_preset(preset, spec.kind)))
     else:
         checkpoint = load_resume_checkpoint(resume)
+        if TrainingState.finished(checkpoint):
+            out.print(f"{shown(resume)} is finished (epoch {checkpoint['epoch']} of {checkpoint['config']['epochs']}, best "
+                      f"SBD {checkpoint['best_sbd']:.3f}): nothing to resume; start a new run to train more",
+                      highlight=False, soft_wrap=True)
+            return
         config = resume_config(checkpoint, {k: options[k] for k in given - {"preset"}})
     with DistContext.from_env() as dist:
         result = Trainer(config, console=err, dist=dist, resume=checkpoint).fit()

@@ -146,6 +146,12 @@ class TrainingState:
             },
         }
 
+    @staticmethod
+    def finished(checkpoint: dict[str, Any]) -> bool:
+        """Whether a checkpoint ends its run: the last epoch validated and saved."""
+        training = checkpoint.get("training", {})
+        return bool(training.get("epoch_done")) and checkpoint.get("epoch") == checkpoint["config"].get("epochs")
+
     @classmethod
     def restore(cls, checkpoint: dict[str, Any]) -> tuple["TrainingState", BatchLayout, dict[str, Any]]:
         """The state, batch layout and scaler / RNG states a `payload` holds; a finished epoch

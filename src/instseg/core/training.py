@@ -128,6 +128,8 @@ class Trainer:
         self.train_set, self.val_set = build_datasets(
             cfg.data, image_size=cfg.image_size, seed=cfg.seed, train_size=cfg.train_size, val_size=cfg.val_size,
             val_split=cfg.val_split, val_list=cfg.val_list, augment=cfg.augment, max_instances=cfg.max_instances)
+        for dataset in (self.train_set, self.val_set):
+            dataset.verify()
         self.mean, self.std = estimate_mean_std(self.train_set)
 
     def _build_model(self, initial_weights: bool) -> None:
@@ -235,6 +237,8 @@ class Trainer:
                 if signum is None or state.epoch_step == self.steps_per_epoch:
                     self._end_epoch()
                     signum = signum or self._agreed_signal(stop)
+                if signum is not None and state.epoch_done and state.epoch == cfg.epochs:
+                    break  # the signal came after the last step: the run is complete, not interrupted
                 if signum is not None:
                     if not state.epoch_done:
                         self._save()

@@ -43,7 +43,8 @@ def gather_inputs(specs: Sequence[str | os.PathLike]) -> list[Path]:
             if not matches:
                 raise DataError(f"{spec}: no file matches this pattern")
         else:
-            raise DataError(f"{path}: no such file or folder")
+            loop = path.is_symlink() and not path.exists()
+            raise DataError(f"{path}: {'a symbolic link that leads nowhere or to itself' if loop else 'no such file or folder'}")
         found.update(dict.fromkeys(matches))
     return list(found)
 
@@ -86,7 +87,9 @@ def label_files(folder: str | os.PathLike) -> dict[str, Path]:
     (so CVPPP's `_rgb` / `_fg` files are ignored), else all its PNGs."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"{folder}: no such folder")
+        what = ("a symbolic link that leads nowhere or to itself" if folder.is_symlink() and not folder.exists()
+                else "a file, not a folder" if folder.exists() else "no such folder")
+        raise DataError(f"{folder}: {what}")
     pngs = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".png")
     labelled = [p for p in pngs if p.stem.endswith("_label")]
     files: dict[str, Path] = {}

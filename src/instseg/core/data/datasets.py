@@ -46,6 +46,10 @@ class ItemDataset(Dataset):
         """(H, W) of every item as `read` returns it (evaluation batches images of one size)."""
         raise NotImplementedError
 
+    def verify(self) -> None:
+        """Decode every item once, so a damaged file stops training before its first step
+        rather than an epoch in (rendered data has nothing to check)."""
+
     def __getitem__(self, index: int) -> dict:
         item = self.read(index)
         self._check_count(item)
@@ -126,6 +130,10 @@ class LabelledImages(ItemDataset):
 
     def sizes(self) -> list[tuple[int, int]]:
         return list(self._sizes)
+
+    def verify(self) -> None:
+        for sample in self.samples:
+            read_sample(sample)
 
     def read(self, index: int) -> dict:
         sample = self.samples[index]

@@ -42,9 +42,19 @@ def parse_data_spec(spec: str) -> DataSpec:
         return DataSpec(kind, path)
     if Path(spec).is_dir():
         return DataSpec(detect_kind(Path(spec)), spec)
-    if "/" in spec or os.sep in spec:
-        raise DataError(f"{display_path(spec)}: no such directory")
+    if "/" in spec or os.sep in spec or Path(spec).exists() or Path(spec).is_symlink():
+        raise DataError(missing_folder(Path(spec)))
     raise ConfigError(f"unknown --data '{spec}': use 'synthetic', 'cvppp:PATH', 'folder:PATH' or an existing folder")
+
+
+def missing_folder(path: Path) -> str:
+    """Why `path` is not a dataset folder, precisely: a loop, a dangling link, a file, or nothing."""
+    shown = display_path(path)
+    if path.is_symlink() and not path.exists():
+        return f"{shown}: a symbolic link that leads nowhere or to itself, not a dataset folder"
+    if path.exists():
+        return f"{shown}: a file, not a dataset folder (give the folder that holds the images)"
+    return f"{shown}: no such directory"
 
 
 def detect_kind(root: Path) -> str:
@@ -61,10 +71,8 @@ def discover(spec: DataSpec) -> Layout:
     if spec.kind not in FILE_KINDS or spec.path is None:
         raise ConfigError(f"--data {spec}: not a dataset folder")
     root = Path(spec.path)
-    if not root.exists():
-        raise DataError(f"{display_path(root)}: no such directory")
     if not root.is_dir():
-        raise DataError(f"{display_path(root)}: not a directory")
+        raise DataError(missing_folder(root))
     if not any(root.iterdir()):
         raise DataError(f"{display_path(root)}: folder is empty")
     if spec.kind == "cvppp":
