@@ -72,6 +72,21 @@ def parameters(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> d
     return {k: v for k, v in state_dict.items() if k in names}
 
 
+def assert_same_training(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], lr: float) -> None:
+    """Two ways of computing the same optimizer steps gave the same weights, up to rounding.
+
+    Adam(W) divides each gradient by its own running magnitude, so a gradient that is ~0 in exact
+    arithmetic has a rounding-noise sign, and its parameter may move by up to ~lr per step either
+    way (how much depends on the CPU's vector kernels: AVX-512 sums in another order than AVX2).
+    So: nearly every weight agrees to 1e-5, and none is off by a whole step. A real mismatch
+    (another data order, a missing gradient sync or scale) moves most weights by ~lr per step.
+    """
+    diffs = torch.cat([(got[k].float() - expected[k].float()).abs().flatten() for k in expected])
+    close = (diffs <= 1e-5).float().mean().item()
+    assert close >= 0.999, f"only {close:.2%} of the weights agree to 1e-5 (largest difference {diffs.max():.3g})"
+    assert diffs.max().item() <= 0.5 * lr, f"largest parameter difference {diffs.max():.3g} (lr {lr})"
+
+
 PYTHON = sys.executable
 
 
