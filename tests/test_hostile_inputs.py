@@ -230,6 +230,23 @@ def test_a_truncated_validation_image_fails_before_training(tmp_path):
     assert not (tmp_path / "runs").exists()  # no half-made run directory either
 
 
+# -- 9. what repeats exactly ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_identical_runs_give_identical_weights(tmp_path, threads):
+    from instseg.core.training import Trainer
+
+    torch.set_num_threads(threads)
+    weights = []
+    for name in ("a", "b"):
+        trainer = Trainer(tiny_config(tmp_path, name=name, train_size=16, epochs=1), recording_console())
+        trainer.fit()
+        weights.append(trainer.model.state_dict())
+    for other in weights[1:]:
+        assert all(torch.equal(weights[0][k], other[k]) for k in weights[0])
+
+
 # -- 10. a signal after the last step, and resuming a finished run ----------------------------------
 
 
