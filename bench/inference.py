@@ -1,6 +1,6 @@
 """ONNX Runtime against PyTorch eager for every model, and what `instseg infer` delivers end to end.
 
-    python bench/inference.py                                  # the README table: all models, 256/512 px, batch 1/8
+    python bench/inference.py                                  # the README ONNX tables: all models, 256/512 px, batch 1/8
     python bench/inference.py --run runs/unet-cbam-<timestamp> # one trained model (realistic clustering)
     python bench/inference.py --models unet reseg --sizes 64 --batches 1 2 --width 4 --steps 1 --images 2  # smoke run
 

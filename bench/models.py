@@ -1,6 +1,6 @@
 """Every architecture side by side: size, training and inference speed, and SBD after a fixed budget.
 
-    python bench/models.py                                    # the README table (128 px, batch 8, ~8 min on 2 cores)
+    python bench/models.py                                    # the README models table (128 px, batch 8, ~8 min on 2 cores)
     python bench/models.py --deeplab-variants                 # + the DeepLabV3 output-stride / skip study
     python bench/models.py --size 64 --epochs 1 --train-size 8 --val-size 4 --width 4   # a smoke run
 

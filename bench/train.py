@@ -1,6 +1,6 @@
 """Training throughput of one model at 256x256: 1 vs 2 processes (DDP overhead), AMP vs fp32.
 
-    python bench/train.py                                           # the README table
+    python bench/train.py                                           # the docs/training.md throughput table
     python bench/train.py --steps 2 --warmup 1 --batch-size 2 --width 4   # a smoke run
 
 Every row launches `torchrun` with this script as the worker: each process builds the

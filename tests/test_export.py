@@ -129,7 +129,7 @@ def test_opset_below_18_is_refused():
 
 
 def test_exporter_that_cannot_handle_a_model_is_one_clear_error():
-    # SegNet's MaxUnpool2d: the legacy exporter fails (DESIGN.md), and says so in one line
+    # SegNet's MaxUnpool2d: the legacy exporter fails, and says so in one line
     plan = plan_export(ExportCaps(exporter="legacy"), 32, 32)
     with pytest.raises(ExportError, match=r"^segnet: the legacy ONNX exporter failed \(\w+: .+\); if only the other"):
         export_graph(tiny_model("segnet").eval(), plan, name="segnet")

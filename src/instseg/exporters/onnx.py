@@ -266,7 +266,7 @@ def _check_axes(proto: onnx.ModelProto, plan: ExportPlan, name: str) -> None:
 
 
 def model_info(request: ExportRequest, plan: ExportPlan) -> ModelInfo:
-    from instseg import __version__
+    from instseg.version import __version__
 
     model = request.model
     return ModelInfo(
@@ -375,15 +375,13 @@ def request_from_checkpoint(path: str | os.PathLike, opset: int = DEFAULT_OPSET,
                             static_size: tuple[int, int] | None = None, fp16: bool = False) -> ExportRequest:
     """An ExportRequest for a run directory or checkpoint: its model, spec, working size and
     clustering defaults, and the plugin distributions the model is built from here."""
-    from instseg.core.checkpoint import build_model, load_checkpoint
+    from instseg.core.checkpoint import load_trained
     from instseg.core.registry import get_registry, plugin_requirements
 
-    checkpoint = load_checkpoint(path)
-    model = build_model(checkpoint)
-    init, config = checkpoint["model"], checkpoint["config"]
-    spec = get_registry().model_spec(init["name"])
-    backbone = spec.backbone_for(init.get("backbone"))
+    trained = load_trained(path)
+    spec = get_registry().model_spec(trained.name)
+    backbone = spec.backbone_for(trained.checkpoint["model"].get("backbone"))
     return ExportRequest(
-        model=model, name=spec.name, backbone=backbone, caps=spec.export, image_size=int(config["image_size"]),
-        cluster=ClusterParams.from_config(config), plugins=plugin_requirements(spec.name, backbone),
-        source=f"{checkpoint['path']} (epoch {checkpoint['epoch']})", opset=opset, static_size=static_size, fp16=fp16)
+        model=trained.model, name=spec.name, backbone=backbone, caps=spec.export, image_size=trained.image_size,
+        cluster=trained.cluster, plugins=plugin_requirements(spec.name, backbone), source=trained.source,
+        opset=opset, static_size=static_size, fp16=fp16)

@@ -7,7 +7,7 @@ cost hardly grows with the image) and then give every foreground pixel its neare
 - `kmeans`: k = the counter head's count (rounded, at least 1). Several greedy k-means++
   seedings are screened with a few Lloyd steps on a quarter of the sample; the one with
   the lowest inertia is refined on the whole sample. The default: it scored the better SBD
-  on the synthetic validation set (README, "Predict and evaluate").
+  on the synthetic validation set and on CVPPP A1 (docs/prediction.md, README).
 - `meanshift`: the paper's method, no count needed. Pick an unassigned point as seed, move a
   center to the mean of the unassigned points within `bandwidth` until it settles, assign
   those points, repeat. The discriminative loss pulls pixels within delta_v of their center
