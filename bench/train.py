@@ -10,7 +10,8 @@ loads its share of the batches into memory first (data generation is not timed),
 global batch. Rows run one after another in one invocation, so their ratios are comparable;
 absolute numbers need an idle machine.
 
-On the CPU (gloo): 1 process with every core; 1 process with one thread; 2 processes x 1
+On the CPU (gloo): 1 process with every core (and the same under bf16 autocast where the CPU
+has native bf16); 1 process with one thread; 2 processes x 1
 thread with DDP; and the same 2 processes without gradient synchronisation (`no_sync` on every
 step). DDP overhead = 1 - DDP / no-sync: the cost of the all-reduce alone, with cores divided
 the same way. On a GPU: fp32 against AMP (bf16 or fp16 + grad scaler) in one process, and with
@@ -67,9 +68,13 @@ def setups(args: argparse.Namespace) -> list[Setup]:
         if torch.cuda.device_count() >= 2:
             rows += [Setup("2 GPUs (nccl), fp32", 2, 1, "cuda"), Setup("2 GPUs (nccl), AMP", 2, 1, "cuda", amp=True)]
         return rows
+    from instseg.core.device import native_cpu_bf16
+
     cores = os.cpu_count() or 1
+    bf16 = native_cpu_bf16()
     return [
         Setup(f"1 process x {cores} threads", 1, cores, "cpu"),
+        *([Setup(f"1 process x {cores} threads, bf16 autocast ({bf16})", 1, cores, "cpu", amp=True)] if bf16 else []),
         Setup("1 process x 1 thread", 1, 1, "cpu"),
         Setup("2 processes x 1 thread, DDP (gloo)", 2, 1, "cpu"),
         Setup("2 processes x 1 thread, no gradient sync", 2, 1, "cpu", sync=False),
@@ -181,7 +186,8 @@ def table(rows: list[tuple[Setup, dict]], args: argparse.Namespace) -> str:
     amp = [(s, m) for s, m in rows if s.amp]
     for s, m in amp:
         fp32 = next(m2 for s2, m2 in rows if s2.processes == s.processes and not s2.amp)
-        lines.append(f"AMP speed-up with {s.processes} GPU(s): {m['images_per_second'] / fp32['images_per_second']:.2f}x")
+        where = f"{s.processes} GPU(s)" if s.device == "cuda" else "the CPU (bf16 autocast)"
+        lines.append(f"AMP speed-up on {where}: {m['images_per_second'] / fp32['images_per_second']:.2f}x")
     return "\n".join(lines)
 
 
