@@ -6,7 +6,14 @@ SBD              = min(BestDice(pred, gt), BestDice(gt, pred))
 FG Dice          = Dice of the foregrounds (label > 0)
 DiC              = #pred - #gt, counting distinct non-zero labels; |DiC| its absolute value
 
-As in the official evaluation, a label map with no instances gives BestDice 0 (so an empty
+and, for crowded scenes, the 2018 Data Science Bowl's average precision: at each IoU threshold
+t in 0.5, 0.55, ..., 0.95 a predicted and a true instance match when their IoU exceeds t (above
+0.5 a match is necessarily one-to-one), and the image scores TP / (TP + FP + FN); AP is the mean
+over thresholds, AP@0.5 the score at 0.5, with precision TP / (TP + FP) and recall TP / (TP + FN)
+at 0.5. An image with no true and no predicted instance scores 1 (nothing to find, nothing
+false); precision is 1 with nothing predicted, recall 1 with nothing to find.
+
+As in the official CVPPP evaluation, a label map with no instances gives BestDice 0 (so an empty
 prediction scores SBD 0), and Dice of two empty masks is 0. Labels need not be contiguous.
 All pairwise overlaps come from one contingency table, so the cost is O(H*W + P*G).
 """
@@ -20,12 +27,19 @@ from typing import Iterable, Sequence
 import numpy as np
 
 
+AP_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+
+
 @dataclass(frozen=True)
 class ImageScores:
     sbd: float
     fg_dice: float
     dic: int
     abs_dic: int
+    ap: float = math.nan  # mean over AP_THRESHOLDS of TP / (TP + FP + FN)
+    ap50: float = math.nan
+    precision50: float = math.nan
+    recall50: float = math.nan
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -43,8 +57,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * int(np.logical_and(a, b).sum()) / denom if denom else 0.0
 
 
-def dice_matrix(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """P x G Dice between every non-zero predicted label and every non-zero GT label."""
+def _overlaps(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(P x G intersections, P sizes, G sizes) of the non-zero labels, from one contingency table."""
     _check_pair(pred, gt)
     p_ids, p_inv = np.unique(pred.ravel(), return_inverse=True)
     g_ids, g_inv = np.unique(gt.ravel(), return_inverse=True)
@@ -52,8 +66,44 @@ def dice_matrix(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     inter = inter.reshape(len(p_ids), len(g_ids)).astype(np.float64)
     p_size, g_size = inter.sum(axis=1), inter.sum(axis=0)
     p_fg, g_fg = p_ids != 0, g_ids != 0
-    inter = inter[np.ix_(p_fg, g_fg)]
-    return 2.0 * inter / (p_size[p_fg][:, None] + g_size[g_fg][None, :])
+    return inter[np.ix_(p_fg, g_fg)], p_size[p_fg], g_size[g_fg]
+
+
+def dice_matrix(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """P x G Dice between every non-zero predicted label and every non-zero GT label."""
+    inter, p_size, g_size = _overlaps(pred, gt)
+    return 2.0 * inter / (p_size[:, None] + g_size[None, :])
+
+
+def iou_matrix(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """P x G intersection over union between the non-zero labels."""
+    inter, p_size, g_size = _overlaps(pred, gt)
+    return inter / (p_size[:, None] + g_size[None, :] - inter)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Average precision at IoU thresholds (module docstring) of one image."""
+
+    ap: float
+    ap50: float
+    precision50: float
+    recall50: float
+
+
+def average_precision(pred: np.ndarray, gt: np.ndarray, thresholds: Sequence[float] = AP_THRESHOLDS) -> Precision:
+    iou = iou_matrix(pred, gt)
+    n_pred, n_gt = iou.shape
+    if n_pred == 0 and n_gt == 0:
+        return Precision(1.0, 1.0, 1.0, 1.0)
+    scores, tp50 = [], 0
+    for t in thresholds:
+        tp = int((iou > t).sum())  # above 0.5 each instance matches at most one other
+        scores.append(tp / (n_pred + n_gt - tp))
+        if t == 0.5:
+            tp50 = tp
+    ap50 = scores[list(thresholds).index(0.5)] if 0.5 in thresholds else math.nan
+    return Precision(float(np.mean(scores)), ap50, tp50 / n_pred if n_pred else 1.0, tp50 / n_gt if n_gt else 1.0)
 
 
 def best_dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -82,12 +132,17 @@ def difference_in_count(pred: np.ndarray, gt: np.ndarray) -> int:
 
 
 def score_image(pred: np.ndarray, gt: np.ndarray) -> ImageScores:
-    """All four CVPPP metrics for one predicted / ground-truth label-map pair."""
+    """The four CVPPP metrics and the DSB2018 average precision of one label-map pair."""
     dic = difference_in_count(pred, gt)
-    return ImageScores(symmetric_best_dice(pred, gt), foreground_dice(pred, gt), dic, abs(dic))
+    ap = average_precision(pred, gt)
+    return ImageScores(symmetric_best_dice(pred, gt), foreground_dice(pred, gt), dic, abs(dic),
+                       ap.ap, ap.ap50, ap.precision50, ap.recall50)
 
 
-METRIC_LABELS = {"sbd": "SBD", "fg_dice": "FG Dice", "dic": "DiC", "abs_dic": "|DiC|"}  # names -> table labels
+METRIC_LABELS = {  # names -> table labels
+    "sbd": "SBD", "fg_dice": "FG Dice", "dic": "DiC", "abs_dic": "|DiC|",
+    "ap": "AP@[.5:.95]", "ap50": "AP@0.5", "precision50": "precision@0.5", "recall50": "recall@0.5",
+}
 METRIC_NAMES = tuple(METRIC_LABELS)
 
 

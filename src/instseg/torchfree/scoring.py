@@ -106,10 +106,12 @@ def per_image_csv(rows: Iterable[ImageRow]) -> str:
     """One line per image, worst first (lowest SBD, then lowest FG Dice, then name)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["name", "sbd", "fg_dice", "dic", "abs_dic", "pred_instances", "gt_instances", "head_count"])
+    writer.writerow(["name", "sbd", "fg_dice", "dic", "abs_dic", "ap", "ap50", "precision50", "recall50",
+                     "pred_instances", "gt_instances", "head_count"])
     for row in sorted(rows, key=_worst_first):
         s = row.scores
-        writer.writerow([row.name, f"{s.sbd:.6f}", f"{s.fg_dice:.6f}", s.dic, s.abs_dic, row.pred_instances,
+        writer.writerow([row.name, f"{s.sbd:.6f}", f"{s.fg_dice:.6f}", s.dic, s.abs_dic, f"{s.ap:.6f}",
+                         f"{s.ap50:.6f}", f"{s.precision50:.6f}", f"{s.recall50:.6f}", row.pred_instances,
                          row.gt_instances, "" if row.head_count is None else f"{row.head_count:.3f}"])
     return buffer.getvalue()
 
