@@ -342,3 +342,34 @@ def test_evaluate_model_reports_the_counter_head_separately(checkpoint, tmp_path
     rows = list(csv.DictReader((tmp_path / "per_image.csv").open()))
     assert len(rows) == 2 and all(r["head_count"] for r in rows)
     assert [float(r["sbd"]) for r in rows] == sorted(float(r["sbd"]) for r in rows)
+
+
+def test_shards_are_disjoint_and_complete(tmp_path):
+    from instseg.torchfree.inputs import parse_shard, shard
+
+    paths = [tmp_path / f"img{i:02d}.png" for i in (7, 3, 11, 0, 5, 9, 1)]
+    parts = [shard(paths, k, 3) for k in (1, 2, 3)]
+    assert sorted(p for part in parts for p in part) == sorted(paths)  # complete, and no path twice
+    assert sum(len(part) for part in parts) == len(paths) and max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert shard(list(reversed(paths)), 2, 3) == parts[1]  # the input order does not matter
+    assert parse_shard("3/8") == (3, 8)
+    for bad in ("0/3", "4/3", "3", "a/b", "1/0"):
+        with pytest.raises(ValueError, match="expected K/N"):
+            parse_shard(bad)
+
+
+def test_predict_resume_and_shard_from_the_cli(checkpoint, tmp_path):
+    write_images(tmp_path / "in", [(32, 32)] * 5)
+    out = tmp_path / "out"
+    for k in (1, 2):
+        result = invoke("predict", checkpoint, tmp_path / "in", "--out", out, "--shard", f"{k}/2", "--no-overlay")
+        assert result.exit_code == 0, result.output
+    assert len(list(out.glob("*_label.png"))) == 5  # two shards covered every input once
+    (out / "plant002_rgb_label.png").unlink()  # as if the run had stopped before this one
+    stamp = (out / "plant000_rgb_label.png").stat().st_mtime_ns
+    result = invoke("predict", checkpoint, tmp_path / "in", "--out", out, "--resume", "--no-overlay")
+    assert result.exit_code == 0, result.output
+    assert "4 input(s) already have their outputs" in result.output and "wrote 1 prediction(s)" in result.output
+    assert (out / "plant002_rgb_label.png").exists() and (out / "plant000_rgb_label.png").stat().st_mtime_ns == stamp
+    bad = invoke("predict", checkpoint, tmp_path / "in", "--out", out, "--shard", "3/2")
+    assert isinstance(bad.exception, ConfigError) and "--shard '3/2'" in str(bad.exception)

@@ -23,9 +23,12 @@ from instseg.cli.options import (
     OutDir,
     Overlays,
     Overwrite,
+    Resume,
+    Shard,
     Panels,
     cluster_params,
     output_options,
+    select_inputs,
 )
 from instseg.cli.predict import predict_to_folder
 from instseg.errors import ConfigError
@@ -50,19 +53,20 @@ def infer(
     gt: GroundTruth = None,
     embeddings: Embeddings = False,
     overwrite: Overwrite = False,
+    resume: Resume = False,
+    shard: Shard = None,
 ) -> None:
     """Write <stem>_label.png (16-bit instance ids, input size) and <stem>_overlay.png per image, as
     `instseg predict` does, with ONNX Runtime. Sizes, clustering defaults and normalisation come
     from the model file."""
-    from instseg.torchfree.inputs import gather_inputs
     from instseg.runtime import OnnxRunner
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
     if threads < 0:
         raise ConfigError(f"--threads {threads}: must be 0 (ONNX Runtime's default) or more")
-    paths = gather_inputs(inputs)
-    options = output_options(overlays, panels, gt, embeddings, overwrite)
+    paths = select_inputs(inputs, shard)
+    options = output_options(overlays, panels, gt, embeddings, overwrite, resume)
     runner = OnnxRunner.open(model, provider, threads)
     note = runner.providers.note()
     if note:

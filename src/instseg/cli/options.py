@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from instseg.errors import ConfigError
 from instseg.torchfree.clustering import CLUSTER_METHODS, ClusterParams
 
 if TYPE_CHECKING:
@@ -37,13 +38,31 @@ GroundTruth = Annotated[Optional[Path], typer.Option(
     help="Ground-truth label PNGs for the panels (matched by name).")]
 Embeddings = Annotated[bool, typer.Option(help="Write <stem>_embedding.png: 3 PCA components as RGB.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace existing files in --out (never done otherwise).")]
+Resume = Annotated[bool, typer.Option(help="Skip inputs whose label map is already in --out (a run that stopped).")]
+Shard = Annotated[Optional[str], typer.Option(
+    help="K/N: only the K-th of N disjoint parts of the sorted inputs, for N copies on N machines.")]
+
+
+def select_inputs(inputs: list[str], shard: str | None) -> list[Path]:
+    """The inputs a command works on: gathered, then its shard of them."""
+    from instseg.torchfree.inputs import gather_inputs, parse_shard, shard as take_shard
+
+    paths = gather_inputs(inputs)
+    if shard is None:
+        return paths
+    try:
+        k, n = parse_shard(shard)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return take_shard(paths, k, n)
 
 
 def output_options(overlays: bool, panels: bool, gt: Path | None, embeddings: bool,
-                   overwrite: bool = False) -> "OutputOptions":
+                   overwrite: bool = False, resume: bool = False) -> "OutputOptions":
     """What to write beside each label map."""
     from instseg.torchfree.inputs import label_files
     from instseg.torchfree.outputs import OutputOptions
 
     return OutputOptions(overlay=overlays, panels=panels, embeddings=embeddings,
-                         gt_files=label_files(gt) if gt is not None else {}, overwrite=overwrite)
+                         gt_files=label_files(gt) if gt is not None else {}, overwrite=overwrite,
+                         resume=resume)

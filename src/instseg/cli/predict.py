@@ -20,9 +20,12 @@ from instseg.cli.options import (
     OutDir,
     Overlays,
     Overwrite,
+    Resume,
+    Shard,
     Panels,
     cluster_params,
     output_options,
+    select_inputs,
 )
 from instseg.errors import ConfigError, DataError
 
@@ -47,15 +50,16 @@ def predict(
     gt: GroundTruth = None,
     embeddings: Embeddings = False,
     overwrite: Overwrite = False,
+    resume: Resume = False,
+    shard: Shard = None,
 ) -> None:
     """Write <stem>_label.png (16-bit instance ids, input size) and <stem>_overlay.png per image."""
     from instseg.core.runner import TorchRunner
-    from instseg.torchfree.inputs import gather_inputs
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
-    paths = gather_inputs(inputs)
-    options = output_options(overlays, panels, gt, embeddings, overwrite)
+    paths = select_inputs(inputs, shard)
+    options = output_options(overlays, panels, gt, embeddings, overwrite, resume)
     runner = TorchRunner.from_checkpoint(checkpoint, device)
     params = cluster_params(runner.cluster, cluster, min_size, fill_holes, bandwidth)
     predict_to_folder(paths, runner, params, batch_size, out_dir, options,
@@ -82,6 +86,9 @@ def predict_to_folder(paths: list[Path], runner: Runner, params: ClusterParams, 
     if result.skipped:
         err.print(f"note: skipped {len(result.skipped)} input(s) in {shown(out_dir)} written by an earlier instseg run "
                   f"(e.g. {shown(result.skipped[0].name)})", highlight=False, soft_wrap=True)
+    if result.done:
+        err.print(f"note: --resume: {len(result.done)} input(s) already have their outputs in {shown(out_dir)}",
+                  highlight=False, soft_wrap=True)
     if result.instances:
         out.print(f"wrote {len(result.instances)} prediction(s) to {shown(str(out_dir))} "
                   f"({sum(result.instances) / len(result.instances):.1f} instances per image on average)",

@@ -101,3 +101,17 @@ def label_files(folder: str | os.PathLike) -> dict[str, Path]:
     if not files:
         raise DataError(f"{folder}: folder holds no label PNGs")
     return files
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'K/N' (1 <= K <= N) -> (K, N); ValueError otherwise."""
+    k, sep, n = text.partition("/")
+    if not (sep and k.strip().isdigit() and n.strip().isdigit() and 1 <= int(k) <= int(n)):
+        raise ValueError(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. 3/8")
+    return int(k), int(n)
+
+
+def shard(paths: Sequence[Path], k: int, n: int) -> list[Path]:
+    """The K-th of N disjoint parts that together hold every input: every K-th path of the
+    sorted list, so N copies of a command given the same inputs split them with no coordination."""
+    return sorted(paths, key=str)[k - 1::n]

@@ -12,7 +12,7 @@ import numpy as np
 from instseg.errors import ConfigError, DataError
 from instseg.torchfree.clustering import ClusterParams
 from instseg.torchfree.imageio import read_label_map, write_label_map, write_rgb, prediction_output_kind
-from instseg.torchfree.inputs import match_key
+from instseg.torchfree.inputs import match_key, output_names
 from instseg.torchfree.metrics import count_instances
 from instseg.torchfree.pipeline import Failure, Prediction, Runner, predict
 from instseg.torchfree.render import colorize, embedding_rgb, overlay, panel
@@ -25,6 +25,7 @@ class OutputOptions:
     embeddings: bool = False  # PCA picture of the embedding map
     gt_files: dict[str, Path] = field(default_factory=dict)  # match key -> label PNG
     overwrite: bool = False  # replace existing files of the same names (never done unasked)
+    resume: bool = False  # skip inputs whose label map is already in the output folder
 
 
 def _ground_truth(prediction: Prediction, gt_files: dict[str, Path]) -> np.ndarray | None:
@@ -77,11 +78,13 @@ def write_prediction(prediction: Prediction, out_dir: Path, options: OutputOptio
 @dataclass
 class FolderResult:
     """What `predict_folder` did: instances per written image, one line per failed input, and
-    the inputs skipped because they are outputs of an earlier run in the output folder."""
+    the inputs skipped because they are outputs of an earlier run in the output folder, or
+    (with `resume`) because their outputs are there already."""
 
     instances: list[int] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
+    done: list[Path] = field(default_factory=list)
 
 
 def earlier_outputs(paths: Sequence[Path], out_dir: Path) -> list[Path]:
@@ -105,8 +108,11 @@ def predict_folder(paths: Sequence[Path], runner: Runner, out_dir: Path, params:
     (progress bars)."""
     make_folder(out_dir)
     result = FolderResult(skipped=earlier_outputs(paths, out_dir))
-    paths = [path for path in paths if path not in result.skipped]
-    for item in predict(paths, runner, params, batch_size):
+    todo = [(path, name) for path, name in zip(paths, output_names(paths)) if path not in result.skipped]
+    if options.resume:  # names come from the whole input list, so they do not shift between runs
+        result.done = [path for path, name in todo if (out_dir / f"{name}_label.png").exists()]
+        todo = [(path, name) for path, name in todo if path not in set(result.done)]
+    for item in predict([path for path, _ in todo], runner, params, batch_size, [name for _, name in todo]):
         if isinstance(item, Prediction):
             try:
                 write_prediction(item, out_dir, options)

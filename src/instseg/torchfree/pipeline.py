@@ -83,9 +83,10 @@ class Failure:
     index: int = 0
 
 
-def read_sources(paths: Sequence[Path]) -> Iterator[Source | Failure]:
-    """Image files as sources, read one at a time; an unreadable file is a Failure naming it."""
-    for index, (path, name) in enumerate(zip(paths, output_names(paths))):
+def read_sources(paths: Sequence[Path], names: Sequence[str] | None = None) -> Iterator[Source | Failure]:
+    """Image files as sources, read one at a time; an unreadable file is a Failure naming it.
+    `names`: their output names (default `output_names(paths)`)."""
+    for index, (path, name) in enumerate(zip(paths, names or output_names(paths))):
         try:
             yield Source(path, name, read_image(path), index)
         except DataError as exc:
@@ -194,6 +195,6 @@ def predict_sources(sources: Iterable[Source | Failure], runner: Runner, params:
 
 
 def predict(paths: Sequence[Path], runner: Runner, params: ClusterParams | None = None,
-            batch_size: int = 4) -> Iterator[Prediction | Failure]:
+            batch_size: int = 4, names: Sequence[str] | None = None) -> Iterator[Prediction | Failure]:
     """Predict image files (unreadable files are failures naming the file)."""
-    return predict_sources(read_sources(paths), runner, params, batch_size)
+    return predict_sources(read_sources(paths, names), runner, params, batch_size)
