@@ -89,7 +89,8 @@ def _print(report: Report) -> None:
     table.add_column("metric")
     table.add_column("mean ± std", justify="right")
     for key, label in METRIC_LABELS.items():
-        table.add_row(label, fmt_mean_std(summary, key), end_section=key == "abs_dic" and head is not None)
+        table.add_row(label, fmt_mean_std(summary, key),
+                      end_section=key == "abs_dic" or (key == "recall50" and head is not None))  # CVPPP | AP | head
     if head is not None:
         table.add_row("counter-head count", fmt_mean_std(head, "count"))
         table.add_row("counter-head DiC", fmt_mean_std(head, "dic"))
