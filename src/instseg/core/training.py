@@ -38,7 +38,8 @@ from instseg.core.device import DeviceChoice, check_compile_supported, resolve_d
 from instseg.core.distributed import DistContext, GlobalBatchSampler
 from instseg.core.evaluation import evaluate_dataset, save_epoch_pictures
 from instseg.core.losses import LossWeights, MultiTaskLoss
-from instseg.core.registry import create_model, get_registry, load_backbone_weights, plugin_requirements
+from instseg.core.registry import create_model, get_registry, plugin_requirements
+from instseg.core.weights import load_backbone_weights
 from instseg.core.reporting import TrainingReporter
 from instseg.core.optim import build_optimizer, build_scheduler
 from instseg.core.rundir import RunDirectory, config_record
