@@ -103,6 +103,15 @@ def _cuda(device: torch.device, amp: bool, reason: str) -> DeviceChoice:
     return DeviceChoice(device, dtype, f"{reason}; {name}")
 
 
+def check_training_device(choice: DeviceChoice, *, sync_bn: bool, compile: bool) -> None:
+    """Options training can only honour on some devices, refused before anything is built."""
+    if sync_bn and not choice.is_cuda:
+        raise ConfigError("--sync-bn needs CUDA: torch's SyncBatchNorm does not run on the CPU "
+                          "(without it each process normalises its own batch)")
+    if compile:
+        check_compile_supported(choice.device)
+
+
 def check_compile_supported(device: torch.device) -> None:
     """`torch.compile` generates C++ kernels on the CPU: refuse up front when no compiler exists."""
     if device.type != "cpu":

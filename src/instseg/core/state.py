@@ -19,11 +19,26 @@ A checkpoint (`last.pt`, `best.pt`) is a dict of tensors and plain data, loaded 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from instseg.core.distributed import DistContext
 from instseg.errors import CheckpointError, ConfigError
 from instseg.version import __version__
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_epoch: int
+    best: dict[str, dict[str, float]]
+    last: dict[str, dict[str, float]]
+    seconds: float
+    images_per_second: float
+    interrupted_by: int | None = None  # the signal that stopped training early
+    epoch: int = 0  # where training stopped
+    epoch_step: int = 0
+    steps_per_epoch: int = 0
 
 
 @dataclass

@@ -20,7 +20,7 @@ import math
 import time
 import warnings
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Subset
 from instseg.core.checkpoint import capture_rng_state, restore_rng_state
 from instseg.core.config import TrainConfig, resume_config
 from instseg.core.data import build_datasets, estimate_mean_std
-from instseg.core.device import DeviceChoice, check_compile_supported, resolve_device
+from instseg.core.device import DeviceChoice, check_training_device, resolve_device
 from instseg.core.distributed import DistContext, GlobalBatchSampler
 from instseg.core.evaluation import evaluate_dataset, save_epoch_pictures
 from instseg.core.losses import LossWeights, MultiTaskLoss
@@ -45,7 +45,7 @@ from instseg.core.optim import build_optimizer, build_scheduler
 from instseg.core.rundir import RunDirectory, config_record
 from instseg.core.seeding import seed_everything, seed_worker, stream_seed
 from instseg.core.signals import GracefulStop
-from instseg.core.state import BatchLayout, StepResult, TrainingState
+from instseg.core.state import BatchLayout, StepResult, TrainingState, TrainResult
 from instseg.errors import CheckpointError, ConfigError, TrainingError
 from instseg.torchfree.clustering import ClusterParams
 from instseg.torchfree.metrics import summarize
@@ -54,20 +54,6 @@ __all__ = ["GracefulStop", "TrainResult", "Trainer", "resume_config", "seed_work
 
 log = logging.getLogger(__name__)
 
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    best_epoch: int
-    best: dict[str, dict[str, float]]
-    last: dict[str, dict[str, float]]
-    seconds: float
-    images_per_second: float
-    interrupted_by: int | None = None  # the signal that stopped training early
-    epoch: int = 0  # where training stopped
-    epoch_step: int = 0
-    steps_per_epoch: int = 0
 
 
 class Trainer:
@@ -87,7 +73,7 @@ class Trainer:
         self.device: DeviceChoice = resolve_device(
             config.device, amp=config.amp, local_rank=self.dist.local_rank if self.dist.enabled else None,
             cpu_amp=True)
-        self._check_options()
+        check_training_device(self.device, sync_bn=config.sync_bn and self.dist.enabled, compile=config.compile)
         self.dist.start(self.device.device)
         seed_everything(config.seed)
         self._build_datasets()
@@ -117,13 +103,6 @@ class Trainer:
         return self.state.step
 
     # -- construction ----------------------------------------------------------------
-    def _check_options(self) -> None:
-        if self.config.sync_bn and self.dist.enabled and not self.device.is_cuda:
-            raise ConfigError("--sync-bn needs CUDA: torch's SyncBatchNorm does not run on the CPU "
-                              "(without it each process normalises its own batch)")
-        if self.config.compile:
-            check_compile_supported(self.device.device)
-
     def _build_datasets(self) -> None:
         cfg = self.config
         self.train_set, self.val_set = build_datasets(
