@@ -1,11 +1,10 @@
 """Shared rich consoles: tables and results on stdout, progress and diagnostics on stderr."""
 
-import re
-
 from rich.console import Console
-from rich.markup import escape
 
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
+from instseg.terminal import safe_text, shown
+
+__all__ = ["err", "fmt_mean_std", "out", "safe_text", "shown"]
 
 out = Console()
 err = Console(stderr=True)
@@ -13,14 +12,3 @@ err = Console(stderr=True)
 
 def fmt_mean_std(summary: dict, key: str, digits: int = 3) -> str:
     return f"{summary[key]['mean']:.{digits}f} ± {summary[key]['std']:.{digits}f}"
-
-
-def safe_text(text: object) -> str:
-    """Untrusted text (file names, checkpoint strings) with control characters shown as escapes,
-    so an ESC in a file name cannot clear the screen or retitle the terminal."""
-    return CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
-
-
-def shown(text: object) -> str:
-    """Untrusted text for a rich console: control characters and rich markup escaped."""
-    return escape(safe_text(text))

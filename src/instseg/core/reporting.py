@@ -10,6 +10,7 @@ from rich.progress import Progress, TextColumn
 
 from instseg.core.config import TrainConfig
 from instseg.progress import progress_bar
+from instseg.terminal import shown
 
 
 class TrainingReporter:
@@ -25,10 +26,10 @@ class TrainingReporter:
         self.console.print(
             f"[bold]instseg train[/] {cfg.model} ({params / 1e6:.2f} M params) on {device}; {scale}{preset}"
             f"global batch {world * cfg.accumulate * cfg.batch_size} = {world} x accumulate {cfg.accumulate} x "
-            f"batch {cfg.batch_size}; data {cfg.data} {train_images}/{val_images} images at "
-            f"{cfg.image_size}px -> {run_dir}")
+            f"batch {cfg.batch_size}; data {shown(cfg.data)} {train_images}/{val_images} images at "
+            f"{cfg.image_size}px -> {shown(run_dir)}")
         if resumed:
-            self.console.print(f"resuming {resumed}: {position}")
+            self.console.print(f"resuming {shown(resumed)}: {position}")
         if cfg.compile:
             self.console.print("torch.compile: the first steps compile the model and are slow")
 
@@ -44,7 +45,7 @@ class TrainingReporter:
             + ("  [green]best[/]" if best else "") + (f"  [yellow]{skipped} step(s) skipped[/]" if skipped else ""))
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]{message}[/]", highlight=False)
+        self.console.print(f"[yellow]{shown(message)}[/]", highlight=False)
 
     def note(self, message: str) -> None:
-        self.console.print(message)
+        self.console.print(shown(message), highlight=False)
