@@ -275,3 +275,21 @@ def test_export_refuses_unclear_requests(run, tmp_path):
     result = invoke("export", run, "--onnx", "--opset", "17", "-o", tmp_path / "m.onnx")
     assert "--opset 17: instseg exports opset 18 or newer" in str(result.exception)
     assert not list(tmp_path.iterdir())
+
+
+def test_infer_into_the_input_folder_keeps_the_users_files(exported, images, tmp_path):
+    import shutil
+
+    model, _ = exported
+    folder = tmp_path / "photos"
+    shutil.copytree(images, folder)
+    (folder / "plant0_label.png").write_bytes(b"the user's ground truth")
+    result = invoke("infer", model, folder, "--out", folder, "--provider", "cpu")
+    assert result.exit_code != 0 and "plant0_label.png: exists and this run did not write it" in result.output
+    assert (folder / "plant0_label.png").read_bytes() == b"the user's ground truth"
+    (folder / "plant0_label.png").unlink()
+    resumed = invoke("infer", model, folder, "--out", folder, "--provider", "cpu", "--resume")  # only plant0 is left
+    assert resumed.exit_code == 0 and "wrote 1 prediction(s)" in resumed.output, resumed.output
+    again = invoke("infer", model, folder, "--out", folder, "--provider", "cpu", "--overwrite")
+    assert again.exit_code == 0 and "written by an earlier instseg run" in again.output
+    assert not list(folder.glob("*_label_label.png"))  # its own outputs were not predicted again
