@@ -107,13 +107,3 @@ def test_unreadable_image_during_training_is_one_line(tmp_path, monkeypatch, cap
     assert exit_info.value.code == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"error: {root / 'plant003_rgb.png'}: image is truncated or corrupted")
-
-
-def test_eval_loader_groups_a_subset_share_by_size():
-    from torch.utils.data import Subset
-
-    from instseg.core.data import SyntheticLeaves, eval_loader
-
-    share = Subset(SyntheticLeaves(5, 32, split="val"), [1, 3])
-    batches = list(eval_loader(share, batch_size=8).batch_sampler)
-    assert batches == [[0, 1]]

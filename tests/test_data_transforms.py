@@ -39,7 +39,7 @@ def coded_item(size=(53, 50)):
 
 @pytest.mark.parametrize("size", [(27, 26), (71, 64), (200, 190)])
 def test_torch_resize_matches_the_prediction_path(size):
-    """Evaluation resizes in torch, the ONNX path with Pillow (imageio): they must agree."""
+    """Training crops resize in torch, prediction with Pillow (imageio): they must agree."""
     image, _ = render_plant(1, 0, (106, 100))
     x = image.astype(np.float32) / 255
     torch_image = resize_image_tensor(torch.from_numpy(x).permute(2, 0, 1), size).permute(1, 2, 0).numpy()

@@ -56,7 +56,7 @@ def load_weights_only(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     A file that is not a PyTorch zip archive (random bytes, an ONNX model, a raw pickle) is
     refused before unpickling; one holding objects that could run code, or a truncated one, is
     a CheckpointError naming `path` (`what` says what kind of file it was meant to be). PyTorch's
-    own advice (retry with weights_only=False) is never repeated: for a hostile file it is wrong.
+    own advice (retry with the weights-only check switched off) is never repeated: for a hostile file it is wrong.
     """
     if not _starts_like_zip(path):
         hint = " (an ONNX model: run it with `instseg infer`)" if _looks_like_onnx(path) else ""

@@ -18,14 +18,13 @@ import torch
 
 from instseg.core.device import DeviceChoice
 from instseg.core.runner import TorchRunner
+from instseg.errors import ConfigError, DataError
 from instseg.torchfree.clustering import ClusterParams
 from instseg.torchfree.imageio import resize_image, resize_labels, working_size, write_rgb
 from instseg.torchfree.metrics import count_instances, score_image, summarize
 from instseg.torchfree.pipeline import Failure, Prediction, Runner, Source, predict_sources
 from instseg.torchfree.render import colorize, embedding_rgb, panel, read_metrics, training_curves
 from instseg.torchfree.scoring import ImageRow, Report
-
-from instseg.errors import ConfigError, DataError
 
 
 @dataclass
@@ -41,16 +40,14 @@ class EvalResult:
         return summarize(self.scores)
 
 
-def _item_image(item: dict[str, Any]) -> np.ndarray:
-    return item["image"].permute(1, 2, 0).numpy()
-
-
-def dataset_sources(dataset: Sequence[dict[str, Any]], count: int | None = None) -> Iterator[Source]:
-    """A dataset's items (3 x H x W tensors in [0, 1]) as pipeline sources, named by item."""
+def labelled_sources(dataset: Sequence[dict[str, Any]], count: int | None = None
+                     ) -> Iterator[tuple[Source, np.ndarray]]:
+    """A dataset's items (3 x H x W tensors in [0, 1]) as pipeline sources named by item, each
+    with its label map: every item is read once."""
     for index in range(min(len(dataset), count if count is not None else len(dataset))):
         item = dataset[index]
         name = str(item.get("name", index))
-        yield Source(Path(name), name, _item_image(item), index)
+        yield Source(Path(name), name, item["image"].permute(1, 2, 0).numpy(), index), item["labels"].numpy()
 
 
 def model_runner(model: torch.nn.Module, device: torch.device | str, image_size: int,
@@ -65,8 +62,8 @@ def evaluate_runner(runner: Runner, dataset: Sequence[dict[str, Any]], *, batch_
     truth: dict[int, np.ndarray] = {}
 
     def sources() -> Iterator[Source]:
-        for source in dataset_sources(dataset):
-            truth[source.index] = dataset[source.index]["labels"].numpy()
+        for source, labels in labelled_sources(dataset):
+            truth[source.index] = labels
             yield source
 
     by_index: dict[int, Prediction] = {}
@@ -152,13 +149,13 @@ def save_epoch_pictures(run_dir: Path, epoch: int, model: torch.nn.Module, datas
     datasets whose images differ in size work too."""
     runner = model_runner(model, device, image_size, params)
     rows = []
-    for source in dataset_sources(dataset, images):
+    for source, truth in labelled_sources(dataset, images):
         [prediction] = predict_sources([source], runner, params, batch_size=1)
         if isinstance(prediction, Failure):
             raise DataError(prediction.message)
         size = working_size(*source.image.shape[:2], image_size)
         labels = resize_labels(prediction.labels, size)
-        gt = resize_labels(dataset[source.index]["labels"].numpy(), size)
+        gt = resize_labels(truth, size)
         rows.append([("input", resize_image(source.image, size)),
                      ("embedding (PCA)", embedding_rgb(prediction.embedding, prediction.foreground)),
                      (f"prediction ({int(labels.max(initial=0))})", colorize(labels)),

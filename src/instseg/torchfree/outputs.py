@@ -108,10 +108,12 @@ def predict_folder(paths: Sequence[Path], runner: Runner, out_dir: Path, params:
     (progress bars)."""
     make_folder(out_dir)
     result = FolderResult(skipped=earlier_outputs(paths, out_dir))
-    todo = [(path, name) for path, name in zip(paths, output_names(paths)) if path not in result.skipped]
+    skipped = set(result.skipped)
+    todo = [(path, name) for path, name in zip(paths, output_names(paths)) if path not in skipped]
     if options.resume:  # names come from the whole input list, so they do not shift between runs
-        result.done = [path for path, name in todo if (out_dir / f"{name}_label.png").exists()]
-        todo = [(path, name) for path, name in todo if path not in set(result.done)]
+        finished = [(out_dir / f"{name}_label.png").exists() for _, name in todo]
+        result.done = [path for (path, _), done in zip(todo, finished) if done]
+        todo = [pair for pair, done in zip(todo, finished) if not done]
     for item in predict([path for path, _ in todo], runner, params, batch_size, [name for _, name in todo]):
         if isinstance(item, Prediction):
             try:

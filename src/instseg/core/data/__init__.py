@@ -15,7 +15,6 @@ _LAZY = {
     "build_datasets": "instseg.core.data.datasets",
     "estimate_mean_std": "instseg.core.data.datasets",
     "parse_data_spec": "instseg.core.data.layouts",
-    "eval_loader": "instseg.core.data.loaders",
 }
 
 __all__ = sorted(_LAZY)

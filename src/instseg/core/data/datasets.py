@@ -43,7 +43,7 @@ class ItemDataset(Dataset):
         raise NotImplementedError
 
     def sizes(self) -> list[tuple[int, int]]:
-        """(H, W) of every item as `read` returns it (evaluation batches images of one size)."""
+        """(H, W) of every item as `read` returns it, known without decoding (file headers)."""
         raise NotImplementedError
 
     def verify(self) -> None:

@@ -26,8 +26,8 @@ GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma
 def resize_image_tensor(image: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear resize with antialiasing of C x H x W or B x C x H x W images.
 
-    Matches `instseg.torchfree.imageio.resize_image` (Pillow) to ~1e-5, so evaluation in torch and
-    prediction on the torch-free ONNX path see the same pixels.
+    Matches `instseg.torchfree.imageio.resize_image` (Pillow) to ~1e-5, so training crops see
+    pixels scaled as prediction scales them.
     """
     if tuple(image.shape[-2:]) == tuple(size):
         return image
