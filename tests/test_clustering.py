@@ -1,13 +1,12 @@
 import numpy as np
 import pytest
 
-from instseg.torchfree.clustering import (ClusterParams, cluster_embeddings, connected_components, fill_holes,
-                                     instances_from_outputs, kmeans, meanshift, postprocess, relabel_sequential,
-                                     remove_small)
+from instseg.torchfree.clustering import ClusterParams, cluster_embeddings, instances_from_outputs, kmeans, meanshift
+from instseg.torchfree.postprocess import fill_holes, postprocess, relabel_sequential, remove_small, split_pieces
 from instseg.torchfree.metrics import symmetric_best_dice
 from instseg.errors import ConfigError, DataError
 
-METHODS = ["kmeans", "meanshift"]
+METHODS = ["kmeans", "meanshift", "regions"]
 
 
 def blobs(k=4, per=50, dim=8, seed=0, spread=0.1):
@@ -143,46 +142,6 @@ def test_remove_small_drops_instances_under_min_size():
     assert remove_small(labels, 0) is labels
 
 
-def flood_fill_components(mask):
-    """Reference labelling: breadth-first flood fill, one component at a time."""
-    out = np.full(mask.shape, -1)
-    for start in zip(*np.nonzero(mask)):
-        if out[start] >= 0:
-            continue
-        root = start[0] * mask.shape[1] + start[1]
-        stack = [start]
-        while stack:
-            y, x = stack.pop()
-            if 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and mask[y, x] and out[y, x] < 0:
-                out[y, x] = root
-                stack += [(y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)]
-    return out
-
-
-def spiral(n):
-    """A one-pixel-wide corridor winding inwards: the slowest case for label propagation."""
-    mask = np.zeros((n, n), bool)
-    y, x, dy, dx = 0, 0, 0, 1
-    for _ in range(n * n):
-        mask[y, x] = True
-        ny, nx = y + 2 * dy, x + 2 * dx
-        if not (0 <= ny < n and 0 <= nx < n) or mask[ny, nx]:
-            dy, dx = dx, -dy
-            ny, nx = y + 2 * dy, x + 2 * dx
-            if not (0 <= ny < n and 0 <= nx < n) or mask[ny, nx]:
-                break
-        mask[y + dy, x + dx] = True
-        y, x = ny, nx
-    return mask
-
-
-@pytest.mark.parametrize("mask", [np.random.default_rng(1).random((23, 31)) > 0.4, spiral(21),
-                                  np.zeros((3, 4), bool), np.ones((3, 4), bool)],
-                         ids=["random", "spiral", "empty", "full"])
-def test_connected_components_match_a_flood_fill(mask):
-    assert np.array_equal(connected_components(mask), flood_fill_components(mask))
-
-
 def test_fill_holes_only_fills_background_enclosed_by_one_instance():
     labels = np.zeros((7, 9), np.int64)
     labels[1:6, 1:5] = 1
@@ -200,7 +159,45 @@ def test_postprocess_drops_fragments_then_fills_the_hole_they_leave():
     labels = np.zeros((6, 6), np.int64)
     labels[1:5, 1:5] = 4
     labels[2, 2] = 9  # a one-pixel fragment inside instance 4
-    out = postprocess(labels, ClusterParams(min_size=2))
+    out = postprocess(labels, min_size=2)
     assert out[1:5, 1:5].min() == 1 and out.max() == 1
-    kept = postprocess(labels, ClusterParams(min_size=2, fill_holes=False))
+    kept = postprocess(labels, min_size=2, holes=False)
     assert kept[2, 2] == 0 and kept.max() == 1
+
+
+def test_split_pieces_keeps_the_largest_piece_and_absorbs_specks():
+    labels = np.zeros((6, 12), np.int32)
+    labels[0:4, 0:4] = 1  # instance 1: a 16 px piece ...
+    labels[0:3, 8:11] = 1  # ... and a 9 px piece far away: an instance of its own
+    labels[4:6, 0:4] = 2
+    labels[5, 11] = 2  # a 1 px speck of instance 2 beside nothing of its own
+    labels[4, 8] = 3  # a one-piece instance, however small, stays itself
+    out = split_pieces(labels)
+    assert len(np.unique(out[0:3, 8:11])) == 1 and out[0, 8] not in (0, 1, 2, 3)
+    assert (out[0:4, 0:4] == 1).all() and (out[4:6, 0:4] == 2).all()
+    assert out[5, 11] != 2 and out[5, 11] != 0  # the speck joined the nearest kept pixel's instance
+    assert out[4, 8] == 3
+
+
+def test_regions_separate_distant_objects_whose_embeddings_collide_and_split_touching_ones():
+    """Three objects: two far apart with the SAME embedding (k-means or meanshift would merge them),
+    and a third touching the second with a different embedding."""
+    truth = np.zeros((20, 40), np.int32)
+    truth[2:8, 2:8] = 1
+    truth[10:18, 20:26] = 2
+    truth[10:18, 26:32] = 3
+    embedding = np.zeros((4, 20, 40), np.float32)
+    embedding[0][truth == 3] = 4.0
+    embedding += np.random.default_rng(0).normal(0, 0.05, embedding.shape).astype(np.float32)
+    found = cluster_embeddings(embedding, truth > 0, 1, ClusterParams(method="regions"))
+    assert symmetric_best_dice(found, truth) == 1.0
+
+
+def test_regions_scale_to_hundreds_of_instances():
+    truth = np.zeros((256, 256), np.int32)
+    for i in range(300):  # 300 separate 4x4 nuclei on a grid, all with one embedding
+        y, x = divmod(i, 18)
+        truth[y * 14 + 2:y * 14 + 6, x * 14 + 2:x * 14 + 6] = i + 1
+    embedding = np.ones((8, 256, 256), np.float32)
+    found = cluster_embeddings(embedding, truth > 0, 1, ClusterParams(method="regions"))
+    assert found.max() == 300 and symmetric_best_dice(found, truth) == 1.0

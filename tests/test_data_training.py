@@ -84,18 +84,6 @@ def test_evaluation_predicts_at_working_size_and_scores_at_original_size(tmp_pat
     assert len(result.scores) == 3
 
 
-def test_too_many_instances_warn_once(tmp_path, caplog):
-    root = cvppp(tmp_path / "A1", n=4)
-    train_set, _ = build_datasets(f"cvppp:{root}", image_size=32, seed=0, train_size=1, val_size=1,
-                                  max_instances=3)
-    with caplog.at_level(logging.WARNING, logger="instseg.core.data.datasets"):
-        items = [train_set[i] for i in range(len(train_set))]
-    assert all(int(item["labels"].max()) > 3 for item in items) or len(items) == 3
-    warnings = [r.getMessage() for r in caplog.records]
-    assert len(warnings) == 1
-    assert "instances, more than --max-instances 3: its count target is clipped to 3" in warnings[0]
-
-
 def test_unreadable_image_during_training_is_one_line(tmp_path, monkeypatch, capsys):
     root = cvppp(tmp_path / "A1", n=4)
     data = (root / "plant003_rgb.png").read_bytes()

@@ -164,7 +164,7 @@ def test_broken_onnx_metadata_is_refused_by_key(key, value, message):
 class ConstantRunner:
     """One instance everywhere, whatever the count output says."""
 
-    max_instances, multiple_of, static_size, image_size = 20, 1, None, 12
+    max_instances, multiple_of, static_size, image_size, scale = 20, 1, None, 12, None
 
     def __init__(self, count: float = 0.05, split: bool = False) -> None:
         self.count, self.split = count, split

@@ -36,9 +36,10 @@ def leaf_image(h, w, seed=0, n=4):
 class CodeRunner:
     """A runner that reads the instances back out of `leaf_image` pictures (no network)."""
 
-    def __init__(self, image_size=32, multiple_of=1, static_size=None, nan=False):
+    def __init__(self, image_size=32, multiple_of=1, static_size=None, nan=False, scale=None):
         self.max_instances = 20
         self.image_size = image_size
+        self.scale = scale
         # its embeddings encode ids linearly, so bilinear up-sampling would blend ids: cluster at the working size
         self.cluster = ClusterParams(method="kmeans", full_resolution=False)
         self.multiple_of = multiple_of
@@ -131,7 +132,7 @@ def test_pipeline_batches_by_size_and_returns_maps_at_the_input_size(tmp_path):
 class DiskRunner:
     """Foreground logits = the image's green channel - 0.5 (smooth), one instance everywhere."""
 
-    max_instances, multiple_of, static_size = 20, 1, None
+    max_instances, multiple_of, static_size, scale = 20, 1, None, None
 
     def __init__(self, image_size, full_resolution):
         self.image_size = image_size

@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from instseg.errors import DataError
-from instseg.torchfree.render import (BOUNDARY_RGB, SERIES_RGB, boundaries, colorize, embedding_rgb, label_colors, line_chart,
-                            overlay, panel, read_metrics, training_curves)
+from instseg.torchfree.render import (BOUNDARY_RGB, SERIES_RGB, boundaries, colorize, embedding_rgb, instance_colors,
+                                     label_colors, line_chart, neighbours, overlay, panel, read_metrics, training_curves)
 
 
 def test_label_colors_are_distinct_and_background_is_black():
@@ -23,8 +23,8 @@ def test_boundaries_mark_instance_pixels_next_to_another_label():
                        [1, 1, 2, 2],
                        [1, 1, 2, 2]])
     assert boundaries(labels).astype(int).tolist() == [[0, 1, 0, 0],
-                                                       [0, 1, 1, 1],
-                                                       [0, 1, 1, 0]]
+                                                       [0, 0, 1, 1],
+                                                       [0, 0, 1, 0]]  # one pixel wide: id 2's side
 
 
 def test_overlay_tints_instances_draws_boundaries_and_keeps_background():
@@ -39,6 +39,20 @@ def test_overlay_tints_instances_draws_boundaries_and_keeps_background():
     assert out[2, 2].tolist() == expected.tolist()  # interior blended
     with pytest.raises(ValueError, match="differ in size"):
         overlay(image, labels[:5])
+
+
+def test_neighbouring_instances_never_share_a_color_even_among_hundreds():
+    rng = np.random.default_rng(0)
+    labels = np.zeros((200, 200), np.int64)
+    for i in range(1, 401):  # 400 nuclei packed on a jittered grid, many touching
+        y, x = divmod(i - 1, 20)
+        y0, x0 = y * 10 + rng.integers(0, 3), x * 10 + rng.integers(0, 3)
+        labels[y0:y0 + 9, x0:x0 + 9] = i
+    colors = instance_colors(labels)
+    pairs = neighbours(labels)
+    assert len(pairs) > 700
+    assert (colors[pairs[:, 0]] != colors[pairs[:, 1]]).any(axis=1).all()
+    assert len({tuple(c) for c in colors[1:]}) <= 14  # a small palette, not 400 near-identical hues
 
 
 def test_colorize_uses_label_colors():

@@ -26,9 +26,12 @@ from instseg.cli.options import (
     Resume,
     Shard,
     Panels,
+    Tile,
+    TileOverlap,
     cluster_params,
     output_options,
     select_inputs,
+    set_tiling,
 )
 from instseg.cli.predict import predict_to_folder
 from instseg.errors import ConfigError
@@ -55,6 +58,8 @@ def infer(
     overwrite: Overwrite = False,
     resume: Resume = False,
     shard: Shard = None,
+    tile: Tile = None,
+    tile_overlap: TileOverlap = None,
 ) -> None:
     """Write <stem>_label.png (16-bit instance ids, input size) and <stem>_overlay.png per image, as
     `instseg predict` does, with ONNX Runtime. Sizes, clustering defaults and normalisation come
@@ -68,6 +73,7 @@ def infer(
     paths = select_inputs(inputs, shard)
     options = output_options(overlays, panels, gt, embeddings, overwrite, resume)
     runner = OnnxRunner.open(model, provider, threads)
+    set_tiling(runner, tile, tile_overlap)
     note = runner.providers.note()
     if note:
         err.print(f"note: {shown(note)}", highlight=False, soft_wrap=True)

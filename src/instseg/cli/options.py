@@ -13,6 +13,7 @@ from instseg.torchfree.clustering import CLUSTER_METHODS, ClusterParams
 
 if TYPE_CHECKING:
     from instseg.torchfree.outputs import OutputOptions
+    from instseg.torchfree.pipeline import Runner
 
 Cluster = Annotated[Optional[str], typer.Option(
     "--cluster", help=f"{' or '.join(CLUSTER_METHODS)} (default: the run's, else the library default).")]
@@ -28,6 +29,31 @@ def cluster_params(base: ClusterParams, cluster: str | None, min_size: int | Non
                    bandwidth: float | None) -> ClusterParams:
     """The run's clustering defaults with the options the user gave."""
     return base.override(method=cluster, min_size=min_size, fill_holes=fill_holes, bandwidth=bandwidth)
+
+
+Tile = Annotated[Optional[int], typer.Option(
+    "--tile", help="Runs at a fixed --scale: images larger than this (pixels at that scale) are predicted "
+                   "tile by tile and stitched (default 1024).")]
+TileOverlap = Annotated[Optional[int], typer.Option(
+    "--tile-overlap", help="Pixels each tile shares with its neighbour; make it wider than the largest object "
+                           "(default 128).")]
+
+
+def set_tiling(runner: "Runner", tile: int | None, overlap: int | None) -> None:
+    """The user's tile size and overlap on the runner (defaults kept where not given)."""
+    tile = runner.tile if tile is None else tile
+    overlap = runner.tile_overlap if overlap is None else overlap
+    if tile < 32 or not 0 <= overlap <= tile // 2:
+        raise ConfigError(f"--tile {tile} --tile-overlap {overlap}: the tile must be at least 32 px and the "
+                          "overlap between 0 and half the tile")
+    runner.tile, runner.tile_overlap = tile, overlap
+
+
+def geometry(runner: "Runner") -> str:
+    """How images are sized for the network, in words."""
+    if runner.scale is None:
+        return f"working size {runner.image_size}px"
+    return f"scale {runner.scale:g} (tiles of {runner.tile} px, overlap {runner.tile_overlap}, beyond that)"
 
 
 Inputs = Annotated[list[str], typer.Argument(help="Image files, folders or globs (quote globs).")]

@@ -23,7 +23,11 @@ from instseg.cli.options import (
     Resume,
     Shard,
     Panels,
+    Tile,
+    TileOverlap,
     cluster_params,
+    geometry,
+    set_tiling,
     output_options,
     select_inputs,
 )
@@ -52,6 +56,8 @@ def predict(
     overwrite: Overwrite = False,
     resume: Resume = False,
     shard: Shard = None,
+    tile: Tile = None,
+    tile_overlap: TileOverlap = None,
 ) -> None:
     """Write <stem>_label.png (16-bit instance ids, input size) and <stem>_overlay.png per image."""
     from instseg.core.runner import TorchRunner
@@ -61,6 +67,7 @@ def predict(
     paths = select_inputs(inputs, shard)
     options = output_options(overlays, panels, gt, embeddings, overwrite, resume)
     runner = TorchRunner.from_checkpoint(checkpoint, device)
+    set_tiling(runner, tile, tile_overlap)
     params = cluster_params(runner.cluster, cluster, min_size, fill_holes, bandwidth)
     predict_to_folder(paths, runner, params, batch_size, out_dir, options,
                       f"{runner.description} on {runner.device.describe()}")
@@ -77,7 +84,7 @@ def predict_to_folder(paths: list[Path], runner: Runner, params: ClusterParams, 
         if name != path.stem:
             err.print(f"note: {shown(str(path))} is written as {shown(name)}_label.png", highlight=False, soft_wrap=True)
     err.print(f"predicting {len(paths)} image(s) with {shown(source)}; "
-              f"{params.method} clustering, working size {runner.image_size}px -> {shown(str(out_dir))}",
+              f"{params.method} clustering, {geometry(runner)} -> {shown(str(out_dir))}",
               highlight=False, soft_wrap=True)
     with progress_bar("predict", err) as progress:
         task = progress.add_task("predict", total=len(paths))

@@ -16,6 +16,7 @@ from rich.table import Table
 from instseg.cli.console import err, fmt_mean_std, out, shown
 from instseg.core.config import OPTIMIZERS, SCHEDULERS, TrainConfig, parse_model_options
 from instseg.core.presets import AUTO, PRESETS
+from instseg.torchfree.clustering import CLUSTER_METHODS
 
 D = TrainConfig()  # the defaults live in one place
 CLI_TO_CONFIG = {"out_dir": "out", "compile_": "compile", "model_option": "model_kwargs"}  # parameter names that differ from TrainConfig's
@@ -42,6 +43,9 @@ def train(
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = D.epochs,
     image_size: Annotated[int, typer.Option(help="Training crop size (square); images are scaled so that their "
                                                  "shorter side is this, here and at prediction.")] = D.image_size,
+    scale: Annotated[Optional[float], typer.Option(
+        help="Resize every image by this factor instead (1 = native resolution: objects keep their pixel size, "
+             "as microscopy needs); --image-size is then the crop side only.")] = D.scale,
     batch_size: Annotated[int, typer.Option(help="Images per step and process (global batch: x accumulate x processes).")] = D.batch_size,
     accumulate: Annotated[int, typer.Option(help="Micro-batches whose gradients add up to one step (a large batch on a small GPU).")] = D.accumulate,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = D.lr,
@@ -50,7 +54,10 @@ def train(
     weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = D.weight_decay,
     grad_clip: Annotated[float, typer.Option(help="Gradient-norm clip (0 disables).")] = D.grad_clip,
     embedding_dim: Annotated[int, typer.Option(help="Embedding dimension D.")] = D.embedding_dim,
-    max_instances: Annotated[int, typer.Option(help="Count normalisation: counter output x this = count.")] = D.max_instances,
+    cluster: Annotated[str, typer.Option(help="The run's clustering (prediction default): auto (each candidate "
+                                              "scored on validation at the end), " + ", ".join(CLUSTER_METHODS))] = D.cluster,
+    max_instances: Annotated[int, typer.Option(help="Count normalisation: counter output x this = count (raised to the "
+                                                    "largest count in the data: never clipped).")] = D.max_instances,
     train_size: Annotated[int, typer.Option(help="Synthetic data only: training images per epoch.")] = D.train_size,
     val_size: Annotated[int, typer.Option(help="Synthetic data only: validation images.")] = D.val_size,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = D.workers,

@@ -217,6 +217,7 @@ class Trained:
     checkpoint: dict[str, Any]  # the loaded payload (config, model init, metrics, path)
     image_size: int  # the working size it was trained at
     cluster: ClusterParams  # the run's clustering defaults
+    scale: float | None = None  # the run's fixed resize factor (None: shorter side -> image_size)
 
     @property
     def name(self) -> str:
@@ -238,7 +239,11 @@ def load_trained(path: str | os.PathLike) -> Trained:
     if not _is_int(config.get("image_size"), 16, 4096):
         raise CheckpointError(f"{checkpoint['path']}: field 'config.image_size' has an invalid value "
                               f"{config.get('image_size')!r:.80}")
-    return Trained(build_model(checkpoint), checkpoint, int(config["image_size"]), ClusterParams.from_config(config))
+    scale = config.get("scale")
+    if scale is not None and not (isinstance(scale, (int, float)) and 1 / 64 <= scale <= 64):
+        raise CheckpointError(f"{checkpoint['path']}: field 'config.scale' has an invalid value {scale!r:.80}")
+    return Trained(build_model(checkpoint), checkpoint, int(config["image_size"]), ClusterParams.from_config(config),
+                   None if scale is None else float(scale))
 
 
 def _missing_plugin_message(checkpoint: dict[str, Any], exc: Exception) -> str:

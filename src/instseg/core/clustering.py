@@ -2,4 +2,4 @@
 
 from instseg._moved import reexport
 
-reexport(__name__, ('instseg.torchfree.clustering',), globals())
+reexport(__name__, ('instseg.torchfree.clustering', 'instseg.torchfree.postprocess'), globals())

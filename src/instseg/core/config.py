@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from instseg.torchfree.clustering import CLUSTER_METHODS, DEFAULT_METHOD
+from instseg.torchfree.clustering import AUTO, CLUSTER_METHODS
 from instseg.errors import CheckpointError, ConfigError
 
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW"}  # --optimizer -> torch.optim class
@@ -32,7 +32,8 @@ class TrainConfig:
     embedding_dim: int = 32
     max_instances: int = 20
     data: str = "synthetic"
-    image_size: int = 128
+    image_size: int = 128  # working size (shorter side), or the side of the training crops with `scale`
+    scale: float | None = None  # fixed resize factor: objects keep their pixel size (microscopy)
     train_size: int = 384  # synthetic images per epoch
     val_size: int = 32  # synthetic validation images
     val_split: float = 0.2  # file datasets: seeded fraction of images for validation
@@ -50,7 +51,7 @@ class TrainConfig:
     delta_v: float = 0.5
     delta_d: float = 1.5
     loss_weights: dict[str, float] = field(default_factory=_default_loss_weights)
-    cluster: str = DEFAULT_METHOD  # clustering for validation and the run's prediction default
+    cluster: str = AUTO  # the run's prediction default (auto: measured on validation, cluster_choice.py)
     device: str = "auto"
     amp: bool = True
     compile: bool = False  # torch.compile the training forward
@@ -66,6 +67,7 @@ class TrainConfig:
             "epochs": self.epochs >= 1,
             "batch_size": self.batch_size >= 1,
             "image_size": 16 <= self.image_size <= 4096,
+            "scale": self.scale is None or (math.isfinite(self.scale) and 1 / 64 <= self.scale <= 64),
             "lr": math.isfinite(self.lr) and self.lr > 0,
             "weight_decay": math.isfinite(self.weight_decay) and self.weight_decay >= 0,
             "warmup_epochs": math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0,
@@ -87,8 +89,8 @@ class TrainConfig:
             raise ConfigError(f"invalid training option(s): {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"--optimizer {self.optimizer}: choose from {', '.join(OPTIMIZERS)}")
-        if self.cluster not in CLUSTER_METHODS:
-            raise ConfigError(f"--cluster {self.cluster}: choose from {', '.join(CLUSTER_METHODS)}")
+        if self.cluster not in (AUTO, *CLUSTER_METHODS):
+            raise ConfigError(f"--cluster {self.cluster}: choose from {', '.join((AUTO, *CLUSTER_METHODS))}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"--scheduler {self.scheduler}: choose from {', '.join(SCHEDULERS)}")
 

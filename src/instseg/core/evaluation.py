@@ -51,9 +51,10 @@ def labelled_sources(dataset: Sequence[dict[str, Any]], count: int | None = None
 
 
 def model_runner(model: torch.nn.Module, device: torch.device | str, image_size: int,
-                 params: ClusterParams = ClusterParams()) -> TorchRunner:
+                 params: ClusterParams = ClusterParams(), scale: float | None = None) -> TorchRunner:
     """A runner around an in-memory model, in fp32 (what validation and pictures use)."""
-    return TorchRunner(model, DeviceChoice(torch.device(device), None, "in-memory model"), image_size, params)
+    return TorchRunner(model, DeviceChoice(torch.device(device), None, "in-memory model"), image_size, params,
+                       scale=scale)
 
 
 def evaluate_runner(runner: Runner, dataset: Sequence[dict[str, Any]], *, batch_size: int = 8,
@@ -84,9 +85,9 @@ def evaluate_runner(runner: Runner, dataset: Sequence[dict[str, Any]], *, batch_
 @torch.no_grad()
 def evaluate_dataset(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], device: torch.device | str, *,
                      image_size: int, batch_size: int = 8, params: ClusterParams = ClusterParams(),
-                     keep_predictions: int = 0) -> EvalResult:
+                     keep_predictions: int = 0, scale: float | None = None) -> EvalResult:
     """`evaluate_runner` for an in-memory PyTorch model (training's validation)."""
-    return evaluate_runner(model_runner(model, device, image_size, params), dataset, batch_size=batch_size,
+    return evaluate_runner(model_runner(model, device, image_size, params, scale), dataset, batch_size=batch_size,
                            params=params, keep_predictions=keep_predictions)
 
 
@@ -128,7 +129,7 @@ def evaluate_model(path: str | os.PathLike, data: EvalData = EvalData(), *, imag
     params = runner.cluster.override(**(cluster or {}))
     _, val_set = build_datasets(
         spec, image_size=runner.image_size, seed=config.get("seed", 0), train_size=1,
-        val_size=data.val_size or config.get("val_size", 32), augment=False, max_instances=runner.max_instances,
+        val_size=data.val_size or config.get("val_size", 32), augment=False,
         val_split=data.val_split or config.get("val_split", 0.2), val_list=data.val_list or config.get("val_list"))
     if on_start is not None:
         on_start(f"evaluating {runner.description} on {spec} ({len(val_set)} images, {runner.image_size}px) "
@@ -142,18 +143,19 @@ def evaluate_model(path: str | os.PathLike, data: EvalData = EvalData(), *, imag
 
 @torch.no_grad()
 def save_epoch_pictures(run_dir: Path, epoch: int, model: torch.nn.Module, dataset: Sequence[dict[str, Any]],
-                        device: torch.device | str, params: ClusterParams, image_size: int, images: int = 4) -> None:
+                        device: torch.device | str, params: ClusterParams, image_size: int, images: int = 4,
+                        scale: float | None = None) -> None:
     """`pictures/epoch-NNN.png` (input / embedding PCA / prediction / ground truth for the
     first validation images, each at its working size) and `curves.png` (from
     metrics.jsonl, the curves' one source). Images go through the model one by one, so
     datasets whose images differ in size work too."""
-    runner = model_runner(model, device, image_size, params)
+    runner = model_runner(model, device, image_size, params, scale)
     rows = []
     for source, truth in labelled_sources(dataset, images):
         [prediction] = predict_sources([source], runner, params, batch_size=1)
         if isinstance(prediction, Failure):
             raise DataError(prediction.message)
-        size = working_size(*source.image.shape[:2], image_size)
+        size = working_size(*source.image.shape[:2], image_size, scale)
         labels = resize_labels(prediction.labels, size)
         gt = resize_labels(truth, size)
         rows.append([("input", resize_image(source.image, size)),

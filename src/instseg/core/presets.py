@@ -2,7 +2,9 @@
 
 `synthetic` is TrainConfig's own defaults (a first run in ~5 minutes on 2 CPU cores). `cvppp`
 is the recipe measured on the real CVPPP A1 leaves (`bench/cvppp.py`, README): real images need
-a larger working size and many more epochs than the synthetic renders. Options typed on the
+a larger working size and many more epochs than the synthetic renders. `nuclei` is the recipe
+measured on DSB2018 (`bench/dsb2018.py`): native resolution (objects keep their pixel size),
+256 px crops, ~1 hour on 2 CPU cores; `--cluster auto` picks `regions` there. Options typed on the
 command line override the preset; the preset's name and every resulting value are stored in
 the run's config.json.
 """
@@ -16,6 +18,7 @@ from instseg.errors import ConfigError
 PRESETS: dict[str, dict[str, Any]] = {
     "synthetic": {},
     "cvppp": {"image_size": 256, "epochs": 50, "batch_size": 8, "lr": 2e-3, "scheduler": "cosine"},
+    "nuclei": {"scale": 1.0, "image_size": 256, "epochs": 24, "batch_size": 8, "lr": 2e-3, "scheduler": "cosine"},
 }
 AUTO = "auto"
 DATA_PRESETS = {"synthetic": "synthetic", "cvppp": "cvppp"}  # data kind -> preset chosen by `auto`

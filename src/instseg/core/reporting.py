@@ -27,7 +27,7 @@ class TrainingReporter:
             f"[bold]instseg train[/] {cfg.model} ({params / 1e6:.2f} M params) on {device}; {scale}{preset}"
             f"global batch {world * cfg.accumulate * cfg.batch_size} = {world} x accumulate {cfg.accumulate} x "
             f"batch {cfg.batch_size}; data {shown(cfg.data)} {train_images}/{val_images} images at "
-            f"{cfg.image_size}px -> {shown(run_dir)}")
+            f"{cfg.image_size}px{'' if cfg.scale is None else f' crops, scale {cfg.scale:g}'} -> {shown(run_dir)}")
         if resumed:
             self.console.print(f"resuming {shown(resumed)}: {position}")
         if cfg.compile:

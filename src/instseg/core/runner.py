@@ -10,6 +10,7 @@ import torch
 from instseg.core.checkpoint import load_trained
 from instseg.core.device import DeviceChoice, resolve_device
 from instseg.torchfree.clustering import ClusterParams
+from instseg.torchfree.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 
 
 class TorchRunner:
@@ -17,16 +18,19 @@ class TorchRunner:
     (`from_checkpoint`) or around an in-memory model (training's validation).
 
     The model normalises and pads internally, so any H x W is accepted (`multiple_of` 1).
+    `scale`: the run's fixed resize factor (None: shorter side -> `image_size`).
     """
 
     multiple_of = 1
     static_size = None
 
     def __init__(self, model: torch.nn.Module, device: DeviceChoice, image_size: int, cluster: ClusterParams,
-                 description: str = "", checkpoint: dict | None = None) -> None:
+                 description: str = "", checkpoint: dict | None = None, scale: float | None = None) -> None:
         self.model = model.to(device.device).eval()
         self.device = device
         self.image_size = image_size
+        self.tile, self.tile_overlap = DEFAULT_TILE, DEFAULT_OVERLAP
+        self.scale = scale
         self.cluster = cluster
         self.max_instances = model.max_instances
         self.description = description
@@ -39,7 +43,7 @@ class TorchRunner:
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto") -> "TorchRunner":
         trained = load_trained(path)
         return cls(trained.model, resolve_device(device), trained.image_size, trained.cluster, trained.description,
-                   trained.checkpoint)
+                   trained.checkpoint, trained.scale)
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -31,7 +31,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from instseg.core.checkpoint import capture_rng_state, restore_rng_state
+from instseg.core.checkpoint import capture_rng_state, load_weights_only, restore_rng_state
+from instseg.core.cluster_choice import choose_method, record_method
 from instseg.core.config import TrainConfig, resume_config
 from instseg.core.data import build_datasets, estimate_mean_std
 from instseg.core.device import DeviceChoice, check_training_device, resolve_device
@@ -47,7 +48,7 @@ from instseg.core.seeding import seed_everything, seed_worker, stream_seed
 from instseg.core.signals import GracefulStop
 from instseg.core.state import BatchLayout, StepResult, TrainingState, TrainResult
 from instseg.errors import CheckpointError, ConfigError, TrainingError
-from instseg.torchfree.clustering import ClusterParams
+from instseg.torchfree.clustering import AUTO, ClusterParams
 from instseg.torchfree.metrics import summarize
 
 __all__ = ["GracefulStop", "TrainResult", "Trainer", "resume_config", "seed_worker"]
@@ -107,9 +108,11 @@ class Trainer:
         cfg = self.config
         self.train_set, self.val_set = build_datasets(
             cfg.data, image_size=cfg.image_size, seed=cfg.seed, train_size=cfg.train_size, val_size=cfg.val_size,
-            val_split=cfg.val_split, val_list=cfg.val_list, augment=cfg.augment, max_instances=cfg.max_instances)
-        for dataset in (self.train_set, self.val_set):
-            dataset.verify()
+            val_split=cfg.val_split, val_list=cfg.val_list, augment=cfg.augment, scale=cfg.scale)
+        largest = max(dataset.verify() for dataset in (self.train_set, self.val_set))
+        if largest > cfg.max_instances:  # the count target is normalised by it, never clipped
+            self.report.note(f"--max-instances raised from {cfg.max_instances} to {largest}: the largest count in the data")
+            cfg.max_instances = largest
         self.mean, self.std = estimate_mean_std(self.train_set)
 
     def _build_model(self, initial_weights: bool) -> None:
@@ -224,7 +227,19 @@ class Trainer:
                         self._save()
                     return self._result(start, interrupted_by=signum)
                 state.next_epoch()
+        if cfg.cluster == AUTO:
+            self.dist.run_on_main(self._choose_clustering)
         return self._result(start)
+
+    def _choose_clustering(self) -> None:
+        """`--cluster auto`: score the best checkpoint with each method; the winner is the run's."""
+        best = load_weights_only(self.run_dir / "best.pt")
+        self.model.load_state_dict(best["state_dict"])
+        method, scores = choose_method(self.model, self.val_set, self.device.device, self.cluster,
+                                       self.config.image_size, self.config.scale, self.config.batch_size)
+        record_method(self.run_dir, method, scores)
+        self.report.note(f"clustering: {method} (validation SBD " +
+                         ", ".join(f"{k} {v:.3f}" for k, v in scores.items()) + "), saved in the run")
 
     def _train_epoch(self, stop: GracefulStop, progress: Progress, task: Any) -> int | None:
         """Optimizer steps from the state's position to the end of the epoch; the signal if one stopped it."""
@@ -349,7 +364,8 @@ class Trainer:
         }
         self.dist.run_on_main(lambda: self.run.append_metrics(record))
         self.dist.run_on_main(lambda: save_epoch_pictures(
-            self.run_dir, state.epoch, self.model, self.val_set, self.device.device, self.cluster, cfg.image_size))
+            self.run_dir, state.epoch, self.model, self.val_set, self.device.device, self.cluster, cfg.image_size,
+            scale=cfg.scale))
         self._save(best=improved)
         self.report.epoch(state.epoch, cfg.epochs, train.get("loss", float("nan")), state.last, improved, skipped)
 
@@ -357,7 +373,8 @@ class Trainer:
         """Each process scores its share of the validation images (clustering, on the CPU,
         dominates); gathering the per-image scores gives every process the same summary."""
         share = evaluate_dataset(self.model, self.val_share, self.device.device, params=self.cluster,
-                                 image_size=self.config.image_size, batch_size=self.config.batch_size)
+                                 image_size=self.config.image_size, batch_size=self.config.batch_size,
+                                 scale=self.config.scale)
         rows = sorted((row for part in self.dist.gather(share.rows) for row in part), key=lambda row: row.name)
         return summarize(row.scores for row in rows)
 

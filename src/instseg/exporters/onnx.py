@@ -103,6 +103,7 @@ class ExportRequest:
     opset: int = DEFAULT_OPSET
     static_size: tuple[int, int] | None = None  # force a static graph of this H x W
     fp16: bool = False
+    scale: float | None = None  # the run's fixed resize factor (None: shorter side -> image_size)
 
 
 @dataclass(frozen=True)
@@ -277,7 +278,7 @@ def model_info(request: ExportRequest, plan: ExportPlan) -> ModelInfo:
         embedding_dim=model.embedding_dim, max_instances=model.max_instances, image_size=request.image_size,
         multiple_of=model.multiple_of, static_size=plan.static_size, dynamic_batch=plan.dynamic_batch,
         mean=tuple(model.normalize.mean.flatten().tolist()), std=tuple(model.normalize.std.flatten().tolist()),
-        cluster=request.cluster)
+        cluster=request.cluster, scale=request.scale)
 
 
 def with_metadata(proto: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
@@ -384,4 +385,4 @@ def request_from_checkpoint(path: str | os.PathLike, opset: int = DEFAULT_OPSET,
     return ExportRequest(
         model=trained.model, name=spec.name, backbone=backbone, caps=spec.export, image_size=trained.image_size,
         cluster=trained.cluster, plugins=plugin_requirements(spec.name, backbone), source=trained.source,
-        opset=opset, static_size=static_size, fp16=fp16)
+        opset=opset, static_size=static_size, fp16=fp16, scale=trained.scale)

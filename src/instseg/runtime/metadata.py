@@ -57,6 +57,7 @@ class ModelInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     cluster: ClusterParams = field(default_factory=ClusterParams)
+    scale: float | None = None  # fixed resize factor instead of shorter side -> image_size
 
     @property
     def dynamic_hw(self) -> bool:
@@ -95,6 +96,7 @@ class ModelInfo:
             "instseg.embedding_dim": str(self.embedding_dim),
             "instseg.max_instances": str(self.max_instances),
             "instseg.image_size": str(self.image_size),
+            "instseg.scale": "" if self.scale is None else repr(self.scale),
             "instseg.mean": json.dumps(list(self.mean)),
             "instseg.std": json.dumps(list(self.std)),
             "instseg.cluster": json.dumps(asdict(self.cluster), sort_keys=True),
@@ -137,6 +139,7 @@ class ModelInfo:
             mean=reader.channels("instseg.mean", positive=False),
             std=reader.channels("instseg.std", positive=True),
             cluster=_cluster(reader.json("instseg.cluster", dict), where),
+            scale=reader.scale("instseg.scale"),
         )
 
 
@@ -161,6 +164,19 @@ class _Reader:
             raise CheckpointError(f"{self.where}: metadata {key} is {value!r}, expected an integer") from None
         if (low is not None and number < low) or (high is not None and number > high):
             raise CheckpointError(f"{self.where}: metadata {key} is {number}, expected {low}..{high}")
+        return number
+
+    def scale(self, key: str) -> float | None:
+        """An optional resize factor in [1/64, 64]: absent or empty (files before it) is None."""
+        value = self.props.get(key, "")
+        if not value:
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not 1 / 64 <= number <= 64:
+            raise CheckpointError(f"{self.where}: metadata {key} is {value!r}, expected a number in 1/64..64")
         return number
 
     def channels(self, key: str, positive: bool) -> tuple[float, ...]:

@@ -1,7 +1,7 @@
 """From network outputs to an instance label map (numpy only: the ONNX path uses it too).
 
 The semantic head selects foreground pixels; their embeddings are grouped into instances
-by one of two methods, both of which fit centers on a subsample of the foreground (so the
+by one of three methods. The first two fit centers on a subsample of the foreground (so the
 cost hardly grows with the image) and then give every foreground pixel its nearest center:
 
 - `kmeans`: k = the counter head's count (rounded, at least 1). Several greedy k-means++
@@ -12,9 +12,14 @@ cost hardly grows with the image) and then give every foreground pixel its neare
   center to the mean of the unassigned points within `bandwidth` until it settles, assign
   those points, repeat. The discriminative loss pulls pixels within delta_v of their center
   and pushes centers 2 delta_d apart, so a bandwidth between them separates instances.
+- `regions`: for crowded scenes (hundreds of nuclei), no count needed. Each connected region
+  of the foreground is one instance when its embeddings lie within `bandwidth` / 2 of their mean,
+  else meanshift splits it; every instance is then one connected piece. Embeddings only have
+  to tell touching objects apart, never distant ones (which collide when there are hundreds),
+  and the cost grows with the number of regions, not with its square.
 
-Post-processing (`postprocess`): drop instances under `min_size` pixels, fill holes (a
-background region enclosed by one instance joins it), relabel 1..N.
+Post-processing (`postprocessing.postprocess`): drop instances under `min_size` pixels, fill
+holes (a background region enclosed by one instance joins it), relabel 1..N.
 """
 
 from __future__ import annotations
@@ -24,12 +29,24 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import numpy as np
+from scipy import ndimage
 
 from instseg.errors import ConfigError, DataError
+from instseg.torchfree.postprocess import postprocess, split_pieces
 
-CLUSTER_METHODS = ("kmeans", "meanshift")
+CLUSTER_METHODS = ("kmeans", "meanshift", "regions")
 DEFAULT_METHOD = "kmeans"
+AUTO = "auto"  # a training run's choice, measured on its validation images (core/cluster_choice.py)
+CROWDED = 64  # more instances per image than this: `auto` guesses `regions` until it has measured
 SCREENING_STEPS = 3  # Lloyd steps that rank a k-means++ seeding before the best one is refined
+
+
+def resolve_method(method: str, max_instances: int) -> str:
+    """A run's method; `auto` before its measured choice (an unfinished run) is a guess from the
+    largest instance count of its data (`max_instances` is raised to it)."""
+    if method != AUTO:
+        return method
+    return "regions" if max_instances > CROWDED else "kmeans"
 
 
 @dataclass(frozen=True)
@@ -41,7 +58,7 @@ class ClusterParams:
     sample_size: int = 8192  # points used to fit centers; all points are then assigned
     iterations: int = 10  # Lloyd / mean-shift steps at most per fit
     restarts: int = 8  # k-means++ seedings screened (on a quarter of the sample); the best is refined
-    max_clusters: int = 64  # meanshift stops seeding here (bounds its cost on poor embeddings)
+    max_clusters: int = 64  # meanshift stops seeding here (per region for `regions`: bounds the cost)
     seed: int = 0
     # Cluster at the input's resolution (outputs up-sampled bilinearly, at most MAX_CLUSTER_PIXELS)
     # instead of at the working size then up-sampling the labels: +0.01 SBD, +0.006 FG Dice on A1.
@@ -61,8 +78,8 @@ class ClusterParams:
     def from_config(cls, config: Mapping[str, Any]) -> "ClusterParams":
         """The clustering defaults of a training run (its config.json `config` section):
         its method, and a bandwidth equal to the delta_d its loss was trained with."""
-        return cls(method=config.get("cluster", DEFAULT_METHOD), bandwidth=float(config.get("delta_d", 1.5)),
-                   seed=int(config.get("seed", 0)))
+        method = resolve_method(config.get("cluster", DEFAULT_METHOD), int(config.get("max_instances", 20)))
+        return cls(method=method, bandwidth=float(config.get("delta_d", 1.5)), seed=int(config.get("seed", 0)))
 
     def override(self, **changes: Any) -> "ClusterParams":
         """A copy with the options that are not None replaced (CLI flags over run defaults)."""
@@ -238,105 +255,6 @@ def meanshift(points: np.ndarray, params: ClusterParams = ClusterParams()) -> np
     return _nearest(points, chosen)[0]
 
 
-def relabel_sequential(labels: np.ndarray) -> np.ndarray:
-    """Map the non-zero ids present to 1..N in increasing order of id."""
-    ids = np.unique(labels)
-    ids = ids[ids != 0]
-    lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.int32)
-    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
-    return lut[labels]
-
-
-def _run_minimum(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Minimum label over each horizontal run of mask pixels, in one vectorised pass.
-
-    A cumulative minimum over the flattened image, with every run offset so that no
-    earlier run can win over a later one: forwards the offsets decrease run by run,
-    backwards they increase.
-    """
-    flat_mask = mask.ravel()
-    starts = flat_mask.copy()
-    starts[1:] &= ~flat_mask[:-1]
-    starts[:: mask.shape[1]] = flat_mask[:: mask.shape[1]]
-    run = np.cumsum(starts)
-    step = labels.size + 1
-    values = np.where(flat_mask, labels.ravel(), labels.size)  # pixels outside runs never win
-    forward_offset = (run[-1] - run) * step
-    forward = np.minimum.accumulate(values + forward_offset) - forward_offset
-    backward_offset = run * step
-    backward = np.minimum.accumulate((values + backward_offset)[::-1])[::-1] - backward_offset
-    return np.where(flat_mask, np.minimum(forward, backward), labels.size).reshape(labels.shape)
-
-
-def connected_components(mask: np.ndarray) -> np.ndarray:
-    """4-connected components of a boolean H x W mask: per pixel the flat index of its
-    component's first pixel, -1 outside the mask.
-
-    Alternating row and column passes spread each run's minimum along the whole run at
-    once, and pointer jumping follows labels to their labels; a handful of rounds suffice
-    for plant-like shapes (each round crosses one more turn of a winding region).
-    """
-    h, w = mask.shape
-    outside = h * w
-    labels = np.where(mask, np.arange(h * w).reshape(h, w), outside)
-    while True:
-        low = _run_minimum(labels, mask)
-        low = np.ascontiguousarray(_run_minimum(np.ascontiguousarray(low.T), np.ascontiguousarray(mask.T)).T)
-        flat = low.ravel()
-        inside = flat < outside
-        for _ in range(4):  # pointer jumping: follow each pixel's label to its label's label
-            flat[inside] = flat[flat[inside]]
-        if np.array_equal(low, labels):
-            return np.where(mask, labels, -1)
-        labels = low
-
-
-def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Set instances with fewer than `min_size` pixels to background."""
-    if min_size <= 1 or not labels.any():
-        return labels
-    small = np.bincount(labels.ravel()) < min_size
-    small[0] = False
-    return np.where(small[labels], 0, labels)
-
-
-def _neighbours(x: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """(here, there) views covering every ordered pair of 4-neighbouring pixels."""
-    return (x[1:], x[:-1]), (x[:-1], x[1:]), (x[:, 1:], x[:, :-1]), (x[:, :-1], x[:, 1:])
-
-
-def fill_holes(labels: np.ndarray) -> np.ndarray:
-    """Background regions that do not touch the border and border one instance only join it."""
-    background = labels == 0
-    if background.all() or not background.any():
-        return labels
-    comp = connected_components(background)
-    pairs = [np.stack([comp_here[edge], label_there[edge]], 1)
-             for (bg_here, bg_there), (comp_here, _), (_, label_there)
-             in zip(_neighbours(background), _neighbours(comp), _neighbours(labels))
-             for edge in [bg_here & ~bg_there]]  # (hole candidate, instance next to it)
-    pairs = np.unique(np.concatenate(pairs), axis=0)
-    ids, neighbours = np.unique(pairs[:, 0], return_counts=True)
-    border = np.unique(np.concatenate([comp[0], comp[-1], comp[:, 0], comp[:, -1]]))
-    enclosed = ids[(neighbours == 1) & ~np.isin(ids, border)]
-    if not len(enclosed):
-        return labels
-    owners = pairs[np.isin(pairs[:, 0], enclosed)]  # one row per hole, sorted by component id
-    filled = labels.copy()
-    hole = np.isin(comp, owners[:, 0])
-    filled[hole] = owners[np.searchsorted(owners[:, 0], comp[hole]), 1]
-    return filled
-
-
-def postprocess(labels: np.ndarray, params: ClusterParams = ClusterParams()) -> np.ndarray:
-    """Drop small instances, fill holes, relabel 1..N (in that order: a dropped fragment
-    inside an instance becomes a hole that the instance then fills)."""
-    labels = remove_small(labels, params.min_size)
-    if params.fill_holes:
-        labels = fill_holes(labels)
-    return relabel_sequential(labels)
-
-
 def cluster_embeddings(
     embedding: np.ndarray,
     foreground: np.ndarray,
@@ -345,7 +263,7 @@ def cluster_embeddings(
 ) -> np.ndarray:
     """D x H x W embeddings + H x W foreground mask -> H x W int32 label map (0 = background).
 
-    `n_instances` is used by kmeans only; meanshift finds the number itself.
+    `n_instances` is used by kmeans only; meanshift and regions find the number themselves.
     """
     if embedding.ndim != 3 or foreground.shape != embedding.shape[1:]:
         raise ValueError(f"embedding {embedding.shape} and foreground {foreground.shape} do not match")
@@ -354,10 +272,32 @@ def cluster_embeddings(
     fg = foreground.astype(bool)
     if not fg.any():
         return labels
-    points = embedding[:, fg].T
-    ids = kmeans(points, n_instances, params) if params.method == "kmeans" else meanshift(points, params)
-    labels[fg] = ids + 1
-    return postprocess(labels, params)
+    if params.method == "regions":
+        labels = split_pieces(region_labels(embedding, fg, params))
+    else:
+        points = embedding[:, fg].T
+        ids = kmeans(points, n_instances, params) if params.method == "kmeans" else meanshift(points, params)
+        labels[fg] = ids + 1
+    return postprocess(labels, params.min_size, params.fill_holes)
+
+
+def region_labels(embedding: np.ndarray, foreground: np.ndarray, params: ClusterParams) -> np.ndarray:
+    """Instance ids per foreground pixel: one per connected region, several where the region's
+    embeddings spread beyond half the bandwidth from their mean (touching objects, whose
+    centers the loss pushes 2 delta_d apart, while it pulls pixels within delta_v of theirs),
+    found by meanshift."""
+    regions, _ = ndimage.label(foreground)
+    labels = np.zeros(foreground.shape, dtype=np.int32)
+    radius2 = (float(params.bandwidth) / 2) ** 2
+    next_id = 1
+    for region, box in enumerate(ndimage.find_objects(regions), start=1):
+        inside = regions[box] == region
+        points = embedding[(slice(None), *box)][:, inside].T
+        spread = float(((points - points.mean(0)) ** 2).sum(1).max()) if len(points) > 1 else 0.0
+        ids = meanshift(points, params) if spread > radius2 else np.zeros(len(points), dtype=np.int64)
+        labels[box][inside] = ids + next_id
+        next_id += int(ids.max()) + 1
+    return labels
 
 
 def instance_count(count: float, max_instances: int) -> int:

@@ -203,15 +203,18 @@ def prediction_output_kind(path: str | os.PathLike) -> str | None:
         return None
 
 
-def working_size(height: int, width: int, image_size: int) -> tuple[int, int]:
-    """The size an image is processed at: shorter side -> image_size, aspect ratio kept.
+def working_size(height: int, width: int, image_size: int, scale: float | None = None) -> tuple[int, int]:
+    """The size an image is processed at.
 
-    Training resizes by this rule before cropping `image_size` squares, and prediction resizes
-    by it too, so objects appear at the same scale in both; label maps go back to the original
+    By default its shorter side -> image_size, aspect ratio kept: objects whose size follows
+    the image's (a rosette filling the frame). With `scale`, the image is multiplied by that
+    factor whatever its size: objects keep their size in pixels (nuclei in microscopy), and
+    `image_size` is only the side of the training crops. Training and prediction apply the
+    same rule, so objects appear at the same scale in both; label maps go back to the original
     size with nearest-neighbour resampling.
     """
-    scale = image_size / min(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
+    factor = scale if scale is not None else image_size / min(height, width)
+    return max(1, round(height * factor)), max(1, round(width * factor))
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

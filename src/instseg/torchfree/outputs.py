@@ -51,6 +51,9 @@ def _pictures(prediction: Prediction, options: OutputOptions) -> dict[str, np.nd
             tiles.append((f"ground truth ({count_instances(gt)})", colorize(gt)))
         pictures["panel"] = panel([tiles])
     if options.embeddings:
+        if prediction.embedding is None:
+            raise DataError(f"{prediction.path}: predicted tile by tile (larger than the tile), so there is no "
+                            "single embedding map to draw; leave out --embeddings or raise --tile")
         pictures["embedding"] = embedding_rgb(prediction.embedding, prediction.foreground)
     return pictures
 

@@ -22,6 +22,10 @@ A runner is a callable with a few attributes:
     max_instances: int           count x max_instances = number of instances
     image_size: int              the working size: an image's shorter side is resized to it,
                                  as in training (`imageio.working_size`)
+    scale: float or None         instead, a fixed resize factor (objects keep their pixel size);
+                                 images larger than a tile are then predicted tile by tile
+    tile, tile_overlap: int      that tile's side and its overlap with each neighbour, in pixels
+                                 at the working scale (read only when `scale` is set; see tiling.py)
     cluster: ClusterParams       clustering defaults saved with the model
     multiple_of: int             H and W the runner accepts must divide by this (1 = any);
                                  the pipeline pads (edge values) and crops the outputs
@@ -37,14 +41,19 @@ from typing import Iterable, Iterator, Protocol, Sequence
 import numpy as np
 
 from instseg.errors import DataError
-from instseg.torchfree.clustering import ClusterParams, instances_from_outputs, relabel_sequential
+from instseg.torchfree.clustering import ClusterParams, instances_from_outputs
+from instseg.torchfree.postprocess import relabel_sequential
 from instseg.torchfree.imageio import read_image, resize_image, resize_labels, working_size
 from instseg.torchfree.inputs import output_names
+from instseg.torchfree.tiling import Stitcher, plan_tiles
 
 
 class Runner(Protocol):
     max_instances: int
     image_size: int
+    scale: float | None
+    tile: int
+    tile_overlap: int
     cluster: ClusterParams
     multiple_of: int
     static_size: tuple[int, int] | None
@@ -69,9 +78,9 @@ class Prediction:
     name: str
     image: np.ndarray  # H x W x 3 float32 in [0, 1], original size
     labels: np.ndarray  # H x W int32 instance ids, original size
-    head_count: float  # the counter head's estimate, in instances
-    embedding: np.ndarray  # D x h x w at the working size
-    foreground: np.ndarray  # h x w bool at the working size
+    head_count: float  # the counter head's estimate, in instances (tiled: the sum over tiles)
+    embedding: np.ndarray | None  # D x h x w at the working size (None when tiled)
+    foreground: np.ndarray | None  # h x w bool at the working size (None when tiled)
     index: int = 0  # the source's position in the input
 
 
@@ -97,7 +106,7 @@ def network_size(height: int, width: int, runner: Runner) -> tuple[int, int]:
     """The H x W an image is fed to the runner at (before padding to `multiple_of`)."""
     if runner.static_size is not None:
         return tuple(runner.static_size)
-    return working_size(height, width, runner.image_size)
+    return working_size(height, width, runner.image_size, runner.scale)
 
 
 def _pad(batch: np.ndarray, multiple: int) -> np.ndarray:
@@ -173,11 +182,35 @@ def _run_batch(items: list[tuple[Source, np.ndarray]], runner: Runner,
                          semantic[i, 1] > semantic[i, 0], source.index)
 
 
+def needs_tiles(size: tuple[int, int], runner: Runner) -> bool:
+    """Whether an image of this network size is predicted tile by tile (fixed-scale runs only)."""
+    return runner.scale is not None and max(size) > runner.tile
+
+
+def predict_tiled(source: Source, runner: Runner, params: ClusterParams) -> Prediction | Failure:
+    """One large image, tile by tile, its instances stitched at the original size (tiling.py)."""
+    height, width = source.image.shape[:2]
+    tile, overlap = (max(1, round(n / runner.scale)) for n in (runner.tile, runner.tile_overlap))
+    stitcher, count = Stitcher(height, width), 0.0
+    for part in plan_tiles(height, width, tile, overlap):
+        crop = source.image[part.box]
+        piece = Source(source.path, source.name, crop, source.index)
+        [result] = _run_batch([(piece, resize_image(crop, network_size(*crop.shape[:2], runner)).transpose(2, 0, 1))],
+                              runner, params)
+        if isinstance(result, Failure):
+            return result
+        stitcher.add(part, result.labels)
+        count += result.head_count
+    labels = relabel_sequential(stitcher.labels)
+    return Prediction(source.path, source.name, source.image, labels, count, None, None, source.index)
+
+
 def predict_sources(sources: Iterable[Source | Failure], runner: Runner, params: ClusterParams | None = None,
                     batch_size: int = 4) -> Iterator[Prediction | Failure]:
     """Predict every source; yields one Prediction or Failure per source (failed sources pass
     through). Images of one network size share a batch; to bound memory, the fullest group
-    runs whenever 4 x batch_size images wait. Results come in batch order: use `index`."""
+    runs whenever 4 x batch_size images wait, and an image larger than a tile runs alone, tile
+    by tile. Results come in batch order: use `index`."""
     params = params or runner.cluster
     waiting: dict[tuple[int, int], list[tuple[Source, np.ndarray]]] = {}
     for source in sources:
@@ -185,6 +218,9 @@ def predict_sources(sources: Iterable[Source | Failure], runner: Runner, params:
             yield source
             continue
         size = network_size(*source.image.shape[:2], runner)
+        if needs_tiles(size, runner):
+            yield predict_tiled(source, runner, params)
+            continue
         group = waiting.setdefault(size, [])
         group.append((source, resize_image(source.image, size).transpose(2, 0, 1)))
         if len(group) >= batch_size or sum(map(len, waiting.values())) >= 4 * batch_size:

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from instseg.errors import DataError
+from instseg.torchfree.postprocess import neighbour_views
 
 GOLDEN_RATIO_CONJUGATE = 0.618033988749895
 BOUNDARY_RGB = (255, 255, 255)
@@ -39,16 +40,50 @@ def label_colors(n: int) -> np.ndarray:
     return colors
 
 
+PALETTE_SIZE = 12  # colors that neighbouring instances choose from (then more, only if needed)
+NEIGHBOUR_REACH = 3  # instances closer than this many pixels count as neighbours for colors
+
+
 def boundaries(labels: np.ndarray) -> np.ndarray:
-    """H x W bool: instance pixels with a 4-neighbour of another label (background included)."""
+    """H x W bool, one pixel wide: instance pixels with a 4-neighbour of background, and where
+    two instances touch, the pixels of the larger id only (so hundreds of small nuclei keep
+    their insides visible)."""
     edge = np.zeros(labels.shape, dtype=bool)
-    vertical = labels[1:] != labels[:-1]
-    horizontal = labels[:, 1:] != labels[:, :-1]
-    edge[1:] |= vertical
-    edge[:-1] |= vertical
-    edge[:, 1:] |= horizontal
-    edge[:, :-1] |= horizontal
-    return edge & (labels > 0)
+    for (here, there), (edge_here, _) in zip(neighbour_views(labels), neighbour_views(edge)):
+        edge_here |= (here > 0) & (here != there) & ((there == 0) | (here > there))
+    return edge
+
+
+def neighbours(labels: np.ndarray, reach: int = NEIGHBOUR_REACH) -> np.ndarray:
+    """K x 2 unique id pairs (a < b) of instances within `reach` pixels of each other."""
+    found = [np.zeros((0, 2), dtype=np.int64)]
+    h, w = labels.shape
+    for dy in range(reach + 1):
+        for dx in range(-reach, reach + 1):
+            if (dy, dx) <= (0, 0) or dy >= h or abs(dx) >= w:
+                continue
+            a = labels[:h - dy, max(0, -dx):w - max(0, dx)]
+            b = labels[dy:, max(0, dx):w + min(0, dx)]
+            touch = (a != b) & (a > 0) & (b > 0)
+            found.append(np.stack([np.minimum(a[touch], b[touch]), np.maximum(a[touch], b[touch])], 1))
+    return np.unique(np.concatenate(found), axis=0)
+
+
+def instance_colors(labels: np.ndarray) -> np.ndarray:
+    """(max id + 1) x 3 uint8 colors where instances within a few pixels never share a color:
+    greedy coloring of the neighbour graph from a small palette of well-separated hues, each id
+    starting its search at its own place in the palette so that the colors stay varied."""
+    n = int(labels.max(initial=0))
+    adjacent: list[list[int]] = [[] for _ in range(n + 1)]
+    for a, b in neighbours(labels).tolist():
+        adjacent[b].append(a)  # only earlier ids have a color when b chooses
+    choice = np.zeros(n + 1, dtype=np.int64)
+    for i in range(1, n + 1):
+        taken = {int(choice[j]) for j in adjacent[i]}
+        start = (i - 1) % PALETTE_SIZE
+        choice[i] = next(c for c in [*((start + k) % PALETTE_SIZE + 1 for k in range(PALETTE_SIZE)),
+                                     *range(PALETTE_SIZE + 1, PALETTE_SIZE + len(taken) + 2)] if c not in taken)
+    return label_colors(int(choice.max(initial=0)))[choice]
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -59,8 +94,8 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def colorize(labels: np.ndarray, outline: bool = True) -> np.ndarray:
-    """An instance label map as distinct colors on black, boundaries in white."""
-    rgb = label_colors(int(labels.max(initial=0)))[labels]
+    """An instance label map as colors on black (neighbours differ), boundaries in white."""
+    rgb = instance_colors(labels)[labels]
     if outline:
         rgb[boundaries(labels)] = BOUNDARY_RGB
     return rgb
@@ -71,7 +106,7 @@ def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.nd
     if image.shape[:2] != labels.shape:
         raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
     base = to_uint8(image).astype(np.float32)
-    tint = label_colors(int(labels.max(initial=0)))[labels].astype(np.float32)
+    tint = instance_colors(labels)[labels].astype(np.float32)
     fg = (labels > 0)[..., None]
     blended = np.where(fg, (1 - alpha) * base + alpha * tint, base)
     out = np.round(blended).astype(np.uint8)

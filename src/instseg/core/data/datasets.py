@@ -8,7 +8,6 @@ their original resolution, so scores are computed there (see `core/evaluation.py
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Callable
 
@@ -24,20 +23,16 @@ from instseg.errors import ConfigError
 
 __all__ = ["DataSpec", "LabelledImages", "SyntheticLeaves", "build_datasets", "estimate_mean_std", "parse_data_spec"]
 
-log = logging.getLogger(__name__)
 
 
 class ItemDataset(Dataset):
     """Items {"image": 3xHxW float32 in [0, 1], "labels": HxW int64, "name": str}.
 
     `read(i)` gives the stored item (labels contiguous 1..N, so the count is the largest id);
-    `__getitem__` applies the training transform, if any, and warns once per loading process
-    when an image holds more instances than `max_instances` (the count target is clipped).
+    `__getitem__` applies the training transform, if any.
     """
 
     transform: Callable[[dict], dict] | None = None
-    max_instances: int | None = None
-    _warned = False
 
     def read(self, index: int) -> dict:
         raise NotImplementedError
@@ -46,24 +41,15 @@ class ItemDataset(Dataset):
         """(H, W) of every item as `read` returns it, known without decoding (file headers)."""
         raise NotImplementedError
 
-    def verify(self) -> None:
+    def verify(self) -> int:
         """Decode every item once, so a damaged file stops training before its first step
-        rather than an epoch in (rendered data has nothing to check)."""
+        rather than an epoch in; returns the largest instance count of an image (what the
+        counter head must reach). Rendered data has nothing to check: 0."""
+        return 0
 
     def __getitem__(self, index: int) -> dict:
         item = self.read(index)
-        self._check_count(item)
         return self.transform(item) if self.transform is not None else item
-
-    def _check_count(self, item: dict) -> None:
-        if self.max_instances is None or self._warned:
-            return
-        count = int(item["labels"].max()) if item["labels"].numel() else 0
-        if count > self.max_instances:
-            self._warned = True
-            log.warning("%s has %d instances, more than --max-instances %d: its count target is clipped to %d "
-                        "(raise --max-instances to count them all; further images are not reported)",
-                        item["name"], count, self.max_instances, self.max_instances)
 
 
 class SyntheticLeaves(ItemDataset):
@@ -75,15 +61,13 @@ class SyntheticLeaves(ItemDataset):
 
     CACHE_BYTES = 256 * 2**20
 
-    def __init__(self, length: int, image_size: int = 128, seed: int = 0, split: str = "train",
-                 max_instances: int | None = None) -> None:
+    def __init__(self, length: int, image_size: int = 128, seed: int = 0, split: str = "train") -> None:
         if length < 1:
             raise ConfigError(f"synthetic dataset length must be >= 1, got {length}")
         self.length = length
         self.image_size = image_size
         self.seed = seed
         self.split = split
-        self.max_instances = max_instances
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._cache_bytes = 0
 
@@ -118,11 +102,9 @@ class SyntheticLeaves(ItemDataset):
 class LabelledImages(ItemDataset):
     """Image / label-map pairs from disk; sizes and label modes are checked from headers up front."""
 
-    def __init__(self, samples: list[Sample], transform: Callable[[dict], dict] | None = None,
-                 max_instances: int | None = None) -> None:
+    def __init__(self, samples: list[Sample], transform: Callable[[dict], dict] | None = None) -> None:
         self.samples = samples
         self.transform = transform
-        self.max_instances = max_instances
         self._sizes = scan_sizes(samples)
 
     def __len__(self) -> int:
@@ -131,9 +113,8 @@ class LabelledImages(ItemDataset):
     def sizes(self) -> list[tuple[int, int]]:
         return list(self._sizes)
 
-    def verify(self) -> None:
-        for sample in self.samples:
-            read_sample(sample)
+    def verify(self) -> int:
+        return max((int(read_sample(sample)[1].max(initial=0)) for sample in self.samples), default=0)
 
     def read(self, index: int) -> dict:
         sample = self.samples[index]
@@ -155,27 +136,28 @@ def build_datasets(
     val_split: float = 0.2,
     val_list: str | os.PathLike | None = None,
     augment: bool = True,
-    max_instances: int | None = None,
+    scale: float | None = None,
 ) -> tuple[ItemDataset, ItemDataset]:
     """Train and validation datasets for a `--data` spec.
 
     Synthetic data is rendered at `image_size` (`train_size` / `val_size` images) and not
     augmented: every image is new geometry already. File datasets use every labelled image,
     split by `val_list` (stems) or a seeded `val_split` fraction; `train_size` / `val_size`
-    do not apply to them.
+    do not apply to them. `scale`: training crops at that fixed resize factor (see
+    `TrainTransform`) instead of shorter side -> `image_size`.
     """
     data = parse_data_spec(spec)
     if data.kind == "synthetic":
         if val_list is not None:
             raise ConfigError("--val-list selects images of a dataset folder; synthetic data uses --val-size")
         return (
-            SyntheticLeaves(train_size, image_size, seed, "train", max_instances),
-            SyntheticLeaves(val_size, image_size, seed, "val", max_instances),
+            SyntheticLeaves(train_size, image_size, seed, "train"),
+            SyntheticLeaves(val_size, image_size, seed, "val"),
         )
     samples = discover(data).require_labels()
     train, val = split_samples(samples, val_split=val_split, val_list=val_list, seed=seed)
-    transform = TrainTransform(image_size, Augment() if augment else None)
-    return LabelledImages(train, transform, max_instances), LabelledImages(val, None, max_instances)
+    transform = TrainTransform(image_size, Augment() if augment else None, scale)
+    return LabelledImages(train, transform), LabelledImages(val, None)
 
 
 def estimate_mean_std(dataset: ItemDataset, max_images: int = 32) -> tuple[tuple[float, ...], tuple[float, ...]]:

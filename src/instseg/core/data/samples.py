@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from instseg.torchfree.clustering import relabel_sequential
+from instseg.torchfree.postprocess import relabel_sequential
 from instseg.errors import DataError
 from instseg.torchfree.imageio import check_label_mode, display_path, read_header, read_image, read_label_map
 

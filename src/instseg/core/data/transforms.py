@@ -6,9 +6,9 @@ random generator, which DataLoader seeds per worker from the loader's generator 
 a run repeats exactly for a given `--seed` and `--workers`, and workers never share a stream.
 
 Resize policy (as `instseg.torchfree.imageio.working_size`): an image is scaled so that its shorter side
-is `image_size` (times a random zoom), and an `image_size` square is cropped from it. The crop
-is taken at the original resolution first and then resized, so a large image costs no more
-than a small one.
+is `image_size`, or by the run's fixed `scale` factor (objects keep their size in pixels), times a
+random zoom, and an `image_size` square is cropped from it. The crop is taken at the original
+resolution first and then resized, so a large image costs no more than a small one.
 """
 
 from __future__ import annotations
@@ -80,10 +80,12 @@ def crop_square(tensor: Tensor, y0: int, x0: int, side: int) -> Tensor:
 
 
 def random_scaled_crop(image: Tensor, labels: Tensor, size: int, zoom: float,
-                       generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    """A random size x size square of the image scaled to (working size x zoom)."""
+                       generator: torch.Generator | None, scale: float | None = None) -> tuple[Tensor, Tensor]:
+    """A random size x size square of the image at its working scale x zoom (the working
+    scale: shorter side -> size, or the fixed `scale` factor)."""
     h, w = labels.shape
-    side = max(1, round(min(h, w) / zoom))  # the square in original pixels
+    factor = (scale if scale is not None else size / min(h, w)) * zoom
+    side = max(1, round(size / factor))  # the square in original pixels
     y0 = _randint(min(0, h - side), max(0, h - side), generator)
     x0 = _randint(min(0, w - side), max(0, w - side), generator)
     image = resize_image_tensor(crop_square(image, y0, x0, side), (size, size))
@@ -141,11 +143,13 @@ def gaussian_blur(image: Tensor, sigma: float) -> Tensor:
 
 
 class TrainTransform:
-    """Item at its original size -> `image_size` square, augmented (or only cropped)."""
+    """Item at its original size -> `image_size` square, augmented (or only cropped).
+    `scale`: a fixed resize factor instead of shorter side -> `image_size`."""
 
-    def __init__(self, image_size: int, augment: Augment | None = Augment()) -> None:
+    def __init__(self, image_size: int, augment: Augment | None = Augment(), scale: float | None = None) -> None:
         self.image_size = image_size
         self.augment = augment
+        self.scale = scale
 
     def __call__(self, item: dict, generator: torch.Generator | None = None) -> dict:
         aug = self.augment
@@ -153,7 +157,8 @@ class TrainTransform:
         if aug is not None:
             low, high = math.log(aug.zoom[0]), math.log(aug.zoom[1])
             zoom = math.exp(_uniform(low, high, generator))
-        image, labels = random_scaled_crop(item["image"], item["labels"], self.image_size, zoom, generator)
+        image, labels = random_scaled_crop(item["image"], item["labels"], self.image_size, zoom, generator,
+                                           self.scale)
         if aug is not None:
             image, labels = random_dihedral(image, labels, generator)
             if _uniform(0, 1, generator) < aug.rotation_p:
