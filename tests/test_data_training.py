@@ -1,7 +1,6 @@
 """Training and evaluation on file datasets, end to end from the CLI, with tiny settings."""
 
 import json
-import logging
 import sys
 
 import pytest
