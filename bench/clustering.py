@@ -26,7 +26,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from instseg.torchfree.clustering import ClusterParams, cluster_embeddings, instance_count, relabel_sequential
+from instseg.torchfree.clustering import ClusterParams, cluster_embeddings, instance_count
+from instseg.torchfree.postprocess import relabel_sequential
 from instseg.core.data.synthetic import render_plant
 from instseg.torchfree.metrics import symmetric_best_dice
 
