@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from instseg.cli.console import err, out, safe_text, shown
-from instseg.core.config import TrainConfig
 from instseg.progress import progress_bar
 
 if TYPE_CHECKING:  # the checks module is imported by the command only
@@ -22,8 +21,6 @@ BAR_WIDTH = 30
 @app.command("check")
 def check(
     path: Annotated[str, typer.Argument(help="A dataset folder (layout detected), 'cvppp:PATH' or 'folder:PATH'.")],
-    max_instances: Annotated[int, typer.Option(help="Warn about images with more instances than this.")]
-    = TrainConfig.max_instances,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Read every image and label map once; exit 0 when the dataset is usable, 1 with one line per problem."""
@@ -31,7 +28,7 @@ def check(
 
     with progress_bar("checking", err, eta=False, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("check", total=None)
-        report = check_dataset(path, max_instances, lambda done, total: bar.update(task, completed=done, total=total))
+        report = check_dataset(path, lambda done, total: bar.update(task, completed=done, total=total))
     if as_json:
         out.print_json(json.dumps(report.as_dict()))
     else:

@@ -18,6 +18,7 @@ import numpy as np
 from instseg.core.data.layouts import discover, parse_data_spec
 from instseg.core.data.samples import Sample, check_same_size, read_instance_labels
 from instseg.errors import ConfigError, DataError
+from instseg.torchfree.clustering import CROWDED
 from instseg.torchfree.imageio import display_path, read_image, read_label_map
 
 MAX_BINS = 10
@@ -65,7 +66,7 @@ class CheckReport:
                 "histogram": [list(b) for b in self.histogram()]}
 
 
-def check_sample(sample: Sample, max_instances: int | None = None) -> SampleFindings:
+def check_sample(sample: Sample) -> SampleFindings:
     """Read one sample's files and cross-check them; every failure becomes one line."""
     found = SampleFindings()
     try:
@@ -85,9 +86,6 @@ def check_sample(sample: Sample, max_instances: int | None = None) -> SampleFind
     shown = display_path(sample.labels)
     if found.count == 0:
         found.warnings.append(f"{shown}: label map is empty (no instances)")
-    if max_instances is not None and found.count > max_instances:
-        found.warnings.append(f"{shown}: {found.count} instances, more than --max-instances {max_instances} "
-                              "(the count target is clipped)")
     if sample.count is not None and sample.count != found.count:
         found.problems.append(f"{shown}: has {found.count} instances but the csv says {sample.count}")
     if sample.fg is not None:
@@ -111,7 +109,6 @@ def _check_fg(path, labels: np.ndarray) -> list[str]:
 
 def check_dataset(
     spec: str,
-    max_instances: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> CheckReport:
     """Check every file of a CVPPP or folder dataset; `progress(done, total)` after each image."""
@@ -122,7 +119,7 @@ def check_dataset(
     report = CheckReport(str(data.absolute()), images=len(layout.samples), labelled=len(layout.labelled),
                          problems=list(layout.problems), notes=list(layout.notes))
     for done, sample in enumerate(layout.samples, start=1):
-        found = check_sample(sample, max_instances)
+        found = check_sample(sample)
         if found.size is not None:
             key = f"{found.size[0]}x{found.size[1]}"
             report.sizes[key] = report.sizes.get(key, 0) + 1
@@ -136,4 +133,8 @@ def check_dataset(
         report.problems.append(f"{display_path(layout.root)}: every label map is empty; nothing to learn")
     if not report.labelled:
         report.notes.append("no label maps: usable for prediction only")
+    if max(report.instances, default=0) > CROWDED:
+        report.notes.append(f"crowded: up to {max(report.instances)} instances per image; `--cluster auto` (the "
+                            "default) measures k-means against regions, and `--preset nuclei` trains at native "
+                            "resolution")
     return report
