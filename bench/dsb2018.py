@@ -67,9 +67,11 @@ def modalities(data: Path) -> dict[str, str]:
         return {row["stem"]: "grey" if row["is_gray"] == "1" else "colour" for row in csv.DictReader(handle)}
 
 
-def score(run: Path, data: Path, method: str, kinds: dict[str, str]) -> dict[str, dict[str, float]]:
+def score(run: Path, data: Path, method: str, kinds: dict[str, str],
+          tiling: tuple[int, int] | None = None) -> dict[str, dict[str, float]]:
     """Mean metrics of best.pt on the validation split with one clustering method, per modality."""
-    report = evaluate_model(run / "best.pt", EvalData(f"folder:{data}", str(VAL_LIST)), cluster={"method": method})
+    report = evaluate_model(run / "best.pt", EvalData(f"folder:{data}", str(VAL_LIST)), cluster={"method": method},
+                            tiling=tiling)
     groups = {"all": report.rows}
     for kind in ("grey", "colour"):
         groups[kind] = [row for row in report.rows if kinds.get(row.name) == kind]
@@ -170,6 +172,8 @@ def main() -> None:
     parser.add_argument("--train-args", default="", help="Extra `instseg train` options, e.g. \"--epochs 10\".")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--evaluate-only", action="store_true", help="Score the existing run, no training.")
+    parser.add_argument("--tile", type=int, nargs=2, metavar=("TILE", "OVERLAP"),
+                        help="Tiles for the scoring (default: the runner's 1024 / 128); a row of its own.")
     parser.add_argument("--cost", action="store_true", help="Only time the clustering at 300 nuclei.")
     parser.add_argument("--large", type=int, metavar="N", help="Only predict + infer an N x N mosaic with the run.")
     args = parser.parse_args()
@@ -191,10 +195,10 @@ def main() -> None:
     config = json.loads((run / "config.json").read_text())
     row = {"run": str(run), "train_minutes": records[-1]["seconds"] / 60, "wall_minutes": wall and wall / 60,
            "epochs": len(records), "cluster": config["config"]["cluster"], "device": config["device"],
-           "scores": {method: score(run, args.data, method, kinds) for method in args.methods}}
+           "scores": {method: score(run, args.data, method, kinds, args.tile) for method in args.methods}}
     results_path = args.out / "results.json"
     rows = json.loads(results_path.read_text()) if results_path.exists() else {}
-    rows[run.name] = row
+    rows[run.name + (f" tiles {args.tile[0]}/{args.tile[1]}" if args.tile else "")] = row
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(results_path, json.dumps(rows, indent=2))
     print(table(rows))

@@ -18,6 +18,7 @@ import torch
 
 from instseg.atomic import atomic_write_text
 from instseg.core.checkpoint import load_weights_only, save_checkpoint
+from instseg.core.config import TrainConfig
 from instseg.core.evaluation import evaluate_dataset
 from instseg.torchfree.clustering import ClusterParams
 from instseg.torchfree.metrics import summarize
@@ -35,6 +36,15 @@ def choose_method(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], dev
                                   params=params.override(method=method), scale=scale)
         scores[method] = summarize(result.scores)["sbd"]["mean"]
     return max(scores, key=scores.get), scores
+
+
+def choose_for_run(run_dir: Path, model: torch.nn.Module, dataset: Sequence[dict[str, Any]], device: torch.device,
+                   params: ClusterParams, config: TrainConfig) -> tuple[str, dict[str, float]]:
+    """Load best.pt's weights into `model` (training is over), choose and record the method."""
+    model.load_state_dict(load_weights_only(run_dir / "best.pt")["state_dict"])
+    method, scores = choose_method(model, dataset, device, params, config.image_size, config.scale, config.batch_size)
+    record_method(run_dir, method, scores)
+    return method, scores
 
 
 def record_method(run_dir: Path, method: str, scores: dict[str, float]) -> None:

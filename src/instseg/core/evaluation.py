@@ -115,9 +115,11 @@ def open_runner(path: str | os.PathLike, device: str = "auto") -> tuple[Runner, 
 
 def evaluate_model(path: str | os.PathLike, data: EvalData = EvalData(), *, image_size: int | None = None,
                    cluster: Mapping[str, Any] | None = None, batch_size: int = 8, device: str = "auto",
-                   on_start: Callable[[str], None] | None = None) -> Report:
+                   on_start: Callable[[str], None] | None = None,
+                   tiling: tuple[int, int] | None = None) -> Report:
     """Score a trained model (checkpoint or ONNX file) on a labelled dataset's validation split,
-    clustering with the model's defaults changed by `cluster` (ClusterParams fields; None keeps)."""
+    clustering with the model's defaults changed by `cluster` (ClusterParams fields; None keeps).
+    `tiling`: (tile, overlap) for fixed-scale runs, instead of the runner's defaults."""
     from instseg.core.data import build_datasets
 
     runner, config, where = open_runner(path, device)
@@ -126,6 +128,8 @@ def evaluate_model(path: str | os.PathLike, data: EvalData = EvalData(), *, imag
         raise ConfigError(f"{path}: an ONNX file does not record its training data: give --data (and --val-list)")
     if image_size:
         runner.image_size = image_size
+    if tiling:
+        runner.tile, runner.tile_overlap = tiling
     params = runner.cluster.override(**(cluster or {}))
     _, val_set = build_datasets(
         spec, image_size=runner.image_size, seed=config.get("seed", 0), train_size=1,

@@ -31,8 +31,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from instseg.core.checkpoint import capture_rng_state, load_weights_only, restore_rng_state
-from instseg.core.cluster_choice import choose_method, record_method
+from instseg.core.checkpoint import capture_rng_state, restore_rng_state
+from instseg.core.cluster_choice import choose_for_run
 from instseg.core.config import TrainConfig, resume_config
 from instseg.core.data import build_datasets, estimate_mean_std
 from instseg.core.device import DeviceChoice, check_training_device, resolve_device
@@ -232,12 +232,9 @@ class Trainer:
         return self._result(start)
 
     def _choose_clustering(self) -> None:
-        """`--cluster auto`: score the best checkpoint with each method; the winner is the run's."""
-        best = load_weights_only(self.run_dir / "best.pt")
-        self.model.load_state_dict(best["state_dict"])
-        method, scores = choose_method(self.model, self.val_set, self.device.device, self.cluster,
-                                       self.config.image_size, self.config.scale, self.config.batch_size)
-        record_method(self.run_dir, method, scores)
+        """`--cluster auto`: the best checkpoint scored with each method; the winner is the run's."""
+        method, scores = choose_for_run(self.run_dir, self.model, self.val_set, self.device.device, self.cluster,
+                                        self.config)
         self.report.note(f"clustering: {method} (validation SBD " +
                          ", ".join(f"{k} {v:.3f}" for k, v in scores.items()) + "), saved in the run")
 
