@@ -19,10 +19,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from instseg.errors import DataError
+from instseg.torchfree.metrics import IGNORE
 
 GOLDEN_RATIO_CONJUGATE = 0.618033988749895
 BOUNDARY_RGB = (255, 255, 255)
 BACKGROUND_RGB = (0, 0, 0)
+IGNORE_RGB = (96, 96, 96)  # ground truth left out of loss and metrics (COCO crowd regions)
 SERIES_RGB = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
               (140, 86, 75), (227, 119, 194), (127, 127, 127))
 
@@ -59,8 +61,9 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def colorize(labels: np.ndarray, outline: bool = True) -> np.ndarray:
-    """An instance label map as distinct colors on black, boundaries in white."""
-    rgb = label_colors(int(labels.max(initial=0)))[labels]
+    """An instance label map as distinct colors on black, boundaries in white, IGNORE pixels grey."""
+    rgb = label_colors(int(labels.max(initial=0)))[np.clip(labels, 0, None)]
+    rgb[labels == IGNORE] = IGNORE_RGB
     if outline:
         rgb[boundaries(labels)] = BOUNDARY_RGB
     return rgb
