@@ -21,7 +21,8 @@ BAR_WIDTH = 30
 
 @app.command("check")
 def check(
-    path: Annotated[str, typer.Argument(help="A dataset folder (layout detected), 'cvppp:PATH' or 'folder:PATH'.")],
+    path: Annotated[str, typer.Argument(help="A dataset folder (layout detected), 'cvppp:PATH', 'folder:PATH' "
+                                                  "or 'coco:ANNOTATIONS.json[:IMAGE_DIR]'.")],
     max_instances: Annotated[int, typer.Option(help="Warn about images with more instances than this.")]
     = TrainConfig.max_instances,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,

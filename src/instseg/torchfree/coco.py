@@ -231,7 +231,7 @@ def _segmentation_problem(segmentation: Any, image: CocoImage) -> str | None:
 def annotation_rle(ann: dict, height: int, width: int) -> dict:
     """The annotation's mask as one compressed RLE (a box-only annotation: its box)."""
     if not has_mask(ann):
-        return mask_utils.frPyObjects([ann["bbox"]], height, width)[0]
+        return mask_utils.frPyObjects(np.array([ann["bbox"]], np.float64), height, width)[0]
     segmentation = ann["segmentation"]
     if isinstance(segmentation, list):
         return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
@@ -240,11 +240,11 @@ def annotation_rle(ann: dict, height: int, width: int) -> dict:
     return segmentation
 
 
-def annotation_mask(ann: dict, height: int, width: int) -> np.ndarray:
+def annotation_mask(ann: dict, height: int, width: int, where: str) -> np.ndarray:
     try:
         return mask_utils.decode(annotation_rle(ann, height, width)).astype(bool)
     except (ValueError, TypeError, OverflowError) as exc:  # pycocotools' words for a broken RLE string
-        raise DataError(f"annotation {ann['id']}: cannot decode its segmentation ({exc})") from exc
+        raise DataError(f"{where}: annotation {ann['id']}: cannot decode its segmentation ({exc})") from exc
 
 
 @dataclass
@@ -264,7 +264,7 @@ def decode_image(labels: CocoLabels, size: tuple[int, int]) -> Decoded:
     painted = np.zeros((height, width), np.int64)
     instances = []
     for ann in labels.annotations:
-        mask = annotation_mask(ann, height, width)
+        mask = annotation_mask(ann, height, width, labels.where)
         if is_ignored(ann):
             painted[mask] = IGNORE
         else:
