@@ -112,7 +112,7 @@ def test_round_trip_to_ap_one(tmp_path):
     results.write()
     written = json.loads((tmp_path / "results.json").read_text())
     assert [(i["id"], i["file_name"]) for i in written["images"]] == [(1, "a.png"), (2, "b.png")]
-    assert written["categories"] == [{"id": 1, "name": "object"}]  # two categories: one foreground class
+    assert written["categories"] == [{"id": 1, "name": "object", "supercategory": ""}]  # two categories: one foreground class
     assert len(written["annotations"]) == 5 and {a["score"] for a in written["annotations"]} == {0.9}
     report = score_coco_files(ann, tmp_path / "results.json")
     assert report.coco["AP"] == report.coco["AP50"] == report.coco["AP75"] == report.coco["APs"] == 1.0

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[:6]
 AP_LABELS = {"AP": "COCO mask AP", "AP50": "COCO AP50", "AP75": "COCO AP75",
              "APs": "COCO AP small", "APm": "COCO AP medium", "APl": "COCO AP large"}
-DEFAULT_CATEGORY = {"id": 1, "name": "object"}
+DEFAULT_CATEGORY = {"id": 1, "name": "object", "supercategory": ""}
 
 
 def instance_scores(labels: np.ndarray, probability: np.ndarray) -> np.ndarray:
@@ -83,7 +83,7 @@ def results_category(gt: CocoFile | None) -> dict:
     """The one category predictions get: the ground truth's when it has exactly one."""
     if gt is not None and len(gt.categories) == 1:
         [(key, name)] = gt.categories.items()
-        return {"id": key, "name": name}
+        return {"id": key, "name": name, "supercategory": ""}
     return dict(DEFAULT_CATEGORY)
 
 
