@@ -45,21 +45,11 @@ def evaluate(
     """Print SBD / FG Dice / DiC / |DiC| (mean ± std), AP and COCO mask AP; write metrics.json and per_image.csv."""
     from instseg.torchfree.scoring import write_report
 
+    (_check_options if coco_gt is None else _check_coco_options)(checkpoint, pred, gt)
     if coco_gt is not None:
-        _check_coco_options(checkpoint, pred, gt)
         report = _score_coco(coco_gt, pred)
-        _print(report)
         target = out_dir or pred.parent / "eval"
-        write_report(report, target)
-        out.print(f"wrote {shown(str(target / 'metrics.json'))} and per_image.csv", highlight=False, soft_wrap=True)
-        return
-    if (pred is None) != (gt is None):
-        raise ConfigError("--pred and --gt go together: give both folders")
-    if pred is not None and checkpoint is not None:
-        raise ConfigError("give either a run directory / checkpoint / .onnx file or --pred and --gt, not both")
-    if pred is None and checkpoint is None:
-        raise ConfigError("nothing to evaluate: give a run directory, checkpoint or .onnx file, or --pred DIR --gt DIR")
-    if pred is not None:
+    elif pred is not None:
         report = _score_folders(pred, gt)
         target = out_dir or pred / "eval"
     else:
@@ -82,6 +72,15 @@ def _score_folders(pred: Path, gt: Path) -> Report:
             err.print(f"warning: {len(names)} {side} file(s) without a partner: {shown(listed)}", highlight=False,
                       soft_wrap=True)
     return report
+
+
+def _check_options(checkpoint: Path | None, pred: Path | None, gt: Path | None) -> None:
+    if (pred is None) != (gt is None):
+        raise ConfigError("--pred and --gt go together: give both folders")
+    if pred is not None and checkpoint is not None:
+        raise ConfigError("give either a run directory / checkpoint / .onnx file or --pred and --gt, not both")
+    if pred is None and checkpoint is None:
+        raise ConfigError("nothing to evaluate: give a run directory, checkpoint or .onnx file, or --pred DIR --gt DIR")
 
 
 def _check_coco_options(checkpoint: Path | None, pred: Path | None, gt: Path | None) -> None:

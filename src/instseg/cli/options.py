@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from instseg.errors import ConfigError, DataError
+from instseg.errors import ConfigError
 from instseg.torchfree.clustering import CLUSTER_METHODS, ClusterParams
 
 if TYPE_CHECKING:
@@ -82,11 +82,7 @@ def coco_ground_truth(gt: Path | None) -> CocoFile | None:
 
     if gt is None or gt.suffix.lower() != ".json":
         return None
-    coco = load_coco(gt)
-    if coco.problems:
-        more = f" (and {len(coco.problems) - 1} more)" if len(coco.problems) > 1 else ""
-        raise DataError(f"{coco.problems[0]}{more}; run `instseg data check coco:{gt}` for the full list")
-    return coco
+    return load_coco(gt).require_usable()
 
 
 def coco_results(path: Path | None, gt: Path | None, overwrite: bool, resume: bool) -> ResultsFile | None:

@@ -2,7 +2,8 @@
 and the epoch picture at every epoch, in `<run>/tensorboard/` (`tensorboard --logdir runs`).
 
 Only rank 0 writes. PyTorch's SummaryWriter queues events and writes them from its own thread,
-so a step costs a few scalar appends (the overhead is measured in docs/training.md).
+so a step costs a few scalar appends; the epoch picture goes in as the PNG bytes already on disk,
+never decoded and encoded again (the overhead is measured in docs/training.md).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 PICTURE_TAG = "validation/pictures"  # input / embedding / prediction / ground truth, as pictures/epoch-NNN.png
@@ -36,9 +36,19 @@ class TensorBoardLog:
             self.writer.add_scalar(f"val/{name}", value, step)
         self.writer.add_scalar("train/images_per_second", record["images_per_second"], step)
         if picture.is_file():
-            with Image.open(picture) as image:
-                self.writer.add_image(PICTURE_TAG, np.asarray(image.convert("RGB")), step, dataformats="HWC")
+            self.writer.file_writer.add_summary(png_summary(PICTURE_TAG, picture), step)
         self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
+
+
+def png_summary(tag: str, path: Path) -> Any:
+    """An image summary holding a PNG file's own bytes (TensorBoard shows PNGs as they are)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    with Image.open(path) as image:  # the header only: the pixels are not decoded
+        width, height = image.size
+        channels = len(image.getbands())
+    image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=path.read_bytes())
+    return Summary(value=[Summary.Value(tag=tag, image=image)])

@@ -81,6 +81,13 @@ class CocoFile:
     def labels(self, image: CocoImage) -> CocoLabels:
         return CocoLabels(self.path, image, tuple(self.annotations.get(image.id, [])))
 
+    def require_usable(self) -> CocoFile:
+        """This file, or a DataError naming its first problem when it has any."""
+        if self.problems:
+            more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+            raise DataError(f"{self.problems[0]}{more}; run `instseg data check coco:{self.path}` for the full list")
+        return self
+
 
 def read_json(path: Path) -> Any:
     try:

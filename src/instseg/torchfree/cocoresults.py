@@ -224,10 +224,7 @@ class ResultsFile:
 def score_coco_files(gt_path: Path, pred_path: Path) -> Report:
     """A results file against COCO ground truth: COCO mask AP, and the per-image CVPPP / DSB2018
     scores of the label maps both decode to (detections painted higher score on top)."""
-    coco = load_coco(gt_path)
-    if coco.problems:
-        more = f" (and {len(coco.problems) - 1} more)" if len(coco.problems) > 1 else ""
-        raise DataError(f"{coco.problems[0]}{more}; run `instseg data check coco:{gt_path}` for the full list")
+    coco = load_coco(gt_path).require_usable()
     unsized = [image.file_name for image in coco.images if image.height is None]
     if unsized:
         raise DataError(f"{display_path(gt_path)}: image {display_path(unsized[0])} has no width and height, which "
