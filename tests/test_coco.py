@@ -217,3 +217,17 @@ def test_data_check_gives_one_line_per_problem(tmp_path):
     assert (f"warning: {ann}: annotation 9 (image 1, a.png): no segmentation, only a box: the box is ignored in the "
             "loss and metrics") in result.stderr
     assert "5 problem(s): not usable for training" in result.stderr
+
+
+def test_the_spec_names_the_json_and_optionally_the_image_folder(tmp_path):
+    ann = tiny_coco(tmp_path / "labels")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.png", "b.png"):
+        (ann.parent / name).rename(photos / name)
+    spec = parse_data_spec(f"coco:{ann}:{photos}")
+    assert (spec.kind, spec.path, spec.images) == ("coco", str(ann), str(photos))
+    assert parse_data_spec(str(spec.absolute())) == spec.absolute()  # what config.json stores reads back
+    assert [s.image for s in discover(spec).samples] == [photos / "a.png", photos / "b.png"]
+    assert parse_data_spec(str(ann)).kind == "coco"  # a bare .json path
+    assert "not found in" in discover(parse_data_spec(f"coco:{ann}")).problems[0]
