@@ -20,7 +20,8 @@ BAR_WIDTH = 30
 
 @app.command("check")
 def check(
-    path: Annotated[str, typer.Argument(help="A dataset folder (layout detected), 'cvppp:PATH' or 'folder:PATH'.")],
+    path: Annotated[str, typer.Argument(help="A dataset folder (layout detected), 'cvppp:PATH', 'folder:PATH' "
+                                                  "or 'coco:ANNOTATIONS.json[:IMAGE_DIR]'.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Read every image and label map once; exit 0 when the dataset is usable, 1 with one line per problem."""

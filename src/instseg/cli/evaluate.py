@@ -1,6 +1,7 @@
-"""`instseg evaluate`: score a trained model (checkpoint or ONNX file), or any tool's label PNGs,
-with the CVPPP metrics. Parse, call `core.evaluation.evaluate_model` or
-`torchfree.scoring.score_folders`, print; the report files are `torchfree.scoring.write_report`'s.
+"""`instseg evaluate`: score a trained model (checkpoint or ONNX file), any tool's label PNGs, or
+a COCO results file, with the CVPPP metrics, the DSB2018 AP and (where instances have scores)
+COCO mask AP. Parse, call `core.evaluation.evaluate_model`, `torchfree.scoring.score_folders` or
+`torchfree.cocoresults.score_coco_files`, print; the report files are `scoring.write_report`'s.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ def evaluate(
                                                           "validation split).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    pred: Annotated[Optional[Path], typer.Option(help="Folder of predicted label PNGs (any tool's).")] = None,
+    pred: Annotated[Optional[Path], typer.Option(
+        help="Folder of predicted label PNGs (any tool's), or with --coco-gt a COCO results file.")] = None,
     gt: Annotated[Optional[Path], typer.Option(help="Folder of ground-truth label PNGs, matched to --pred by name.")] = None,
+    coco_gt: Annotated[Optional[Path], typer.Option(
+        "--coco-gt", help="COCO annotations file to score the --pred results file against.")] = None,
     cluster: Cluster = None,
     min_size: MinSize = None,
     fill_holes: FillHoles = None,
@@ -38,16 +42,14 @@ def evaluate(
     out_dir: Annotated[Optional[Path], typer.Option(
         "--out", help="Where metrics.json and per_image.csv go (default: <run>/eval or <pred>/eval).")] = None,
 ) -> None:
-    """Print SBD / FG Dice / DiC / |DiC| (mean ± std); write metrics.json and per_image.csv."""
+    """Print SBD / FG Dice / DiC / |DiC| (mean ± std), AP and COCO mask AP; write metrics.json and per_image.csv."""
     from instseg.torchfree.scoring import write_report
 
-    if (pred is None) != (gt is None):
-        raise ConfigError("--pred and --gt go together: give both folders")
-    if pred is not None and checkpoint is not None:
-        raise ConfigError("give either a run directory / checkpoint / .onnx file or --pred and --gt, not both")
-    if pred is None and checkpoint is None:
-        raise ConfigError("nothing to evaluate: give a run directory, checkpoint or .onnx file, or --pred DIR --gt DIR")
-    if pred is not None:
+    (_check_options if coco_gt is None else _check_coco_options)(checkpoint, pred, gt)
+    if coco_gt is not None:
+        report = _score_coco(coco_gt, pred)
+        target = out_dir or pred.parent / "eval"
+    elif pred is not None:
         report = _score_folders(pred, gt)
         target = out_dir or pred / "eval"
     else:
@@ -70,6 +72,28 @@ def _score_folders(pred: Path, gt: Path) -> Report:
             err.print(f"warning: {len(names)} {side} file(s) without a partner: {shown(listed)}", highlight=False,
                       soft_wrap=True)
     return report
+
+
+def _check_options(checkpoint: Path | None, pred: Path | None, gt: Path | None) -> None:
+    if (pred is None) != (gt is None):
+        raise ConfigError("--pred and --gt go together: give both folders")
+    if pred is not None and checkpoint is not None:
+        raise ConfigError("give either a run directory / checkpoint / .onnx file or --pred and --gt, not both")
+    if pred is None and checkpoint is None:
+        raise ConfigError("nothing to evaluate: give a run directory, checkpoint or .onnx file, or --pred DIR --gt DIR")
+
+
+def _check_coco_options(checkpoint: Path | None, pred: Path | None, gt: Path | None) -> None:
+    if checkpoint is not None or gt is not None:
+        raise ConfigError("--coco-gt scores a --pred results file: give no model and no --gt with it")
+    if pred is None:
+        raise ConfigError("--coco-gt needs --pred RESULTS.json (e.g. from `instseg predict --coco`)")
+
+
+def _score_coco(coco_gt: Path, pred: Path) -> Report:
+    from instseg.torchfree.cocoresults import score_coco_files
+
+    return score_coco_files(coco_gt, pred)
 
 
 def _score_model(path: Path, data: str | None, image_size: int | None, val_size: int | None,
@@ -95,6 +119,17 @@ def _print(report: Report) -> None:
         table.add_row("counter-head count", fmt_mean_std(head, "count"))
         table.add_row("counter-head DiC", fmt_mean_std(head, "dic"))
         table.add_row("counter-head |DiC|", fmt_mean_std(head, "abs_dic"))
+    if report.coco is not None:
+        _coco_rows(table, report.coco)
     out.print(table)
     worst = report.worst
     out.print(f"worst image: {shown(worst.name)} (SBD {worst.scores.sbd:.3f})", highlight=False, soft_wrap=True)
+
+
+def _coco_rows(table: Table, coco: dict) -> None:
+    """COCO mask AP below the per-image metrics: one number each, over all images."""
+    from instseg.torchfree.cocoresults import AP_LABELS
+
+    table.rows[-1].end_section = True
+    for key, label in AP_LABELS.items():
+        table.add_row(label, "n/a" if coco[key] is None else f"{coco[key]:.3f}")

@@ -15,6 +15,7 @@ from instseg.cli.console import err, shown
 from instseg.cli.options import (
     Bandwidth,
     Cluster,
+    CocoResults,
     Embeddings,
     FillHoles,
     GroundTruth,
@@ -29,6 +30,7 @@ from instseg.cli.options import (
     Tile,
     TileOverlap,
     cluster_params,
+    coco_results,
     output_options,
     select_inputs,
     set_tiling,
@@ -60,6 +62,7 @@ def infer(
     shard: Shard = None,
     tile: Tile = None,
     tile_overlap: TileOverlap = None,
+    coco: CocoResults = None,
 ) -> None:
     """Write <stem>_label.png (16-bit instance ids, input size) and <stem>_overlay.png per image, as
     `instseg predict` does, with ONNX Runtime. Sizes, clustering defaults and normalisation come
@@ -72,6 +75,7 @@ def infer(
         raise ConfigError(f"--threads {threads}: must be 0 (ONNX Runtime's default) or more")
     paths = select_inputs(inputs, shard)
     options = output_options(overlays, panels, gt, embeddings, overwrite, resume)
+    results = coco_results(coco, gt, overwrite, resume)
     runner = OnnxRunner.open(model, provider, threads)
     set_tiling(runner, tile, tile_overlap)
     note = runner.providers.note()
@@ -79,4 +83,4 @@ def infer(
         err.print(f"note: {shown(note)}", highlight=False, soft_wrap=True)
     params = cluster_params(runner.cluster, cluster, min_size, fill_holes, bandwidth)
     predict_to_folder(paths, runner, params, batch_size, out_dir, options,
-                      f"{runner.description} on {runner.providers.describe()}")
+                      f"{runner.description} on {runner.providers.describe()}", results)

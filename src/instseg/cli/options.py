@@ -12,6 +12,8 @@ from instseg.errors import ConfigError
 from instseg.torchfree.clustering import CLUSTER_METHODS, ClusterParams
 
 if TYPE_CHECKING:
+    from instseg.torchfree.coco import CocoFile
+    from instseg.torchfree.cocoresults import ResultsFile
     from instseg.torchfree.outputs import OutputOptions
     from instseg.torchfree.pipeline import Runner
 
@@ -61,7 +63,11 @@ OutDir = Annotated[Path, typer.Option("--out", help="Folder for the outputs (fla
 Overlays = Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write <stem>_overlay.png.")]
 Panels = Annotated[bool, typer.Option(help="Write <stem>_panel.png: input / prediction / ground truth.")]
 GroundTruth = Annotated[Optional[Path], typer.Option(
-    help="Ground-truth label PNGs for the panels (matched by name).")]
+    help="Ground truth for the panels, matched by name: a folder of label PNGs, or a COCO file "
+         "(whose image ids --coco then uses).")]
+CocoResults = Annotated[Optional[Path], typer.Option(
+    "--coco", help="Also write the predictions as one COCO file: RLE masks with scores (CVAT imports it; "
+                   "`instseg evaluate --coco-gt` scores it).")]
 Embeddings = Annotated[bool, typer.Option(help="Write <stem>_embedding.png: 3 PCA components as RGB.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace existing files in --out (never done otherwise).")]
 Resume = Annotated[bool, typer.Option(help="Skip inputs whose label map is already in --out (a run that stopped).")]
@@ -86,9 +92,31 @@ def select_inputs(inputs: list[str], shard: str | None) -> list[Path]:
 def output_options(overlays: bool, panels: bool, gt: Path | None, embeddings: bool,
                    overwrite: bool = False, resume: bool = False) -> "OutputOptions":
     """What to write beside each label map."""
-    from instseg.torchfree.inputs import label_files
+    from instseg.torchfree.inputs import label_files, match_key
     from instseg.torchfree.outputs import OutputOptions
 
-    return OutputOptions(overlay=overlays, panels=panels, embeddings=embeddings,
-                         gt_files=label_files(gt) if gt is not None else {}, overwrite=overwrite,
-                         resume=resume)
+    coco = coco_ground_truth(gt)
+    gt_files = ({match_key(image.file_name): coco.labels(image) for image in coco.images} if coco is not None
+                else label_files(gt) if gt is not None else {})
+    return OutputOptions(overlay=overlays, panels=panels, embeddings=embeddings, gt_files=gt_files,
+                         overwrite=overwrite, resume=resume)
+
+
+def coco_ground_truth(gt: Path | None) -> CocoFile | None:
+    """`--gt` as a COCO file, or None for a folder of label PNGs."""
+    from instseg.torchfree.coco import load_coco
+
+    if gt is None or gt.suffix.lower() != ".json":
+        return None
+    return load_coco(gt).require_usable()
+
+
+def coco_results(path: Path | None, gt: Path | None, overwrite: bool, resume: bool) -> ResultsFile | None:
+    """The `--coco` results file to fill, checked before anything is predicted."""
+    from instseg.torchfree.cocoresults import ResultsFile
+
+    if path is None:
+        return None
+    if resume:
+        raise ConfigError("--coco writes every image of this run into one file: it does not go with --resume")
+    return ResultsFile(path, coco_ground_truth(gt), overwrite)

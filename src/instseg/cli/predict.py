@@ -12,6 +12,7 @@ from instseg.progress import progress_bar
 from instseg.cli.options import (
     Bandwidth,
     Cluster,
+    CocoResults,
     Embeddings,
     FillHoles,
     GroundTruth,
@@ -28,6 +29,7 @@ from instseg.cli.options import (
     cluster_params,
     geometry,
     set_tiling,
+    coco_results,
     output_options,
     select_inputs,
 )
@@ -35,6 +37,7 @@ from instseg.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from instseg.torchfree.clustering import ClusterParams
+    from instseg.torchfree.cocoresults import ResultsFile
     from instseg.torchfree.outputs import OutputOptions
     from instseg.torchfree.pipeline import Runner
 
@@ -58,6 +61,7 @@ def predict(
     shard: Shard = None,
     tile: Tile = None,
     tile_overlap: TileOverlap = None,
+    coco: CocoResults = None,
 ) -> None:
     """Write <stem>_label.png (16-bit instance ids, input size) and <stem>_overlay.png per image."""
     from instseg.core.runner import TorchRunner
@@ -66,19 +70,22 @@ def predict(
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
     paths = select_inputs(inputs, shard)
     options = output_options(overlays, panels, gt, embeddings, overwrite, resume)
+    results = coco_results(coco, gt, overwrite, resume)
     runner = TorchRunner.from_checkpoint(checkpoint, device)
     set_tiling(runner, tile, tile_overlap)
     params = cluster_params(runner.cluster, cluster, min_size, fill_holes, bandwidth)
     predict_to_folder(paths, runner, params, batch_size, out_dir, options,
-                      f"{runner.description} on {runner.device.describe()}")
+                      f"{runner.description} on {runner.device.describe()}", results)
 
 
 def predict_to_folder(paths: list[Path], runner: Runner, params: ClusterParams, batch_size: int, out_dir: Path,
-                      options: OutputOptions, source: str) -> None:
+                      options: OutputOptions, source: str, results: ResultsFile | None = None) -> None:
     """`outputs.predict_folder` with the console around it (shared by `predict` and `infer`):
-    progress on stderr, a summary on stdout, every failure listed, a DataError when any failed."""
+    progress on stderr, a summary on stdout, every failure listed, a DataError when any failed;
+    each prediction also goes into the COCO `results` file, when given."""
     from instseg.torchfree.inputs import output_names
     from instseg.torchfree.outputs import predict_folder
+    from instseg.torchfree.pipeline import Prediction
 
     for path, name in zip(paths, output_names(paths)):
         if name != path.stem:
@@ -88,8 +95,13 @@ def predict_to_folder(paths: list[Path], runner: Runner, params: ClusterParams, 
               highlight=False, soft_wrap=True)
     with progress_bar("predict", err) as progress:
         task = progress.add_task("predict", total=len(paths))
-        result = predict_folder(paths, runner, out_dir, params, batch_size, options,
-                                on_result=lambda _: progress.advance(task))
+
+        def on_result(item: object) -> None:
+            progress.advance(task)
+            if results is not None and isinstance(item, Prediction):
+                results.add(item)
+
+        result = predict_folder(paths, runner, out_dir, params, batch_size, options, on_result=on_result)
     if result.skipped:
         err.print(f"note: skipped {len(result.skipped)} input(s) in {shown(out_dir)} written by an earlier instseg run "
                   f"(e.g. {shown(result.skipped[0].name)})", highlight=False, soft_wrap=True)
@@ -100,7 +112,18 @@ def predict_to_folder(paths: list[Path], runner: Runner, params: ClusterParams, 
         out.print(f"wrote {len(result.instances)} prediction(s) to {shown(str(out_dir))} "
                   f"({sum(result.instances) / len(result.instances):.1f} instances per image on average)",
                   highlight=False, soft_wrap=True)
+    if results is not None:
+        _write_results(results)
     for message in result.failures:
         err.print(f"error: {shown(message)}", highlight=False, soft_wrap=True)
     if result.failures:
         raise DataError(f"{len(result.failures)} of {len(paths)} input(s) failed (listed above)")
+
+
+def _write_results(results: ResultsFile) -> None:
+    results.write()
+    out.print(f"wrote {shown(str(results.path))}: {len(results.annotations)} instance(s) of {len(results.images)} "
+              "image(s) as COCO (RLE masks, scores)", highlight=False, soft_wrap=True)
+    if results.unmatched:
+        err.print(f"note: {len(results.unmatched)} image(s) are not in the --gt file and got new ids "
+                  f"(e.g. {shown(results.unmatched[0])})", highlight=False, soft_wrap=True)

@@ -32,7 +32,8 @@ def train(
                                      "repeatable (e.g. -o skip_stride=none -o backbone.output_stride=8).")] = None,
     weights: Annotated[Optional[str], typer.Option(
         help="Local state dict for the backbone (or a run's checkpoint: its backbone.* weights).")] = None,
-    data: Annotated[str, typer.Option(help="'synthetic', 'cvppp:PATH', 'folder:PATH' or a dataset folder.")] = D.data,
+    data: Annotated[str, typer.Option(help="'synthetic', 'cvppp:PATH', 'folder:PATH', "
+                                                 "'coco:ANNOTATIONS.json[:IMAGE_DIR]' or a dataset folder.")] = D.data,
     preset: Annotated[str, typer.Option(
         help="Recipe whose defaults the run starts from: auto (by --data: synthetic or cvppp), none, "
              f"{', '.join(PRESETS)}; options you type override it.")] = AUTO,
@@ -67,6 +68,9 @@ def train(
     compile_: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model (slow first steps).")] = D.compile,
     sync_bn: Annotated[bool, typer.Option("--sync-bn/--no-sync-bn", help="SyncBatchNorm across processes (CUDA).")] = D.sync_bn,
     max_nonfinite: Annotated[int, typer.Option(help="Stop after this many non-finite losses in a row (each one skips its step).")] = D.max_nonfinite,
+    tensorboard: Annotated[bool, typer.Option(
+        "--tensorboard/--no-tensorboard", help="Log loss terms, learning rate, validation metrics and epoch pictures "
+                                               "to <run>/tensorboard/ (pip install 'instseg[tensorboard]').")] = D.tensorboard,
     seed: Annotated[int, typer.Option(help="Seed for data, initialisation and shuffling.")] = D.seed,
     out_dir: Annotated[str, typer.Option("--out", help="Parent directory of run directories.")] = D.out,
     name: Annotated[Optional[str], typer.Option(help="Run directory name (default <model>-<timestamp>).")] = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from instseg.errors import CheckpointError, ConfigError
 
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW"}  # --optimizer -> torch.optim class
 SCHEDULERS = ("cosine", "constant")
-RESUME_OVERRIDES = ("device", "workers", "compile", "max_nonfinite", "accumulate")  # how a run runs, not what it computes
+RESUME_OVERRIDES = ("device", "workers", "compile", "max_nonfinite", "accumulate", "tensorboard")  # how a run runs, not what it computes
 
 
 def _default_loss_weights() -> dict[str, float]:
@@ -57,6 +58,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training forward
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
     max_nonfinite: int = 5  # stop after this many non-finite losses in a row
+    tensorboard: bool = False  # log to <run>/tensorboard/ (rank 0; needs the tensorboard package)
     workers: int = 0
     seed: int = 0
     out: str = "runs"
@@ -93,6 +95,8 @@ class TrainConfig:
             raise ConfigError(f"--cluster {self.cluster}: choose from {', '.join((AUTO, *CLUSTER_METHODS))}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"--scheduler {self.scheduler}: choose from {', '.join(SCHEDULERS)}")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("--tensorboard needs the tensorboard package: pip install 'instseg[tensorboard]'")
 
 
 BACKBONE_PREFIX = "backbone."

@@ -20,6 +20,7 @@ from instseg.core.device import DeviceChoice
 from instseg.core.runner import TorchRunner
 from instseg.errors import ConfigError, DataError
 from instseg.torchfree.clustering import ClusterParams
+from instseg.torchfree.cocoresults import LabelMapCoco, instance_scores
 from instseg.torchfree.imageio import resize_image, resize_labels, working_size, write_rgb
 from instseg.torchfree.metrics import count_instances, score_image, summarize
 from instseg.torchfree.pipeline import Failure, Prediction, Runner, Source, predict_sources
@@ -31,6 +32,7 @@ from instseg.torchfree.scoring import ImageRow, Report
 class EvalResult:
     rows: list[ImageRow] = field(default_factory=list)  # in dataset order
     predictions: list[np.ndarray] = field(default_factory=list)  # the first `keep_predictions` label maps
+    coco: dict[str, Any] | None = None  # COCO mask AP, when asked for
 
     @property
     def scores(self) -> list:
@@ -58,8 +60,10 @@ def model_runner(model: torch.nn.Module, device: torch.device | str, image_size:
 
 
 def evaluate_runner(runner: Runner, dataset: Sequence[dict[str, Any]], *, batch_size: int = 8,
-                    params: ClusterParams | None = None, keep_predictions: int = 0) -> EvalResult:
-    """Predict and score every image of a labelled dataset; keep the first label maps asked for."""
+                    params: ClusterParams | None = None, keep_predictions: int = 0,
+                    coco: bool = False) -> EvalResult:
+    """Predict and score every image of a labelled dataset; keep the first label maps asked for;
+    with `coco`, also the COCO mask AP (instances scored by `cocoresults.instance_scores`)."""
     truth: dict[int, np.ndarray] = {}
 
     def sources() -> Iterator[Source]:
@@ -73,12 +77,18 @@ def evaluate_runner(runner: Runner, dataset: Sequence[dict[str, Any]], *, batch_
             raise DataError(result.message)
         by_index[result.index] = result
     evaluation = EvalResult()
+    gathered = LabelMapCoco() if coco else None
     for index in sorted(by_index):
         prediction, labels = by_index[index], truth.pop(index)
         evaluation.rows.append(ImageRow(prediction.name, score_image(prediction.labels, labels),
                                         count_instances(labels), prediction.head_count))
         if len(evaluation.predictions) < keep_predictions:
             evaluation.predictions.append(prediction.labels)
+        if gathered is not None:
+            gathered.add(prediction.name, labels, prediction.labels,
+                         instance_scores(prediction.labels, prediction.probability))
+    if gathered is not None:
+        evaluation.coco = gathered.summary()
     return evaluation
 
 
@@ -138,11 +148,11 @@ def evaluate_model(path: str | os.PathLike, data: EvalData = EvalData(), *, imag
     if on_start is not None:
         on_start(f"evaluating {runner.description} on {spec} ({len(val_set)} images, {runner.image_size}px) "
                  f"on {where}; {params.method} clustering")
-    result = evaluate_runner(runner, val_set, batch_size=batch_size, params=params)
+    result = evaluate_runner(runner, val_set, batch_size=batch_size, params=params, coco=True)
     source = {"model": str(path), "data": spec, "image_size": runner.image_size, "cluster": asdict(params)}
     if config:
         source.update(checkpoint=runner.checkpoint_path, epoch=runner.epoch)
-    return Report(f"{runner.description} on {spec} ({len(result.rows)} images)", result.rows, source)
+    return Report(f"{runner.description} on {spec} ({len(result.rows)} images)", result.rows, source, result.coco)
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """Losses: the discriminative loss (De Brabandere et al. 2017), dice + CE, count MSE.
 
-All targets come from one instance label map per image (int64, 0 = background), never from
-zero-padded one-hot stacks. Cluster statistics are computed with `index_add_` over global
+All targets come from one instance label map per image (int64, 0 = background, IGNORE = -1
+for pixels no term sees, e.g. COCO crowd regions), never from zero-padded one-hot stacks. Cluster statistics are computed with `index_add_` over global
 (image, instance) ids, so memory is O(B*H*W*D) and there is no Python loop over images or
 instances.
 """
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from instseg.core.interfaces import SegOutput
+from instseg.torchfree.metrics import IGNORE
 
 _EPS = 1e-12
 
@@ -33,9 +34,9 @@ def instance_counts(labels: Tensor) -> Tensor:
     """Number of distinct non-zero ids per image (ids need not be contiguous): shape B."""
     batch = labels.shape[0]
     flat = labels.reshape(batch, -1)
-    k = int(flat.max().item()) + 1 if flat.numel() else 1
+    k = int(flat.max().clamp_min(0).item()) + 1 if flat.numel() else 1
     present = torch.zeros(batch, k, dtype=torch.bool, device=labels.device)
-    present.scatter_(1, flat, True)
+    present.scatter_(1, flat.clamp_min(0), True)
     return present[:, 1:].sum(dim=1)
 
 
@@ -67,7 +68,7 @@ def discriminative_loss(
     batch, dim = embedding.shape[:2]
     embedding = embedding.float()
     labels = labels.long()
-    k = int(labels.max().item()) + 1 if labels.numel() else 1
+    k = int(labels.max().clamp_min(0).item()) + 1 if labels.numel() else 1
 
     # Global cluster id per foreground pixel: image * k + instance id.
     pixels = embedding.permute(0, 2, 3, 1).reshape(-1, dim)
@@ -107,10 +108,13 @@ def discriminative_loss(
     return DiscriminativeTerms(total, variance, distance, regularization)
 
 
-def soft_dice_loss(logits: Tensor, foreground: Tensor) -> Tensor:
-    """1 - Dice between the foreground probability and the foreground mask, per image, averaged."""
+def soft_dice_loss(logits: Tensor, foreground: Tensor, valid: Tensor | None = None) -> Tensor:
+    """1 - Dice between the foreground probability and the foreground mask, per image, averaged
+    (over the `valid` pixels only, when given)."""
     prob = logits.float().softmax(dim=1)[:, 1]
     target = foreground.float()
+    if valid is not None:
+        prob, target = prob * valid, target * valid
     inter = (prob * target).sum(dim=(1, 2))
     denom = prob.sum(dim=(1, 2)) + target.sum(dim=(1, 2))
     return (1 - (2 * inter + 1) / (denom + 1)).mean()
@@ -143,8 +147,10 @@ class MultiTaskLoss(nn.Module):
     def forward(self, output: SegOutput, labels: Tensor) -> dict[str, Tensor]:
         disc = discriminative_loss(output.embedding, labels, delta_v=self.delta_v, delta_d=self.delta_d)
         foreground = labels > 0
-        ce = F.cross_entropy(output.semantic.float(), foreground.long())
-        dice = soft_dice_loss(output.semantic, foreground)
+        valid = labels != IGNORE
+        ce_pixels = F.cross_entropy(output.semantic.float(), foreground.long(), reduction="none")
+        ce = (ce_pixels * valid).sum() / valid.sum().clamp_min(1)
+        dice = soft_dice_loss(output.semantic, foreground, valid)
         target = instance_counts(labels).float().clamp_max(self.max_instances) / self.max_instances
         count = F.mse_loss(output.count.float().view(-1), target)
         w = self.weights

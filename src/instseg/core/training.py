@@ -47,6 +47,7 @@ from instseg.core.rundir import RunDirectory, config_record
 from instseg.core.seeding import seed_everything, seed_worker, stream_seed
 from instseg.core.signals import GracefulStop
 from instseg.core.state import BatchLayout, StepResult, TrainingState, TrainResult
+from instseg.core.tensorboard import TensorBoardLog
 from instseg.errors import CheckpointError, ConfigError, TrainingError
 from instseg.torchfree.clustering import AUTO, ClusterParams
 from instseg.torchfree.metrics import summarize
@@ -94,6 +95,8 @@ class Trainer:
             self._restore(resume)
         weight_bytes = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
         self.dist.run_on_main(lambda: self.run.check_disk(weight_bytes))
+        self.tensorboard = (TensorBoardLog(self.run_dir / "tensorboard") if config.tensorboard and self.dist.is_main
+                            else None)
 
     @property
     def run_dir(self) -> Path:
@@ -253,6 +256,8 @@ class Trainer:
                 state.step += 1
                 state.epoch_step += 1
                 state.stats.add(result)
+                if self.tensorboard is not None:
+                    self.tensorboard.step(state.step, result.terms, self.optimizer.param_groups[0]["lr"])
                 self.session_images += result.images
                 self._check_nonfinite(result)
                 progress.update(task, advance=1, epoch=f"epoch {state.epoch}/{self.config.epochs}",
@@ -363,6 +368,8 @@ class Trainer:
         self.dist.run_on_main(lambda: save_epoch_pictures(
             self.run_dir, state.epoch, self.model, self.val_set, self.device.device, self.cluster, cfg.image_size,
             scale=cfg.scale))
+        if self.tensorboard is not None:
+            self.tensorboard.epoch(record, self.run_dir / "pictures" / f"epoch-{state.epoch:03d}.png")
         self._save(best=improved)
         self.report.epoch(state.epoch, cfg.epochs, train.get("loss", float("nan")), state.last, improved, skipped)
 
@@ -377,6 +384,8 @@ class Trainer:
 
     def _result(self, start: float, interrupted_by: int | None = None) -> TrainResult:
         state = self.state
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         images = int(self.dist.sum([float(self.session_images)])[0])
         return TrainResult(self.run_dir, state.best_epoch, state.best, state.last, time.perf_counter() - start,
                            images / max(self.session_seconds, 1e-9), interrupted_by, state.epoch, state.epoch_step,

@@ -15,6 +15,8 @@ false); precision is 1 with nothing predicted, recall 1 with nothing to find.
 
 As in the official CVPPP evaluation, a label map with no instances gives BestDice 0 (so an empty
 prediction scores SBD 0), and Dice of two empty masks is 0. Labels need not be contiguous.
+Ground-truth pixels labelled IGNORE (COCO crowd regions) are left out of every metric: they
+count as background in both maps.
 All pairwise overlaps come from one contingency table, so the cost is O(H*W + P*G).
 """
 
@@ -28,6 +30,7 @@ import numpy as np
 
 
 AP_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+IGNORE = -1  # ground-truth label of pixels left out of the loss and the metrics (COCO crowd regions)
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ def foreground_dice(pred: np.ndarray, gt: np.ndarray) -> float:
 
 def count_instances(labels: np.ndarray) -> int:
     ids = np.unique(labels)
-    return int((ids != 0).sum())
+    return int((ids > 0).sum())
 
 
 def difference_in_count(pred: np.ndarray, gt: np.ndarray) -> int:
@@ -133,6 +136,9 @@ def difference_in_count(pred: np.ndarray, gt: np.ndarray) -> int:
 
 def score_image(pred: np.ndarray, gt: np.ndarray) -> ImageScores:
     """The four CVPPP metrics and the DSB2018 average precision of one label-map pair."""
+    ignored = gt == IGNORE
+    if ignored.any():
+        pred, gt = np.where(ignored, 0, pred), np.where(ignored, 0, gt)
     dic = difference_in_count(pred, gt)
     ap = average_precision(pred, gt)
     return ImageScores(symmetric_best_dice(pred, gt), foreground_dice(pred, gt), dic, abs(dic),

@@ -11,6 +11,7 @@ import numpy as np
 
 from instseg.errors import ConfigError, DataError
 from instseg.torchfree.clustering import ClusterParams
+from instseg.torchfree.coco import CocoLabels
 from instseg.torchfree.imageio import read_label_map, write_label_map, write_rgb, prediction_output_kind
 from instseg.torchfree.inputs import match_key, output_names
 from instseg.torchfree.metrics import count_instances
@@ -23,7 +24,7 @@ class OutputOptions:
     overlay: bool = True
     panels: bool = False  # input / prediction / ground truth (when found in gt_files)
     embeddings: bool = False  # PCA picture of the embedding map
-    gt_files: dict[str, Path] = field(default_factory=dict)  # match key -> label PNG
+    gt_files: dict[str, Path | CocoLabels] = field(default_factory=dict)  # match key -> label PNG or COCO annotations
     overwrite: bool = False  # replace existing files of the same names (never done unasked)
     resume: bool = False  # skip inputs whose label map is already in the output folder
 
@@ -32,7 +33,7 @@ def _ground_truth(prediction: Prediction, gt_files: dict[str, Path]) -> np.ndarr
     path = gt_files.get(match_key(prediction.path))
     if path is None:
         return None
-    gt = read_label_map(path)
+    gt = path.decode(prediction.labels.shape) if isinstance(path, CocoLabels) else read_label_map(path)
     if gt.shape != prediction.labels.shape:
         raise DataError(f"{path}: ground truth is {gt.shape[1]}x{gt.shape[0]} but {prediction.path} is "
                         f"{prediction.labels.shape[1]}x{prediction.labels.shape[0]}")

@@ -82,6 +82,7 @@ class Prediction:
     embedding: np.ndarray | None  # D x h x w at the working size (None when tiled)
     foreground: np.ndarray | None  # h x w bool at the working size (None when tiled)
     index: int = 0  # the source's position in the input
+    probability: np.ndarray | None = None  # h x w foreground probability at the working size (instance scores)
 
 
 @dataclass
@@ -156,6 +157,11 @@ def _instances(semantic: np.ndarray, embedding: np.ndarray, count: float, max_in
     return relabel_sequential(resize_labels(labels, original))  # shrinking may drop an id
 
 
+def foreground_probability(semantic: np.ndarray) -> np.ndarray:
+    """Softmax foreground probability of 2 x H x W logits: sigmoid of their difference."""
+    return (1.0 / (1.0 + np.exp(np.clip(semantic[0] - semantic[1], -60, 60)))).astype(np.float32)
+
+
 def head_count(count: float, max_instances: int) -> float:
     """The counter head's output (normalised to [0, 1]) in instances."""
     return float(count) * max_instances
@@ -179,7 +185,7 @@ def _run_batch(items: list[tuple[Source, np.ndarray]], runner: Runner,
             continue
         yield Prediction(source.path, source.name, source.image, labels,
                          head_count(count[i, 0], runner.max_instances), embedding[i],
-                         semantic[i, 1] > semantic[i, 0], source.index)
+                         semantic[i, 1] > semantic[i, 0], source.index, foreground_probability(semantic[i]))
 
 
 def needs_tiles(size: tuple[int, int], runner: Runner) -> bool:

@@ -20,10 +20,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from instseg.errors import DataError
 from instseg.torchfree.postprocess import neighbour_views
+from instseg.torchfree.metrics import IGNORE
 
 GOLDEN_RATIO_CONJUGATE = 0.618033988749895
 BOUNDARY_RGB = (255, 255, 255)
 BACKGROUND_RGB = (0, 0, 0)
+IGNORE_RGB = (96, 96, 96)  # ground truth left out of loss and metrics (COCO crowd regions)
 SERIES_RGB = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
               (140, 86, 75), (227, 119, 194), (127, 127, 127))
 
@@ -94,8 +96,9 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def colorize(labels: np.ndarray, outline: bool = True) -> np.ndarray:
-    """An instance label map as colors on black (neighbours differ), boundaries in white."""
-    rgb = instance_colors(labels)[labels]
+    """An instance label map as colors on black (neighbours differ), boundaries in white, IGNORE pixels grey."""
+    rgb = instance_colors(labels)[np.clip(labels, 0, None)]
+    rgb[labels == IGNORE] = IGNORE_RGB
     if outline:
         rgb[boundaries(labels)] = BOUNDARY_RGB
     return rgb

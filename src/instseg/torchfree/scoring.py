@@ -41,6 +41,7 @@ class Report:
     title: str
     rows: list[ImageRow]
     source: dict[str, Any] = field(default_factory=dict)
+    coco: dict[str, Any] | None = None  # COCO mask AP (`torchfree.cocoresults.coco_ap`) when scores exist
 
     @property
     def summary(self) -> dict[str, dict[str, float]]:
@@ -58,6 +59,8 @@ class Report:
         report = {**self.source, "images": len(self.rows), "metrics": self.summary}
         if self.counter_head is not None:
             report["counter_head"] = self.counter_head
+        if self.coco is not None:
+            report["coco"] = self.coco
         return report
 
 

@@ -2,8 +2,10 @@
 
 Problems make a dataset unusable (unmatched, unreadable or truncated files, label maps whose
 size differs from their image or that are not integer ids, CVPPP fg masks or csv counts that
-disagree with the label map, no usable label map at all). Warnings are worth a look but
-training works (an empty label map, more instances than --max-instances, which get clipped).
+disagree with the label map, no usable label map at all; for COCO files every entry that
+cannot be decoded, see `torchfree.coco`). Warnings are worth a look but training works (an
+empty label map; COCO overlaps and how they were resolved, box-only annotations). Notes say
+what helps (crowded data: the microscopy recipe).
 Torch-free: checking a dataset does not need torch.
 """
 
@@ -19,6 +21,7 @@ from instseg.core.data.layouts import discover, parse_data_spec
 from instseg.core.data.samples import Sample, check_same_size, read_instance_labels
 from instseg.errors import ConfigError, DataError
 from instseg.torchfree.clustering import CROWDED
+from instseg.torchfree.coco import CocoLabels, decode_image, decoding_warnings
 from instseg.torchfree.imageio import display_path, read_image, read_label_map
 
 MAX_BINS = 10
@@ -73,17 +76,15 @@ def check_sample(sample: Sample) -> SampleFindings:
         found.size = read_image(sample.image).shape[:2]
     except DataError as exc:
         found.problems.append(str(exc))
-    if sample.labels is None:
+    if sample.labels is None or (isinstance(sample.labels, CocoLabels) and found.size is None):
         return found
     try:
-        labels = read_instance_labels(sample.labels)
-        if found.size is not None:
-            check_same_size(found.size, labels.shape, sample.image, sample.labels)
+        labels = _read_labels(sample, found)
     except DataError as exc:
         found.problems.append(str(exc))
         return found
-    found.count = int(labels.max()) if labels.size else 0  # ids are contiguous 1..N
-    shown = display_path(sample.labels)
+    found.count = max(int(labels.max()), 0) if labels.size else 0  # ids are contiguous 1..N
+    shown = sample.labels.where if isinstance(sample.labels, CocoLabels) else display_path(sample.labels)
     if found.count == 0:
         found.warnings.append(f"{shown}: label map is empty (no instances)")
     if sample.count is not None and sample.count != found.count:
@@ -91,6 +92,18 @@ def check_sample(sample: Sample) -> SampleFindings:
     if sample.fg is not None:
         found.problems += _check_fg(sample.fg, labels)
     return found
+
+
+def _read_labels(sample: Sample, found: SampleFindings) -> np.ndarray:
+    """The sample's label map, checked against its image; COCO decoding notes become warnings."""
+    if isinstance(sample.labels, CocoLabels):
+        decoded = decode_image(sample.labels, found.size)
+        found.warnings += decoding_warnings(sample.labels, decoded)
+        return decoded.labels
+    labels = read_instance_labels(sample.labels)
+    if found.size is not None:
+        check_same_size(found.size, labels.shape, sample.image, sample.labels)
+    return labels
 
 
 def _check_fg(path, labels: np.ndarray) -> list[str]:
@@ -111,13 +124,13 @@ def check_dataset(
     spec: str,
     progress: Callable[[int, int], None] | None = None,
 ) -> CheckReport:
-    """Check every file of a CVPPP or folder dataset; `progress(done, total)` after each image."""
+    """Check every file of a CVPPP, folder or COCO dataset; `progress(done, total)` after each image."""
     data = parse_data_spec(spec)
     if data.kind == "synthetic":
         raise ConfigError("`instseg data check` checks a dataset folder; synthetic data needs no check")
     layout = discover(data)
     report = CheckReport(str(data.absolute()), images=len(layout.samples), labelled=len(layout.labelled),
-                         problems=list(layout.problems), notes=list(layout.notes))
+                         problems=list(layout.problems), warnings=list(layout.warnings), notes=list(layout.notes))
     for done, sample in enumerate(layout.samples, start=1):
         found = check_sample(sample)
         if found.size is not None:

@@ -1,7 +1,7 @@
 """Dataset construction from a `--data` spec, and per-dataset normalisation statistics.
 
-`build_datasets` is the one entry point: synthetic leaves, or a CVPPP / folder dataset split
-into training and validation by `--val-list` or a seeded `--val-split`. Training items are
+`build_datasets` is the one entry point: synthetic leaves, or a CVPPP / folder / COCO dataset
+split into training and validation by `--val-list` or a seeded `--val-split`. Training items are
 transformed (`transforms.TrainTransform`) to `image_size` squares; validation items stay at
 their original resolution, so scores are computed there (see `core/evaluation.py`).
 """
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from instseg.core.data.coco import split_coco
 from instseg.core.data.layouts import DataSpec, discover, parse_data_spec
 from instseg.core.data.samples import Sample, read_sample, scan_sizes, split_samples
 from instseg.core.data.synthetic import render_plant
@@ -154,8 +155,11 @@ def build_datasets(
             SyntheticLeaves(train_size, image_size, seed, "train"),
             SyntheticLeaves(val_size, image_size, seed, "val"),
         )
-    samples = discover(data).require_labels()
-    train, val = split_samples(samples, val_split=val_split, val_list=val_list, seed=seed)
+    layout = discover(data)
+    if data.kind == "coco":
+        train, val = split_coco(layout, data.images, val_split=val_split, val_list=val_list, seed=seed)
+    else:
+        train, val = split_samples(layout.require_labels(), val_split=val_split, val_list=val_list, seed=seed)
     transform = TrainTransform(image_size, Augment() if augment else None, scale)
     return LabelledImages(train, transform), LabelledImages(val, None)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from instseg.torchfree.postprocess import relabel_sequential
+from instseg.torchfree.coco import CocoLabels
 from instseg.errors import DataError
 from instseg.torchfree.imageio import check_label_mode, display_path, read_header, read_image, read_label_map
 
@@ -30,7 +31,7 @@ class Sample:
 
     name: str
     image: Path
-    labels: Path | None = None
+    labels: Path | CocoLabels | None = None  # a label map file, or (COCO) the image's annotations
     fg: Path | None = None  # CVPPP foreground mask, cross-checked by `instseg data check`
     count: int | None = None  # CVPPP csv leaf count, cross-checked likewise
 
@@ -39,11 +40,12 @@ class Sample:
 class Layout:
     """The samples of a dataset folder and what is structurally wrong with it."""
 
-    kind: str  # "cvppp" or "folder"
-    root: Path
+    kind: str  # "cvppp", "folder" or "coco"
+    root: Path  # the folder (COCO: the annotations file)
     samples: list[Sample]
     problems: list[str] = field(default_factory=list)  # make the dataset unusable for training
     notes: list[str] = field(default_factory=list)  # worth knowing, harmless (ignored files)
+    warnings: list[str] = field(default_factory=list)  # worth a look; training works (COCO box-only annotations)
 
     @property
     def labelled(self) -> list[Sample]:
@@ -116,6 +118,8 @@ def read_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     if sample.labels is None:
         raise DataError(f"{display_path(sample.image)}: has no label map")
     image = read_image(sample.image)
+    if isinstance(sample.labels, CocoLabels):
+        return image, sample.labels.decode(image.shape[:2])
     labels = read_instance_labels(sample.labels)
     check_same_size(image.shape[:2], labels.shape, sample.image, sample.labels)
     return image, labels
@@ -126,7 +130,12 @@ def scan_sizes(samples: list[Sample]) -> list[tuple[int, int]]:
     sizes = []
     for sample in samples:
         image = read_header(sample.image)
-        if sample.labels is not None:
+        if isinstance(sample.labels, CocoLabels):
+            coco = sample.labels.image
+            if coco.height is not None and (coco.height, coco.width) != (image.height, image.width):
+                raise DataError(f"{sample.labels.where}: the JSON says {coco.width}x{coco.height} but the image file "
+                                f"is {image.width}x{image.height} (width x height)")
+        elif sample.labels is not None:
             labels = read_header(sample.labels)
             check_label_mode(labels.mode, sample.labels)
             check_same_size((image.height, image.width), (labels.height, labels.width), sample.image, sample.labels)
@@ -162,21 +171,25 @@ def split_samples(
         raise DataError(f"need at least 2 labelled images to split into training and validation, "
                         f"found {len(samples)}")
     if val_list is not None:
-        wanted = read_name_list(val_list)
-        names = {s.name for s in samples}
-        missing = [n for n in wanted if n not in names]
-        if missing:
-            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-            raise DataError(f"{display_path(val_list)}: {len(missing)} name(s) not in the dataset: {shown}")
-        chosen = set(wanted)
-    else:
-        if not 0.0 < val_split < 1.0:
-            raise DataError(f"--val-split must lie strictly between 0 and 1, got {val_split}")
-        n_val = min(max(1, round(len(samples) * val_split)), len(samples) - 1)
-        order = np.random.default_rng(seed).permutation(len(samples))
-        chosen = {samples[i].name for i in order[:n_val]}
+        return split_by_names(samples, read_name_list(val_list), val_list)
+    if not 0.0 < val_split < 1.0:
+        raise DataError(f"--val-split must lie strictly between 0 and 1, got {val_split}")
+    n_val = min(max(1, round(len(samples) * val_split)), len(samples) - 1)
+    order = np.random.default_rng(seed).permutation(len(samples))
+    chosen = {samples[i].name for i in order[:n_val]}
+    return [s for s in samples if s.name not in chosen], [s for s in samples if s.name in chosen]
+
+
+def split_by_names(samples: list[Sample], wanted: list[str], source: str | os.PathLike) -> tuple[list[Sample], list[Sample]]:
+    """(train, val) with the samples named in `wanted` (read from the list file `source`) for validation."""
+    names = {s.name for s in samples}
+    missing = [n for n in wanted if n not in names]
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise DataError(f"{display_path(source)}: {len(missing)} name(s) not in the dataset: {shown}")
+    chosen = set(wanted)
     train = [s for s in samples if s.name not in chosen]
     val = [s for s in samples if s.name in chosen]
     if not train:
-        raise DataError(f"{display_path(val_list)}: lists every image; nothing is left for training")
+        raise DataError(f"{display_path(source)}: lists every image; nothing is left for training")
     return train, val
