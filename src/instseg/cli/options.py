@@ -35,10 +35,10 @@ def cluster_params(base: ClusterParams, cluster: str | None, min_size: int | Non
 
 Tile = Annotated[Optional[int], typer.Option(
     "--tile", help="Runs at a fixed --scale: images larger than this (pixels at that scale) are predicted "
-                   "tile by tile and stitched (default 1024).")]
+                   "tile by tile and stitched (default: the run's training crop size).")]
 TileOverlap = Annotated[Optional[int], typer.Option(
     "--tile-overlap", help="Pixels each tile shares with its neighbour; make it wider than the largest object "
-                           "(default 128).")]
+                           "(default: a quarter of the tile).")]
 
 
 def set_tiling(runner: "Runner", tile: int | None, overlap: int | None) -> None:

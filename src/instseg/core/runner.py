@@ -10,7 +10,7 @@ import torch
 from instseg.core.checkpoint import load_trained
 from instseg.core.device import DeviceChoice, resolve_device
 from instseg.torchfree.clustering import ClusterParams
-from instseg.torchfree.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
+from instseg.torchfree.tiling import default_tiling
 
 
 class TorchRunner:
@@ -29,7 +29,7 @@ class TorchRunner:
         self.model = model.to(device.device).eval()
         self.device = device
         self.image_size = image_size
-        self.tile, self.tile_overlap = DEFAULT_TILE, DEFAULT_OVERLAP
+        self.tile, self.tile_overlap = default_tiling(self.image_size)
         self.scale = scale
         self.cluster = cluster
         self.max_instances = model.max_instances

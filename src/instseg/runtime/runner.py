@@ -17,7 +17,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, R
 from instseg.errors import CheckpointError, DataError
 from instseg.runtime.metadata import INPUT_NAME, OUTPUT_NAMES, ModelInfo
 from instseg.runtime.session import ProviderReport, open_session
-from instseg.torchfree.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
+from instseg.torchfree.tiling import default_tiling
 
 RUN_ERRORS = (Fail, InvalidArgument, RuntimeException)
 
@@ -39,7 +39,7 @@ class OnnxRunner:
         self.path = Path(path)
         self.max_instances = info.max_instances
         self.image_size = info.image_size
-        self.tile, self.tile_overlap = DEFAULT_TILE, DEFAULT_OVERLAP
+        self.tile, self.tile_overlap = default_tiling(self.image_size)
         self.scale = info.scale
         self.cluster = info.cluster
         self.static_size = info.static_size

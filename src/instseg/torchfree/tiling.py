@@ -2,7 +2,8 @@
 
 Runs at a fixed `scale` (microscopy) keep every image at its own resolution, so a 4000 x 4000
 slide would be one 4000 x 4000 forward pass. Instead the image is cut into overlapping tiles
-(`runner.tile` pixels at the working scale, `runner.tile_overlap` shared with each neighbour),
+(`runner.tile` pixels at the working scale, `runner.tile_overlap` shared with each neighbour;
+by default the run's training crop size and a quarter of it, `default_tiling`),
 each tile goes through the ordinary one-image path, and the instances are stitched into one
 label map at the original size. Memory is bounded by a tile's network outputs plus the image and
 its label map, whatever the image size.
@@ -22,8 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-DEFAULT_TILE = 1024  # pixels at the working scale; ~1.5 GB of activations for unet-cbam
-DEFAULT_OVERLAP = 128  # wider than the largest nucleus of DSB2018 at scale 1
+
+
+def default_tiling(image_size: int) -> tuple[int, int]:
+    """Tile and overlap of a run: its training crop size, a quarter of it shared. The network then
+    sees the context it was trained on (attention that pools over the whole input judges a
+    1024 px tile by other statistics than a 256 px crop): DSB2018 mean AP 0.472 with 256 px
+    tiles, 0.454 with 512, 0.450 with 1024 (bench/dsb2018.py --tile)."""
+    return image_size, max(16, image_size // 4)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
