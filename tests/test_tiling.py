@@ -64,6 +64,8 @@ def test_a_large_image_is_predicted_tile_by_tile_and_stitched_exactly():
     assert len(tiled.shapes) == len(plan_tiles(420, 610, 128, 32)) > 12
     assert count_instances(result.labels) == count_instances(truth)
     assert symmetric_best_dice(result.labels, truth) == 1.0
+    assert result.embedding is None and result.probability.shape == truth.shape  # stitched from the tiles' shares
+    assert np.array_equal(result.probability > 0.5, truth > 0)
     whole = run(NucleiRunner(tile=4096, overlap=32), image)
     assert len(np.unique(whole.labels)) == len(np.unique(result.labels))
 

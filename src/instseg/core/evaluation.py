@@ -160,7 +160,8 @@ def save_epoch_pictures(run_dir: Path, epoch: int, model: torch.nn.Module, datas
                         device: torch.device | str, params: ClusterParams, image_size: int, images: int = 4,
                         scale: float | None = None) -> None:
     """`pictures/epoch-NNN.png` (input / embedding PCA / prediction / ground truth for the
-    first validation images, each at its working size) and `curves.png` (from
+    first validation images, each at its working size; images predicted tile by tile have no
+    embedding picture) and `curves.png` (from
     metrics.jsonl, the curves' one source). Images go through the model one by one, so
     datasets whose images differ in size work too."""
     runner = model_runner(model, device, image_size, params, scale)
@@ -172,8 +173,11 @@ def save_epoch_pictures(run_dir: Path, epoch: int, model: torch.nn.Module, datas
         size = working_size(*source.image.shape[:2], image_size, scale)
         labels = resize_labels(prediction.labels, size)
         gt = resize_labels(truth, size)
+        tiled = prediction.embedding is None  # larger than a tile: no single embedding map
         rows.append([("input", resize_image(source.image, size)),
-                     ("embedding (PCA)", embedding_rgb(prediction.embedding, prediction.foreground)),
+                     ("embedding (tiled: none)" if tiled else "embedding (PCA)",
+                      np.zeros((*size, 3), np.uint8) if tiled else embedding_rgb(prediction.embedding,
+                                                                                   prediction.foreground)),
                      (f"prediction ({int(labels.max(initial=0))})", colorize(labels)),
                      (f"ground truth ({count_instances(gt)})", colorize(gt))])
     write_rgb(run_dir / "pictures" / f"epoch-{epoch:03d}.png", panel(rows))

@@ -194,10 +194,12 @@ def needs_tiles(size: tuple[int, int], runner: Runner) -> bool:
 
 
 def predict_tiled(source: Source, runner: Runner, params: ClusterParams) -> Prediction | Failure:
-    """One large image, tile by tile, its instances stitched at the original size (tiling.py)."""
+    """One large image, tile by tile, its instances stitched at the original size (tiling.py);
+    the foreground probability (instance scores) is taken from each tile's own share."""
     height, width = source.image.shape[:2]
     tile, overlap = (max(1, round(n / runner.scale)) for n in (runner.tile, runner.tile_overlap))
     stitcher, count = Stitcher(height, width), 0.0
+    probability = np.zeros((height, width), dtype=np.float32)
     for part in plan_tiles(height, width, tile, overlap):
         crop = source.image[part.box]
         piece = Source(source.path, source.name, crop, source.index)
@@ -207,8 +209,11 @@ def predict_tiled(source: Source, runner: Runner, params: ClusterParams) -> Pred
             return result
         stitcher.add(part, result.labels)
         count += result.head_count
+        y0, y1, x0, x1 = part.core
+        tile_probability = resize_image(result.probability[..., None], crop.shape[:2])[..., 0]
+        probability[y0:y1, x0:x1] = tile_probability[y0 - part.y0:y1 - part.y0, x0 - part.x0:x1 - part.x0]
     labels = relabel_sequential(stitcher.labels)
-    return Prediction(source.path, source.name, source.image, labels, count, None, None, source.index)
+    return Prediction(source.path, source.name, source.image, labels, count, None, None, source.index, probability)
 
 
 def predict_sources(sources: Iterable[Source | Failure], runner: Runner, params: ClusterParams | None = None,
