@@ -77,7 +77,8 @@ def test_sigterm_mid_epoch_then_resume_matches_a_straight_run(tmp_path):
     straight.fit()
     final = torch.load(run / "last.pt", weights_only=True)
     expected = straight.model.state_dict()
-    assert final["step"] == 12 and final.keys() == raw.keys()
+    assert final["step"] == 12 and final.keys() == raw.keys() | {"cluster_scores"}  # --cluster auto, measured at the end
+    assert final["config"]["cluster"] in final["cluster_scores"]
     for key, value in expected.items():  # weights and BatchNorm statistics: exact
         assert torch.equal(final["state_dict"][key], value), key
     assert [m["train"] for m in metrics(run)] == [m["train"] for m in metrics(tmp_path / "straight" / "run")]

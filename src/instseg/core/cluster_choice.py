@@ -10,6 +10,7 @@ last.pt and config.json, so `predict`, `evaluate` and the exported ONNX metadata
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,9 +41,11 @@ def choose_method(model: torch.nn.Module, dataset: Sequence[dict[str, Any]], dev
 
 def choose_for_run(run_dir: Path, model: torch.nn.Module, dataset: Sequence[dict[str, Any]], device: torch.device,
                    params: ClusterParams, config: TrainConfig) -> tuple[str, dict[str, float]]:
-    """Load best.pt's weights into `model` (training is over), choose and record the method."""
-    model.load_state_dict(load_weights_only(run_dir / "best.pt")["state_dict"])
-    method, scores = choose_method(model, dataset, device, params, config.image_size, config.scale, config.batch_size)
+    """best.pt's weights in a copy of `model` (the trainer's own model stays as trained, the same
+    on every process), scored with each method; the winner recorded in the run."""
+    best = copy.deepcopy(model)
+    best.load_state_dict(load_weights_only(run_dir / "best.pt")["state_dict"])
+    method, scores = choose_method(best, dataset, device, params, config.image_size, config.scale, config.batch_size)
     record_method(run_dir, method, scores)
     return method, scores
 
