@@ -26,6 +26,8 @@ from instseg.cli.options import (
     Resume,
     Shard,
     Panels,
+    Workers,
+    check_workers,
     cluster_params,
     output_options,
     select_inputs,
@@ -55,6 +57,7 @@ def infer(
     overwrite: Overwrite = False,
     resume: Resume = False,
     shard: Shard = None,
+    workers: Workers = None,
 ) -> None:
     """Write <stem>_label.png (16-bit instance ids, input size) and <stem>_overlay.png per image, as
     `instseg predict` does, with ONNX Runtime. Sizes, clustering defaults and normalisation come
@@ -65,6 +68,7 @@ def infer(
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
     if threads < 0:
         raise ConfigError(f"--threads {threads}: must be 0 (ONNX Runtime's default) or more")
+    check_workers(workers)
     paths = select_inputs(inputs, shard)
     options = output_options(overlays, panels, gt, embeddings, overwrite, resume)
     runner = OnnxRunner.open(model, provider, threads)
@@ -73,4 +77,4 @@ def infer(
         err.print(f"note: {shown(note)}", highlight=False, soft_wrap=True)
     params = cluster_params(runner.cluster, cluster, min_size, fill_holes, bandwidth)
     predict_to_folder(paths, runner, params, batch_size, out_dir, options,
-                      f"{runner.description} on {runner.providers.describe()}")
+                      f"{runner.description} on {runner.providers.describe()}", workers)

@@ -23,6 +23,8 @@ from instseg.cli.options import (
     Resume,
     Shard,
     Panels,
+    Workers,
+    check_workers,
     cluster_params,
     output_options,
     select_inputs,
@@ -52,24 +54,27 @@ def predict(
     overwrite: Overwrite = False,
     resume: Resume = False,
     shard: Shard = None,
+    workers: Workers = None,
 ) -> None:
     """Write <stem>_label.png (16-bit instance ids, input size) and <stem>_overlay.png per image."""
     from instseg.core.runner import TorchRunner
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
+    check_workers(workers)
     paths = select_inputs(inputs, shard)
     options = output_options(overlays, panels, gt, embeddings, overwrite, resume)
     runner = TorchRunner.from_checkpoint(checkpoint, device)
     params = cluster_params(runner.cluster, cluster, min_size, fill_holes, bandwidth)
     predict_to_folder(paths, runner, params, batch_size, out_dir, options,
-                      f"{runner.description} on {runner.device.describe()}")
+                      f"{runner.description} on {runner.device.describe()}", workers)
 
 
 def predict_to_folder(paths: list[Path], runner: Runner, params: ClusterParams, batch_size: int, out_dir: Path,
-                      options: OutputOptions, source: str) -> None:
+                      options: OutputOptions, source: str, workers: int | None = None) -> None:
     """`outputs.predict_folder` with the console around it (shared by `predict` and `infer`):
-    progress on stderr, a summary on stdout, every failure listed, a DataError when any failed."""
+    progress on stderr, a summary on stdout, the time each stage took, every failure listed,
+    a DataError when any failed."""
     from instseg.torchfree.inputs import output_names
     from instseg.torchfree.outputs import predict_folder
 
@@ -82,7 +87,7 @@ def predict_to_folder(paths: list[Path], runner: Runner, params: ClusterParams, 
     with progress_bar("predict", err) as progress:
         task = progress.add_task("predict", total=len(paths))
         result = predict_folder(paths, runner, out_dir, params, batch_size, options,
-                                on_result=lambda _: progress.advance(task))
+                                on_result=lambda _: progress.advance(task), workers=workers)
     if result.skipped:
         err.print(f"note: skipped {len(result.skipped)} input(s) in {shown(out_dir)} written by an earlier instseg run "
                   f"(e.g. {shown(result.skipped[0].name)})", highlight=False, soft_wrap=True)
@@ -93,7 +98,10 @@ def predict_to_folder(paths: list[Path], runner: Runner, params: ClusterParams, 
         out.print(f"wrote {len(result.instances)} prediction(s) to {shown(str(out_dir))} "
                   f"({sum(result.instances) / len(result.instances):.1f} instances per image on average)",
                   highlight=False, soft_wrap=True)
+    if result.instances:
+        err.print(f"note: {result.stage_times.describe(len(result.instances))}", highlight=False, soft_wrap=True)
     for message in result.failures:
         err.print(f"error: {shown(message)}", highlight=False, soft_wrap=True)
     if result.failures:
         raise DataError(f"{len(result.failures)} of {len(paths)} input(s) failed (listed above)")
+
