@@ -293,3 +293,23 @@ def test_infer_into_the_input_folder_keeps_the_users_files(exported, images, tmp
     again = invoke("infer", model, folder, "--out", folder, "--provider", "cpu", "--overwrite")
     assert again.exit_code == 0 and "written by an earlier instseg run" in again.output
     assert not list(folder.glob("*_label_label.png"))  # its own outputs were not predicted again
+
+
+def test_infer_shards_are_disjoint_and_complete_and_resume_finishes_one(exported, images, tmp_path):
+    model, _ = exported
+    out = tmp_path / "out"
+    written = []
+    for k in (1, 2, 3):
+        before = set(out.glob("*")) if out.exists() else set()
+        result = invoke("infer", model, images, "--out", out, "--provider", "cpu", "--shard", f"{k}/3",
+                        "--no-overlay", "--workers", "2")
+        assert result.exit_code == 0, result.output
+        written.append({p.name for p in set(out.glob("*")) - before})
+    assert [len(names) for names in written] == [2, 1, 1]  # 4 images: every 3rd of the sorted list
+    assert set.union(*written) == {f"{p.stem}_label.png" for p in images.iterdir()}  # complete, and disjoint
+    assert written[1] == {"plant0_label.png"}  # grey, plant0, plant1, plant2: shard 2 of 3 is the second
+    (out / "plant0_label.png").unlink()  # as if shard 2 had stopped before writing it
+    resumed = invoke("infer", model, images, "--out", out, "--provider", "cpu", "--shard", "2/3", "--resume",
+                     "--no-overlay")
+    assert resumed.exit_code == 0 and "wrote 1 prediction(s)" in resumed.output, resumed.output
+    assert (out / "plant0_label.png").is_file() and len(list(out.iterdir())) == 4

@@ -11,8 +11,11 @@ from rich.table import Table
 from instseg.cli.console import err, out, shown
 from instseg.errors import ConfigError
 
+DEFAULT_SBD_TOLERANCE = 0.01  # --int8: the validation SBD an int8 model may lose against fp32
+
 if TYPE_CHECKING:
-    from instseg.exporters.onnx import ExportResult
+    from instseg.exporters.onnx import ExportRequest, ExportResult
+    from instseg.exporters.quantize import Int8Result
 
 
 def export(
@@ -26,11 +29,22 @@ def export(
              "Default: dynamic batch, H and W where the model allows it.")] = None,
     fp16: Annotated[bool, typer.Option(
         "--fp16", help="Half-precision weights and compute; inputs and outputs stay float32.")] = False,
+    int8: Annotated[bool, typer.Option(
+        "--int8", help="Statically quantised int8 (ONNX Runtime, QDQ), judged by its validation SBD against fp32.")
+    ] = False,
+    calibration: Annotated[Optional[Path], typer.Option(
+        help="--int8: a folder of images to calibrate on (default: the run's training images).")] = None,
+    sbd_tolerance: Annotated[float, typer.Option(
+        help="--int8: the largest drop in validation SBD against the fp32 model that is accepted.")
+    ] = DEFAULT_SBD_TOLERANCE,
+    force: Annotated[bool, typer.Option(
+        help="--int8: keep the model even when its validation SBD drops by more than --sbd-tolerance.")] = False,
     overwrite: Annotated[bool, typer.Option(
         help="Replace an existing --output that is not an instseg ONNX file (never the checkpoint itself).")] = False,
 ) -> None:
     """Write the model as ONNX (normalisation inside, metadata for `instseg infer`), run onnx.checker,
-    and compare ONNX Runtime with PyTorch on every output; exit 1 when they differ."""
+    and compare ONNX Runtime with PyTorch on every output; exit 1 when they differ. With --int8,
+    also compare the int8 model's validation SBD with the fp32 model's; exit 1 when it drops too far."""
     from instseg.core.checkpoint import resolve_checkpoint
     from instseg.exporters.onnx import (
         DEFAULT_OPSET,
@@ -42,17 +56,24 @@ def export(
 
     if not onnx:
         raise ConfigError("say which format to export: --onnx (the only one so far)")
+    if int8 and fp16:
+        raise ConfigError("--int8 and --fp16 exclude each other: choose one precision")
+    if not int8 and (calibration is not None or force):
+        raise ConfigError("--calibration and --force apply to --int8 exports only")
     try:
         static_size = parse_size(static) if static is not None else None
     except ValueError as exc:
         raise ConfigError(f"--static: {exc}") from None
     source = resolve_checkpoint(checkpoint)
-    target = output or default_output(source, static_size, fp16)
+    target = output or default_output(source, static_size, "int8" if int8 else "fp16" if fp16 else "fp32")
     check_target(target, source, overwrite)
     request = request_from_checkpoint(source, DEFAULT_OPSET if opset is None else opset, static_size, fp16)
     plan_note = "" if request.caps.notes == "" else f" ({request.caps.notes})"
     err.print(f"exporting {shown(request.name)} from {shown(request.source)} with the {request.caps.exporter} "
               f"exporter{shown(plan_note)} ...", highlight=False, soft_wrap=True)
+    if int8:
+        _export_int8(request, target, calibration, sbd_tolerance, force)
+        return
     result = export_onnx(request, target)
     out.print(f"onnx.checker: ok; {result.info.describe()}", highlight=False, soft_wrap=True)
     out.print(parity_table(result))
@@ -100,3 +121,46 @@ def _conclude(result: "ExportResult", target: Path) -> None:
               soft_wrap=True)
     out.print(f"next: instseg infer {shown(str(result.path))} IMAGES... --out predictions", highlight=False,
               soft_wrap=True)
+
+
+def _export_int8(request: "ExportRequest", target: Path, calibration: Path | None, tolerance: float,
+                 force: bool) -> None:
+    from instseg.exporters.onnx import ExportError
+    from instseg.exporters.quantize import export_int8
+
+    err.print("quantising to int8 and predicting the validation images with both models ...", highlight=False)
+    result = export_int8(request, target, calibration, tolerance, force)
+    out.print(parity_table(result.fp32))
+    if not result.fp32.ok:
+        raise ExportError("parity failed: the fp32 graph the int8 model is quantised from does not match PyTorch "
+                          f"(table above); nothing was written, {target} was left alone")
+    out.print(task_table(result))
+    parity = result.parity
+    if not result.ok:
+        raise ExportError(f"task parity failed: validation SBD drops by {-parity.change:.4f}, more than "
+                          f"--sbd-tolerance {parity.tolerance:g} (table above); the int8 model was written to "
+                          f"{result.path} for inspection, {target} was left alone (--force keeps it anyway)")
+    if not parity.ok:
+        err.print(f"warning: kept with --force although validation SBD drops by {-parity.change:.4f}, more than "
+                  f"--sbd-tolerance {parity.tolerance:g}", highlight=False, soft_wrap=True)
+    size = result.path.stat().st_size / 2**20
+    out.print(f"wrote {shown(str(result.path))} ({size:.1f} MB, int8, calibrated on {shown(result.calibration)}) "
+              f"in {result.seconds:.1f} s", highlight=False, soft_wrap=True)
+    out.print(f"next: instseg infer {shown(str(result.path))} IMAGES... --out predictions", highlight=False,
+              soft_wrap=True)
+
+
+def task_table(result: "Int8Result") -> Table:
+    """Validation SBD of the fp32 and int8 models, its change, and how alike their label maps are."""
+    parity = result.parity
+    table = Table(title=f"int8 against fp32 on {parity.images} validation images (the prediction pipeline)",
+                  title_justify="left")
+    table.add_column("")
+    table.add_column("SBD", justify="right")
+    table.add_column("")
+    verdict = "ok" if parity.ok else "[red]FAILED[/red]"
+    table.add_row("validation, fp32", f"{parity.fp32_sbd:.4f}", "")
+    table.add_row("validation, int8", f"{parity.int8_sbd:.4f}", "")
+    table.add_row("change", f"{parity.change:+.4f}", f"tolerance -{parity.tolerance:g}: {verdict}")
+    table.add_row("int8 maps against fp32 maps", f"{parity.agreement:.4f}", f"lowest {parity.lowest_agreement:.4f}")
+    return table

@@ -29,6 +29,8 @@ from instseg.cli.options import (
     Panels,
     Tile,
     TileOverlap,
+    Workers,
+    check_workers,
     cluster_params,
     coco_results,
     output_options,
@@ -63,6 +65,7 @@ def infer(
     tile: Tile = None,
     tile_overlap: TileOverlap = None,
     coco: CocoResults = None,
+    workers: Workers = None,
 ) -> None:
     """Write <stem>_label.png (16-bit instance ids, input size) and <stem>_overlay.png per image, as
     `instseg predict` does, with ONNX Runtime. Sizes, clustering defaults and normalisation come
@@ -73,6 +76,7 @@ def infer(
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
     if threads < 0:
         raise ConfigError(f"--threads {threads}: must be 0 (ONNX Runtime's default) or more")
+    check_workers(workers)
     paths = select_inputs(inputs, shard)
     options = output_options(overlays, panels, gt, embeddings, overwrite, resume)
     results = coco_results(coco, gt, overwrite, resume)
@@ -83,4 +87,4 @@ def infer(
         err.print(f"note: {shown(note)}", highlight=False, soft_wrap=True)
     params = cluster_params(runner.cluster, cluster, min_size, fill_holes, bandwidth)
     predict_to_folder(paths, runner, params, batch_size, out_dir, options,
-                      f"{runner.description} on {runner.providers.describe()}", results)
+                      f"{runner.description} on {runner.providers.describe()}", results, workers)

@@ -71,6 +71,9 @@ CocoResults = Annotated[Optional[Path], typer.Option(
 Embeddings = Annotated[bool, typer.Option(help="Write <stem>_embedding.png: 3 PCA components as RGB.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace existing files in --out (never done otherwise).")]
 Resume = Annotated[bool, typer.Option(help="Skip inputs whose label map is already in --out (a run that stopped).")]
+Workers = Annotated[Optional[int], typer.Option(
+    help="Threads for each of reading, clustering and writing, which overlap with the network "
+         "(default: the cores, up to 4).")]
 Shard = Annotated[Optional[str], typer.Option(
     help="K/N: only the K-th of N disjoint parts of the sorted inputs, for N copies on N machines.")]
 
@@ -87,6 +90,11 @@ def select_inputs(inputs: list[str], shard: str | None) -> list[Path]:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return take_shard(paths, k, n)
+
+
+def check_workers(workers: int | None) -> None:
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers {workers}: must be at least 1")
 
 
 def output_options(overlays: bool, panels: bool, gt: Path | None, embeddings: bool,

@@ -26,6 +26,8 @@ from instseg.cli.options import (
     Panels,
     Tile,
     TileOverlap,
+    Workers,
+    check_workers,
     cluster_params,
     geometry,
     set_tiling,
@@ -62,12 +64,14 @@ def predict(
     tile: Tile = None,
     tile_overlap: TileOverlap = None,
     coco: CocoResults = None,
+    workers: Workers = None,
 ) -> None:
     """Write <stem>_label.png (16-bit instance ids, input size) and <stem>_overlay.png per image."""
     from instseg.core.runner import TorchRunner
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
+    check_workers(workers)
     paths = select_inputs(inputs, shard)
     options = output_options(overlays, panels, gt, embeddings, overwrite, resume)
     results = coco_results(coco, gt, overwrite, resume)
@@ -75,14 +79,15 @@ def predict(
     set_tiling(runner, tile, tile_overlap)
     params = cluster_params(runner.cluster, cluster, min_size, fill_holes, bandwidth)
     predict_to_folder(paths, runner, params, batch_size, out_dir, options,
-                      f"{runner.description} on {runner.device.describe()}", results)
+                      f"{runner.description} on {runner.device.describe()}", results, workers)
 
 
 def predict_to_folder(paths: list[Path], runner: Runner, params: ClusterParams, batch_size: int, out_dir: Path,
-                      options: OutputOptions, source: str, results: ResultsFile | None = None) -> None:
+                      options: OutputOptions, source: str, results: ResultsFile | None = None,
+                      workers: int | None = None) -> None:
     """`outputs.predict_folder` with the console around it (shared by `predict` and `infer`):
-    progress on stderr, a summary on stdout, every failure listed, a DataError when any failed;
-    each prediction also goes into the COCO `results` file, when given."""
+    progress on stderr, a summary on stdout, the time each stage took, every failure listed,
+    a DataError when any failed; each prediction also goes into the COCO `results` file, when given."""
     from instseg.torchfree.inputs import output_names
     from instseg.torchfree.outputs import predict_folder
     from instseg.torchfree.pipeline import Prediction
@@ -101,7 +106,8 @@ def predict_to_folder(paths: list[Path], runner: Runner, params: ClusterParams, 
             if results is not None and isinstance(item, Prediction):
                 results.add(item)
 
-        result = predict_folder(paths, runner, out_dir, params, batch_size, options, on_result=on_result)
+        result = predict_folder(paths, runner, out_dir, params, batch_size, options, on_result=on_result,
+                                workers=workers)
     if result.skipped:
         err.print(f"note: skipped {len(result.skipped)} input(s) in {shown(out_dir)} written by an earlier instseg run "
                   f"(e.g. {shown(result.skipped[0].name)})", highlight=False, soft_wrap=True)
@@ -114,6 +120,8 @@ def predict_to_folder(paths: list[Path], runner: Runner, params: ClusterParams, 
                   highlight=False, soft_wrap=True)
     if results is not None:
         _write_results(results)
+    if result.instances:
+        err.print(f"note: {result.stage_times.describe(len(result.instances))}", highlight=False, soft_wrap=True)
     for message in result.failures:
         err.print(f"error: {shown(message)}", highlight=False, soft_wrap=True)
     if result.failures:

@@ -123,6 +123,18 @@ def open_runner(path: str | os.PathLike, device: str = "auto") -> tuple[Runner, 
     return runner, runner.config, runner.device.describe()
 
 
+def run_datasets(spec: str, config: Mapping[str, Any], data: EvalData, image_size: int,
+                 train_size: int = 1) -> tuple[Sequence[dict[str, Any]], Sequence[dict[str, Any]]]:
+    """The un-augmented train and validation sets of `spec` split as a run's `config` says,
+    with `data`'s changes (synthetic data: `train_size` training images)."""
+    from instseg.core.data import build_datasets
+
+    return build_datasets(
+        spec, image_size=image_size, seed=config.get("seed", 0), train_size=train_size,
+        val_size=data.val_size or config.get("val_size", 32), augment=False,
+        val_split=data.val_split or config.get("val_split", 0.2), val_list=data.val_list or config.get("val_list"))
+
+
 def evaluate_model(path: str | os.PathLike, data: EvalData = EvalData(), *, image_size: int | None = None,
                    cluster: Mapping[str, Any] | None = None, batch_size: int = 8, device: str = "auto",
                    on_start: Callable[[str], None] | None = None,
@@ -130,8 +142,6 @@ def evaluate_model(path: str | os.PathLike, data: EvalData = EvalData(), *, imag
     """Score a trained model (checkpoint or ONNX file) on a labelled dataset's validation split,
     clustering with the model's defaults changed by `cluster` (ClusterParams fields; None keeps).
     `tiling`: (tile, overlap) for fixed-scale runs, instead of the runner's defaults."""
-    from instseg.core.data import build_datasets
-
     runner, config, where = open_runner(path, device)
     spec = data.data or config.get("data")
     if spec is None:
@@ -141,10 +151,7 @@ def evaluate_model(path: str | os.PathLike, data: EvalData = EvalData(), *, imag
     if tiling:
         runner.tile, runner.tile_overlap = tiling
     params = runner.cluster.override(**(cluster or {}))
-    _, val_set = build_datasets(
-        spec, image_size=runner.image_size, seed=config.get("seed", 0), train_size=1,
-        val_size=data.val_size or config.get("val_size", 32), augment=False,
-        val_split=data.val_split or config.get("val_split", 0.2), val_list=data.val_list or config.get("val_list"))
+    _, val_set = run_datasets(spec, config, data, runner.image_size)
     if on_start is not None:
         on_start(f"evaluating {runner.description} on {spec} ({len(val_set)} images, {runner.image_size}px) "
                  f"on {where}; {params.method} clustering")

@@ -36,10 +36,10 @@ import re
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -104,6 +104,7 @@ class ExportRequest:
     static_size: tuple[int, int] | None = None  # force a static graph of this H x W
     fp16: bool = False
     scale: float | None = None  # the run's fixed resize factor (None: shorter side -> image_size)
+    run_config: Mapping[str, Any] = field(default_factory=dict)  # the run's training options (data, split)
 
 
 @dataclass(frozen=True)
@@ -366,9 +367,10 @@ def export_onnx(request: ExportRequest, path: str | os.PathLike) -> ExportResult
     return ExportResult(target, info, plan, parity, time.perf_counter() - start)
 
 
-def default_output(checkpoint: Path, static_size: tuple[int, int] | None, fp16: bool) -> Path:
-    """`model.onnx` beside the checkpoint; `model-HxW.onnx` when static, `-fp16` for half precision."""
-    stem = "model" + (f"-{static_size[0]}x{static_size[1]}" if static_size else "") + ("-fp16" if fp16 else "")
+def default_output(checkpoint: Path, static_size: tuple[int, int] | None, precision: str = "fp32") -> Path:
+    """`model.onnx` beside the checkpoint; `model-HxW.onnx` when static, `-fp16` / `-int8` for those precisions."""
+    stem = "model" + (f"-{static_size[0]}x{static_size[1]}" if static_size else "") + \
+        ("" if precision == "fp32" else f"-{precision}")
     return checkpoint.parent / f"{stem}.onnx"
 
 
@@ -385,4 +387,4 @@ def request_from_checkpoint(path: str | os.PathLike, opset: int = DEFAULT_OPSET,
     return ExportRequest(
         model=trained.model, name=spec.name, backbone=backbone, caps=spec.export, image_size=trained.image_size,
         cluster=trained.cluster, plugins=plugin_requirements(spec.name, backbone), source=trained.source,
-        opset=opset, static_size=static_size, fp16=fp16, scale=trained.scale)
+        opset=opset, static_size=static_size, fp16=fp16, scale=trained.scale, run_config=trained.checkpoint["config"])

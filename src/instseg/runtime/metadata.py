@@ -23,7 +23,7 @@ FORMAT_KEY = "instseg.format"
 FORMAT_VERSION = 1
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("semantic", "embedding", "count")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # int8: statically quantised (exporters.quantize)
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,8 @@ class ModelInfo:
         static = reader.text("instseg.static_size")
         precision = reader.text("instseg.precision")
         if precision not in PRECISIONS:
-            raise CheckpointError(f"{where}: metadata instseg.precision is {precision!r}, expected fp32 or fp16")
+            raise CheckpointError(f"{where}: metadata instseg.precision is {precision!r}, expected one of "
+                                  f"{', '.join(PRECISIONS)}")
         return cls(
             model=reader.text("instseg.model"),
             backbone=reader.text("instseg.backbone") or None,

@@ -173,6 +173,9 @@ def write_rgb(path: str | os.PathLike, rgb: np.ndarray, output: str | None = Non
     write_image(path, Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)), output)
 
 
+# zlib level of every PNG written. On CVPPP overlays level 1 encodes 2-3x faster than Pillow's
+# default 6 (256 px: 6.5 against 12.9 ms; 512 px: 23 against 68 ms) for files 13-14% larger.
+PNG_COMPRESS_LEVEL = 1
 OUTPUT_KEY = "instseg.output"  # PNG text naming what a prediction file is (label, overlay, ...)
 
 
@@ -183,7 +186,7 @@ def write_image(path: str | os.PathLike, image: Image.Image, output: str | None 
     path = Path(path)
     buffer = io.BytesIO()
     kind = Image.registered_extensions().get(path.suffix.lower(), "PNG")
-    extra = {}
+    extra = {"compress_level": PNG_COMPRESS_LEVEL} if kind == "PNG" else {}
     if kind == "PNG" and output is not None:
         info = PngImagePlugin.PngInfo()
         info.add_text("Software", "instseg")

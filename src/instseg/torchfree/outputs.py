@@ -15,7 +15,8 @@ from instseg.torchfree.coco import CocoLabels
 from instseg.torchfree.imageio import read_label_map, write_label_map, write_rgb, prediction_output_kind
 from instseg.torchfree.inputs import match_key, output_names
 from instseg.torchfree.metrics import count_instances
-from instseg.torchfree.pipeline import Failure, Prediction, Runner, predict
+from instseg.torchfree.pipeline import Failure, Prediction, Runner
+from instseg.torchfree.pipelined import StageTimes, default_workers, predict_overlapped
 from instseg.torchfree.render import colorize, embedding_rgb, overlay, panel
 
 
@@ -89,6 +90,7 @@ class FolderResult:
     failures: list[str] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     done: list[Path] = field(default_factory=list)
+    stage_times: StageTimes = field(default_factory=StageTimes)  # where the time went (pipelined)
 
 
 def earlier_outputs(paths: Sequence[Path], out_dir: Path) -> list[Path]:
@@ -106,10 +108,12 @@ def make_folder(folder: Path) -> None:
 
 def predict_folder(paths: Sequence[Path], runner: Runner, out_dir: Path, params: ClusterParams | None = None,
                    batch_size: int = 4, options: OutputOptions = OutputOptions(),
-                   on_result: Callable[[Prediction | Failure], None] | None = None) -> FolderResult:
+                   on_result: Callable[[Prediction | Failure], None] | None = None,
+                   workers: int | None = None) -> FolderResult:
     """Predict every input and write its files to `out_dir`; a failed input (unreadable, NaN
-    outputs, unwritable) is recorded and the others go on. `on_result` sees each result
-    (progress bars)."""
+    outputs, unwritable) is recorded and the others go on. Reading, the network, clustering
+    and writing overlap (`torchfree.pipelined`, `workers` threads per CPU stage); `on_result`
+    sees each result in `pipeline.predict`'s order (progress bars)."""
     make_folder(out_dir)
     result = FolderResult(skipped=earlier_outputs(paths, out_dir))
     skipped = set(result.skipped)
@@ -118,15 +122,23 @@ def predict_folder(paths: Sequence[Path], runner: Runner, out_dir: Path, params:
         finished = [(out_dir / f"{name}_label.png").exists() for _, name in todo]
         result.done = [path for (path, _), done in zip(todo, finished) if done]
         todo = [pair for pair, done in zip(todo, finished) if not done]
-    for item in predict([path for path, _ in todo], runner, params, batch_size, [name for _, name in todo]):
-        if isinstance(item, Prediction):
-            try:
-                write_prediction(item, out_dir, options)
-                result.instances.append(int(item.labels.max(initial=0)))
-            except DataError as exc:  # this image's ground truth or files failed: record it, go on
-                result.failures.append(str(exc))
+
+    def write(item: Prediction | Failure) -> tuple[Prediction | Failure, str | None]:
+        if isinstance(item, Failure):
+            return item, item.message
+        try:
+            write_prediction(item, out_dir, options)
+        except DataError as exc:  # this image's ground truth or files failed: record it, go on
+            return item, str(exc)
+        return item, None
+
+    for item, failure in predict_overlapped([path for path, _ in todo], [name for _, name in todo], runner,
+                                            params or runner.cluster, batch_size, write,
+                                            workers or default_workers(), result.stage_times):
+        if failure is None:
+            result.instances.append(int(item.labels.max(initial=0)))
         else:
-            result.failures.append(item.message)
+            result.failures.append(failure)
         if on_result is not None:
             on_result(item)
     return result

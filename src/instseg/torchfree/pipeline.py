@@ -97,10 +97,15 @@ def read_sources(paths: Sequence[Path], names: Sequence[str] | None = None) -> I
     """Image files as sources, read one at a time; an unreadable file is a Failure naming it.
     `names`: their output names (default `output_names(paths)`)."""
     for index, (path, name) in enumerate(zip(paths, names or output_names(paths))):
-        try:
-            yield Source(path, name, read_image(path), index)
-        except DataError as exc:
-            yield Failure(path, name, str(exc), index)
+        yield read_source(path, name, index)
+
+
+def read_source(path: Path, name: str, index: int) -> Source | Failure:
+    """One image file as a source, or a Failure naming it when it cannot be read."""
+    try:
+        return Source(path, name, read_image(path), index)
+    except DataError as exc:
+        return Failure(path, name, str(exc), index)
 
 
 def network_size(height: int, width: int, runner: Runner) -> tuple[int, int]:
@@ -167,25 +172,74 @@ def head_count(count: float, max_instances: int) -> float:
     return float(count) * max_instances
 
 
-def _run_batch(items: list[tuple[Source, np.ndarray]], runner: Runner,
-               params: ClusterParams) -> Iterator[Prediction | Failure]:
-    batch = np.stack([network_input for _, network_input in items]).astype(np.float32, copy=False)
-    h, w = batch.shape[-2:]
-    semantic, embedding, count = check_outputs(runner(_pad(batch, runner.multiple_of)), len(items), h, w)
-    for i, (source, _) in enumerate(items):
-        if not np.isfinite(count[i, 0]):
-            yield Failure(source.path, source.name, f"{source.path}: the model's count output is not finite "
-                                                    f"({count[i, 0]}); the model or its input is broken", source.index)
+@dataclass
+class Outputs:
+    """One image's network outputs at the working size, before clustering."""
+
+    source: Source
+    semantic: np.ndarray  # 2 x h x w
+    embedding: np.ndarray  # D x h x w
+    count: float  # the counter head's normalised output
+
+
+Batch = list[tuple[Source, np.ndarray]]  # sources of one network size with their 3 x h x w inputs
+
+
+@dataclass
+class Tiled:
+    """A source larger than a tile (fixed-scale runs): it goes through the network on its own,
+    tile by tile (`predict_tiled`), not in a batch."""
+
+    source: Source
+
+
+def batches(sources: Iterable[Source | Failure], runner: Runner, batch_size: int) -> Iterator[Batch | Tiled | Failure]:
+    """Sources resized to their network size and grouped into batches of one size; failed
+    sources pass through, sources larger than a tile come alone as `Tiled`. To bound memory,
+    the fullest group goes whenever 4 x batch_size images wait."""
+    waiting: dict[tuple[int, int], Batch] = {}
+    for source in sources:
+        if isinstance(source, Failure):
+            yield source
             continue
-        try:
-            labels = _instances(semantic[i], embedding[i], count[i, 0], runner.max_instances,
-                                source.image.shape[:2], params)
-        except DataError as exc:  # NaN / Inf outputs for this image: report it, go on with the others
-            yield Failure(source.path, source.name, f"{source.path}: {exc}", source.index)
+        size = network_size(*source.image.shape[:2], runner)
+        if needs_tiles(size, runner):
+            yield Tiled(source)
             continue
-        yield Prediction(source.path, source.name, source.image, labels,
-                         head_count(count[i, 0], runner.max_instances), embedding[i],
-                         semantic[i, 1] > semantic[i, 0], source.index, foreground_probability(semantic[i]))
+        group = waiting.setdefault(size, [])
+        group.append((source, resize_image(source.image, size).transpose(2, 0, 1)))
+        if len(group) >= batch_size or sum(map(len, waiting.values())) >= 4 * batch_size:
+            yield waiting.pop(max(waiting, key=lambda key: len(waiting[key])))
+    yield from waiting.values()
+
+
+def network_batch(batch: Batch, runner: Runner) -> np.ndarray:
+    """A batch as the runner's N x 3 x H x W float32 input (padded to its multiple)."""
+    stacked = np.stack([network_input for _, network_input in batch]).astype(np.float32, copy=False)
+    return _pad(stacked, runner.multiple_of)
+
+
+def run_network(batch: Batch, runner: Runner) -> list[Outputs]:
+    """Run one batch; a DataError when the outputs break the runner contract."""
+    h, w = batch[0][1].shape[-2:]
+    semantic, embedding, count = check_outputs(runner(network_batch(batch, runner)), len(batch), h, w)
+    return [Outputs(source, semantic[i], embedding[i], count[i, 0]) for i, (source, _) in enumerate(batch)]
+
+
+def cluster_outputs(outputs: Outputs, max_instances: int, params: ClusterParams) -> Prediction | Failure:
+    """One image's outputs -> its Prediction, or a Failure naming it when they are not finite."""
+    source = outputs.source
+    if not np.isfinite(outputs.count):
+        return Failure(source.path, source.name, f"{source.path}: the model's count output is not finite "
+                                                 f"({outputs.count}); the model or its input is broken", source.index)
+    try:
+        labels = _instances(outputs.semantic, outputs.embedding, outputs.count, max_instances,
+                            source.image.shape[:2], params)
+    except DataError as exc:  # NaN / Inf outputs for this image: report it, go on with the others
+        return Failure(source.path, source.name, f"{source.path}: {exc}", source.index)
+    return Prediction(source.path, source.name, source.image, labels, head_count(outputs.count, max_instances),
+                      outputs.embedding, outputs.semantic[1] > outputs.semantic[0], source.index,
+                      foreground_probability(outputs.semantic))
 
 
 def needs_tiles(size: tuple[int, int], runner: Runner) -> bool:
@@ -203,8 +257,9 @@ def predict_tiled(source: Source, runner: Runner, params: ClusterParams) -> Pred
     for part in plan_tiles(height, width, tile, overlap):
         crop = source.image[part.box]
         piece = Source(source.path, source.name, crop, source.index)
-        [result] = _run_batch([(piece, resize_image(crop, network_size(*crop.shape[:2], runner)).transpose(2, 0, 1))],
-                              runner, params)
+        [outputs] = run_network([(piece, resize_image(crop, network_size(*crop.shape[:2], runner)).transpose(2, 0, 1))],
+                                runner)
+        result = cluster_outputs(outputs, runner.max_instances, params)
         if isinstance(result, Failure):
             return result
         stitcher.add(part, result.labels)
@@ -218,27 +273,19 @@ def predict_tiled(source: Source, runner: Runner, params: ClusterParams) -> Pred
 
 def predict_sources(sources: Iterable[Source | Failure], runner: Runner, params: ClusterParams | None = None,
                     batch_size: int = 4) -> Iterator[Prediction | Failure]:
-    """Predict every source; yields one Prediction or Failure per source (failed sources pass
-    through). Images of one network size share a batch; to bound memory, the fullest group
-    runs whenever 4 x batch_size images wait, and an image larger than a tile runs alone, tile
-    by tile. Results come in batch order: use `index`."""
+    """Predict every source, one stage after the other; yields one Prediction or Failure per
+    source (failed sources pass through). Results come in batch order: use `index`.
+    `torchfree.pipelined` runs the same stages overlapped."""
     params = params or runner.cluster
-    waiting: dict[tuple[int, int], list[tuple[Source, np.ndarray]]] = {}
-    for source in sources:
-        if isinstance(source, Failure):
-            yield source
+    for batch in batches(sources, runner, batch_size):
+        if isinstance(batch, Failure):
+            yield batch
             continue
-        size = network_size(*source.image.shape[:2], runner)
-        if needs_tiles(size, runner):
-            yield predict_tiled(source, runner, params)
+        if isinstance(batch, Tiled):
+            yield predict_tiled(batch.source, runner, params)
             continue
-        group = waiting.setdefault(size, [])
-        group.append((source, resize_image(source.image, size).transpose(2, 0, 1)))
-        if len(group) >= batch_size or sum(map(len, waiting.values())) >= 4 * batch_size:
-            fullest = max(waiting, key=lambda key: len(waiting[key]))
-            yield from _run_batch(waiting.pop(fullest), runner, params)
-    for group in waiting.values():
-        yield from _run_batch(group, runner, params)
+        for outputs in run_network(batch, runner):
+            yield cluster_outputs(outputs, runner.max_instances, params)
 
 
 def predict(paths: Sequence[Path], runner: Runner, params: ClusterParams | None = None,

@@ -1,0 +1,84 @@
+"""`instseg export --onnx --int8`: static quantisation judged on the validation images, refused
+when validation SBD drops too far (kept with --force), and run by torch-free `instseg infer`."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import replace
+
+import onnx
+import pytest
+
+from instseg.errors import ConfigError
+from instseg.exporters.onnx import ExportError, failed_path
+from instseg.runtime import OnnxRunner
+from test_infer import images, invoke, run  # noqa: F401 - the trained tiny run and its images (fixtures)
+from training_support import single_threaded_module  # noqa: F401 - autouse: one torch thread
+
+
+def metadata(path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def test_int8_export_reports_task_parity_and_infer_runs_it(run, images, tmp_path):
+    result = invoke("export", run, "--onnx", "--int8")
+    assert result.exit_code == 0, result.output
+    path = run / "model-int8.onnx"
+    assert "int8 against fp32 on 8 validation images" in result.output
+    assert "tolerance -0.01: ok" in result.output and "int8 maps against fp32 maps" in result.output
+    assert f"wrote {path}" in result.output and "calibrated on 32 training images of synthetic" in result.output
+    info = OnnxRunner.open(path, "cpu").info
+    assert info.precision == "int8" and info.image_size == 64 and info.dynamic_batch
+    record = json.loads(metadata(path)["instseg.quantization"])
+    assert record["validation"]["images"] == 8 and not record["validation"]["forced"]
+    assert abs(record["validation"]["sbd_int8"] - record["validation"]["sbd_fp32"]) <= 0.01
+    ops = Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+    assert ops["QuantizeLinear"] > 10 and ops["DequantizeLinear"] > 10
+
+    out = tmp_path / "out"
+    inferred = invoke("infer", path, images, "--out", out, "--provider", "cpu", "--no-overlay", "--batch", "2")
+    assert inferred.exit_code == 0, inferred.output
+    assert "model-int8.onnx (unet-cbam, dynamic H, W (multiples of 16), dynamic batch, int8," in inferred.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}_label.png" for p in images.iterdir())
+
+
+def test_int8_export_is_refused_when_validation_sbd_drops_and_kept_with_force(run, images, tmp_path, monkeypatch):
+    import instseg.exporters.quantize as quantize
+
+    measured = quantize.task_parity
+
+    def dropped(*args, **kwargs):  # as if quantisation had cost 0.05 SBD
+        parity = measured(*args, **kwargs)
+        return replace(parity, int8_sbd=parity.fp32_sbd - 0.05)
+
+    monkeypatch.setattr(quantize, "task_parity", dropped)
+    target = tmp_path / "m.onnx"
+    refused = invoke("export", run, "--onnx", "--int8", "-o", target)
+    assert isinstance(refused.exception, ExportError), refused.output
+    assert "validation SBD drops by 0.0500, more than --sbd-tolerance 0.01" in str(refused.exception)
+    assert "tolerance -0.01: FAILED" in refused.output
+    assert not target.exists() and failed_path(target).is_file()
+    assert OnnxRunner.open(failed_path(target), "cpu").info.precision == "int8"
+
+    forced = invoke("export", run, "--onnx", "--int8", "-o", target, "--force", "--calibration", images)
+    assert forced.exit_code == 0, forced.output
+    assert "warning: kept with --force although validation SBD drops by 0.0500" in forced.output
+    assert "calibrated on 4 images of" in forced.output
+    assert json.loads(metadata(target)["instseg.quantization"])["validation"]["forced"]
+
+    looser = invoke("export", run, "--onnx", "--int8", "-o", tmp_path / "loose.onnx", "--sbd-tolerance", "0.1")
+    assert looser.exit_code == 0 and "tolerance -0.1: ok" in looser.output, looser.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loose.onnx", "m.onnx", "m.parity-failed.onnx"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--int8", "--fp16"], "--int8 and --fp16 exclude each other"),
+    (["--force"], "--calibration and --force apply to --int8 exports only"),
+    (["--int8", "--sbd-tolerance", "-0.5"], "--sbd-tolerance -0.5: must be 0 or more"),
+    (["--int8", "--calibration", "nowhere"], "--calibration nowhere: not a folder of images"),
+])
+def test_int8_export_refuses_unclear_requests(run, tmp_path, args, message):
+    result = invoke("export", run, "--onnx", "-o", tmp_path / "m.onnx", *args)
+    assert isinstance(result.exception, ConfigError) and message in str(result.exception), result.output
+    assert not list(tmp_path.iterdir())
