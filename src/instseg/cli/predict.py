@@ -104,4 +104,3 @@ def predict_to_folder(paths: list[Path], runner: Runner, params: ClusterParams, 
         err.print(f"error: {shown(message)}", highlight=False, soft_wrap=True)
     if result.failures:
         raise DataError(f"{len(result.failures)} of {len(paths)} input(s) failed (listed above)")
-
