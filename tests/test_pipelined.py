@@ -91,12 +91,15 @@ def test_a_network_error_stops_the_overlapped_folder_with_its_message(tmp_path):
         predict_folder(gather_inputs([tmp_path / "in"]), Wrong(), tmp_path / "out", batch_size=2, workers=2)
 
 
-def test_stage_times_name_the_slowest_stage():
+def test_stage_times_name_the_stage_that_sets_the_pace():
     times = StageTimes()
     assert times.timed("network", lambda x: x + 1)(1) == 2 and times.seconds["network"] > 0
-    times.seconds.update(read=0.002, network=0.09, cluster=0.05, write=0.01)
-    assert times.describe(images=2) == ("time per image, summed over each stage's threads: reading 1 ms, "
-                                        "network 45 ms, clustering 25 ms, writing 5 ms (network is the slowest)")
+    times.seconds.update(read=0.002, network=0.09, cluster=0.12, write=0.01)
+    times.threads.update(read=2, cluster=2, write=2)
+    assert times.busiest() == "network"  # clustering took longer in all, but on two threads
+    assert times.describe(images=2) == (
+        "time per image, summed over each stage's threads: reading 1 ms, network 45 ms, clustering 60 ms, "
+        "writing 5 ms; network sets the pace (45 ms per image on each of its 1 thread(s))")
 
 
 def test_no_overlay_writes_label_maps_only(tmp_path):

