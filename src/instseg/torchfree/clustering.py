@@ -18,7 +18,7 @@ cost hardly grows with the image) and then give every foreground pixel its neare
   to tell touching objects apart, never distant ones (which collide when there are hundreds),
   and the cost grows with the number of regions, not with its square.
 
-Post-processing (`postprocessing.postprocess`): drop instances under `min_size` pixels, fill
+Post-processing (`postprocess.postprocess`): drop instances under `min_size` pixels, fill
 holes (a background region enclosed by one instance joins it), relabel 1..N.
 """
 

@@ -108,6 +108,11 @@ def read_source(path: Path, name: str, index: int) -> Source | Failure:
         return Failure(path, name, str(exc), index)
 
 
+def network_input(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An H x W x 3 image as the 3 x h x w array a batch holds, at its network size."""
+    return resize_image(image, size).transpose(2, 0, 1)
+
+
 def network_size(height: int, width: int, runner: Runner) -> tuple[int, int]:
     """The H x W an image is fed to the runner at (before padding to `multiple_of`)."""
     if runner.static_size is not None:
@@ -207,7 +212,7 @@ def batches(sources: Iterable[Source | Failure], runner: Runner, batch_size: int
             yield Tiled(source)
             continue
         group = waiting.setdefault(size, [])
-        group.append((source, resize_image(source.image, size).transpose(2, 0, 1)))
+        group.append((source, network_input(source.image, size)))
         if len(group) >= batch_size or sum(map(len, waiting.values())) >= 4 * batch_size:
             yield waiting.pop(max(waiting, key=lambda key: len(waiting[key])))
     yield from waiting.values()
@@ -257,8 +262,7 @@ def predict_tiled(source: Source, runner: Runner, params: ClusterParams) -> Pred
     for part in plan_tiles(height, width, tile, overlap):
         crop = source.image[part.box]
         piece = Source(source.path, source.name, crop, source.index)
-        [outputs] = run_network([(piece, resize_image(crop, network_size(*crop.shape[:2], runner)).transpose(2, 0, 1))],
-                                runner)
+        [outputs] = run_network([(piece, network_input(crop, network_size(*crop.shape[:2], runner)))], runner)
         result = cluster_outputs(outputs, runner.max_instances, params)
         if isinstance(result, Failure):
             return result
