@@ -32,15 +32,16 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from instseg.atomic import atomic_write_bytes
-from instseg.errors import ConfigError
+from instseg.errors import ConfigError, DataError
 from instseg.exporters.onnx import ExportRequest, ExportResult, export_onnx, failed_path, with_metadata
+from instseg.runtime.metadata import INPUT_NAME
 from instseg.runtime.runner import OnnxRunner
 from instseg.torchfree.imageio import read_image
 from instseg.torchfree.inputs import gather_inputs
 from instseg.torchfree.metrics import symmetric_best_dice
-from instseg.torchfree.pipeline import Source, batches, network_batch
+from instseg.torchfree.pipeline import Failure, Source, batches, network_batch, predict_sources
 
-CALIBRATION_IMAGES = 32  # evenly spaced over the calibration set: ranges settle well before this
+CALIBRATION_IMAGES = 32  # at most, evenly spaced over the calibration set
 QUANTIZATION = "static QDQ: int8 weights per channel, uint8 activations, MinMax ranges; output heads in fp32"
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -80,6 +81,7 @@ class Int8Result:
 
 
 def evenly_spaced(count: int, limit: int = CALIBRATION_IMAGES) -> list[int]:
+    """Up to `limit` indices spread over 0..count-1 (the whole set, not its first images)."""
     return sorted({round(i) for i in np.linspace(0, count - 1, min(count, limit))}) if count else []
 
 
@@ -105,7 +107,7 @@ class _Feed(CalibrationDataReader):
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._inputs, None)
-        return None if batch is None else {"image": batch}
+        return None if batch is None else {INPUT_NAME: batch}
 
 
 @contextmanager
@@ -153,17 +155,27 @@ def quantize_int8(fp32_path: Path, images: Sequence[np.ndarray], work: Path) -> 
     return with_metadata(onnx.load(str(quantized)), replace(runner.info, precision="int8"))
 
 
-def task_parity(fp32: OnnxRunner, int8: OnnxRunner, val_set: Sequence[dict[str, Any]], tolerance: float,
-                batch_size: int = 8) -> TaskParity:
-    """Validation SBD of both graphs and the SBD between their label maps, image by image."""
-    from instseg.core.evaluation import evaluate_runner
+def task_parity(fp32: OnnxRunner, int8: OnnxRunner, val_set: Sequence[dict[str, Any]],
+                tolerance: float) -> TaskParity:
+    """Validation SBD of both graphs and the SBD between their label maps, image by image (one
+    image held at a time, however many the validation set has)."""
+    from instseg.core.evaluation import labelled_sources
 
-    keep = len(val_set)
-    reference = evaluate_runner(fp32, val_set, batch_size=batch_size, keep_predictions=keep)
-    quantized = evaluate_runner(int8, val_set, batch_size=batch_size, keep_predictions=keep)
-    agreement = [symmetric_best_dice(q, r) for q, r in zip(quantized.predictions, reference.predictions)]
-    return TaskParity(len(agreement), reference.summary()["sbd"]["mean"], quantized.summary()["sbd"]["mean"],
-                      float(np.mean(agreement)), float(np.min(agreement)), tolerance)
+    rows = []  # (SBD fp32, SBD int8, SBD between them) per image
+    for source, truth in labelled_sources(val_set):
+        reference, quantized = (_label_map(source, runner) for runner in (fp32, int8))
+        rows.append((symmetric_best_dice(reference, truth), symmetric_best_dice(quantized, truth),
+                     symmetric_best_dice(quantized, reference)))
+    fp32_sbd, int8_sbd, agreement = np.array(rows).T
+    return TaskParity(len(rows), float(fp32_sbd.mean()), float(int8_sbd.mean()), float(agreement.mean()),
+                      float(agreement.min()), tolerance)
+
+
+def _label_map(source: Source, runner: OnnxRunner) -> np.ndarray:
+    [result] = predict_sources([source], runner)
+    if isinstance(result, Failure):
+        raise DataError(result.message)
+    return result.labels
 
 
 def quantization_record(calibration: str, parity: TaskParity, forced: bool) -> str:
