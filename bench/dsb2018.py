@@ -70,8 +70,9 @@ def modalities(data: Path) -> dict[str, str]:
 def score(run: Path, data: Path, method: str, kinds: dict[str, str],
           tiling: tuple[int, int] | None = None) -> dict[str, dict[str, float]]:
     """Mean metrics of best.pt on the validation split with one clustering method, per modality."""
+    tile, overlap = tiling or (None, None)
     report = evaluate_model(run / "best.pt", EvalData(f"folder:{data}", str(VAL_LIST)), cluster={"method": method},
-                            tiling=tiling)
+                            tile=tile, tile_overlap=overlap)
     groups = {"all": report.rows}
     for kind in ("grey", "colour"):
         groups[kind] = [row for row in report.rows if kinds.get(row.name) == kind]

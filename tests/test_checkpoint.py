@@ -84,3 +84,14 @@ def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
         atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_round_trip_keeps_the_position_scale(tmp_path):
+    model = tiny_model("unet", mean=(0.5,) * 3, std=(0.25,) * 3, position_scale=4.0).eval()
+    record = payload(model)
+    record["model"]["position_scale"] = 4.0
+    save_checkpoint(tmp_path / "m.pt", record)
+    rebuilt = build_model(load_checkpoint(tmp_path / "m.pt"))
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert rebuilt.position_scale == 4.0 and torch.equal(model(x).embedding, rebuilt(x).embedding)

@@ -164,3 +164,13 @@ def test_parity_failure_keeps_the_good_file_and_writes_the_bad_one_aside(tmp_pat
     assert not rows["embedding"].ok and rows["embedding"].max_abs == pytest.approx(1e-3, rel=1e-3)
     assert rows["semantic"].ok and rows["count"].ok
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.parity-failed.onnx"]  # no temp left
+
+
+def test_position_channels_export_with_parity_at_two_shapes(tmp_path):
+    """The coordinates are computed from the input's shape inside the graph, so a dynamic
+    graph adds the right ones at a size it was not exported at."""
+    result = check_onnx_parity("unet", tmp_path / "positions.onnx", position_scale=8.0)
+    assert result.ok and len({row.shape for row in result.parity}) == 2
+    runner = OnnxRunner.open(result.path, "cpu")
+    _, embedding, _ = runner(sample_images((1, 3, 48, 80)))
+    assert np.ptp(embedding[0, 1]) > np.ptp(embedding[0, 2]) + 4  # columns span 80 / 8 units

@@ -68,3 +68,23 @@ def test_normalisation_lives_in_the_model():
 def test_unknown_model_suggests_close_names():
     with pytest.raises(RegistryError, match="did you mean 'unet-cbam'"):
         create_model("unet-cbm")
+
+
+def test_position_scale_adds_pixel_coordinates_to_two_embedding_channels():
+    """Semi-convolutional embeddings: with the head's weights zeroed the embedding is exactly
+    (row, column) / scale in channels 0 and 1 and zero elsewhere, at any input size."""
+    model = tiny_model("unet", position_scale=8.0).eval()
+    torch.nn.init.zeros_(model.embedding_head.conv.weight)
+    torch.nn.init.zeros_(model.embedding_head.conv.bias)
+    with torch.no_grad():
+        embedding = model(torch.rand(2, 3, 24, 40)).embedding
+    rows, cols = torch.meshgrid(torch.arange(24.0) / 8, torch.arange(40.0) / 8, indexing="ij")
+    assert embedding.dtype == torch.float32 and embedding.shape == (2, 8, 24, 40)
+    assert torch.equal(embedding[:, 0], rows.expand(2, -1, -1)) and torch.equal(embedding[:, 1], cols.expand(2, -1, -1))
+    assert not embedding[:, 2:].any()
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan")])
+def test_position_scale_must_be_off_or_positive(bad):
+    with pytest.raises(ValueError, match="position_scale"):
+        tiny_model("unet", position_scale=bad)

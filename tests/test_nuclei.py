@@ -13,6 +13,7 @@ from data_fixtures import nuclei_folder, nuclei_image
 from instseg.cli.main import app
 from instseg.core.checkpoint import load_trained, save_checkpoint
 from instseg.core.data.transforms import TrainTransform
+from instseg.errors import ConfigError
 from instseg.runtime.metadata import ModelInfo
 from instseg.torchfree.imageio import read_label_map, working_size
 from instseg.torchfree.metrics import symmetric_best_dice
@@ -63,6 +64,11 @@ def test_scale_runs_count_every_instance_choose_their_clustering_and_tile_large_
     result = cli.invoke(app, ["predict", str(run), str(tmp_path / "big.png"), "--out", str(tmp_path / "pt"), *tiles])
     assert result.exit_code == 0, result.output
     assert "scale 1 (tiles of 64 px" in result.output
+    result = cli.invoke(app, ["evaluate", str(run), "--tile", "48", "--tile-overlap", "12", "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    assert "tiles of 48 px overlapping 12" in result.output and (tmp_path / "ev" / "metrics.json").is_file()
+    result = cli.invoke(app, ["evaluate", str(run), "--tile", "48", "--tile-overlap", "30"])
+    assert isinstance(result.exception, ConfigError) and "--tile 48 --tile-overlap 30" in str(result.exception)
     result = cli.invoke(app, ["export", str(run), "--onnx", "-o", str(tmp_path / "m.onnx")])
     assert result.exit_code == 0, result.output
     import onnx

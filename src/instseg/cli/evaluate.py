@@ -13,10 +13,11 @@ import typer
 from rich.table import Table
 
 from instseg.cli.console import err, fmt_mean_std, out, shown
-from instseg.cli.options import Bandwidth, Cluster, FillHoles, MinSize
+from instseg.cli.options import Bandwidth, Cluster, FillHoles, MinSize, Tile, TileOverlap
 from instseg.errors import ConfigError
 
 if TYPE_CHECKING:
+    from instseg.core.evaluation import EvalData
     from instseg.torchfree.scoring import Report
 
 
@@ -39,10 +40,13 @@ def evaluate(
     min_size: MinSize = None,
     fill_holes: FillHoles = None,
     bandwidth: Bandwidth = None,
+    tile: Tile = None,
+    tile_overlap: TileOverlap = None,
     out_dir: Annotated[Optional[Path], typer.Option(
         "--out", help="Where metrics.json and per_image.csv go (default: <run>/eval or <pred>/eval).")] = None,
 ) -> None:
     """Print SBD / FG Dice / DiC / |DiC| (mean ± std), AP and COCO mask AP; write metrics.json and per_image.csv."""
+    from instseg.core.evaluation import EvalData
     from instseg.torchfree.scoring import write_report
 
     (_check_options if coco_gt is None else _check_coco_options)(checkpoint, pred, gt)
@@ -54,7 +58,8 @@ def evaluate(
         target = out_dir or pred / "eval"
     else:
         overrides = {"method": cluster, "min_size": min_size, "fill_holes": fill_holes, "bandwidth": bandwidth}
-        report = _score_model(checkpoint, data, image_size, val_size, val_list, batch_size, device, overrides)
+        report = _score_model(checkpoint, EvalData(data, str(val_list) if val_list else None, val_size=val_size),
+                              image_size, batch_size, device, overrides, (tile, tile_overlap))
         model_file = Path(report.source.get("checkpoint") or checkpoint)
         target = out_dir or model_file.parent / "eval"
     _print(report)
@@ -96,13 +101,13 @@ def _score_coco(coco_gt: Path, pred: Path) -> Report:
     return score_coco_files(coco_gt, pred)
 
 
-def _score_model(path: Path, data: str | None, image_size: int | None, val_size: int | None,
-                 val_list: Path | None, batch_size: int, device: str, cluster_options: dict) -> Report:
-    from instseg.core.evaluation import EvalData, evaluate_model
+def _score_model(path: Path, selection: EvalData, image_size: int | None, batch_size: int, device: str,
+                 cluster_options: dict, tiling: tuple[int | None, int | None]) -> Report:
+    from instseg.core.evaluation import evaluate_model
 
-    selection = EvalData(data, str(val_list) if val_list else None, val_size=val_size)
     return evaluate_model(path, selection, image_size=image_size, cluster=cluster_options, batch_size=batch_size,
-                          device=device, on_start=lambda line: err.print(shown(line), highlight=False, soft_wrap=True))
+                          device=device, tile=tiling[0], tile_overlap=tiling[1],
+                          on_start=lambda line: err.print(shown(line), highlight=False, soft_wrap=True))
 
 
 def _print(report: Report) -> None:

@@ -35,10 +35,10 @@ from instseg.cli.options import (
     coco_results,
     output_options,
     select_inputs,
-    set_tiling,
 )
 from instseg.cli.predict import predict_to_folder
 from instseg.errors import ConfigError
+from instseg.torchfree.tiling import set_tiling
 
 
 def infer(

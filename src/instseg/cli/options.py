@@ -41,16 +41,6 @@ TileOverlap = Annotated[Optional[int], typer.Option(
                            "(default: a quarter of the tile).")]
 
 
-def set_tiling(runner: "Runner", tile: int | None, overlap: int | None) -> None:
-    """The user's tile size and overlap on the runner (defaults kept where not given)."""
-    tile = runner.tile if tile is None else tile
-    overlap = runner.tile_overlap if overlap is None else overlap
-    if tile < 32 or not 0 <= overlap <= tile // 2:
-        raise ConfigError(f"--tile {tile} --tile-overlap {overlap}: the tile must be at least 32 px and the "
-                          "overlap between 0 and half the tile")
-    runner.tile, runner.tile_overlap = tile, overlap
-
-
 def geometry(runner: "Runner") -> str:
     """How images are sized for the network, in words."""
     if runner.scale is None:

@@ -30,12 +30,12 @@ from instseg.cli.options import (
     check_workers,
     cluster_params,
     geometry,
-    set_tiling,
     coco_results,
     output_options,
     select_inputs,
 )
 from instseg.errors import ConfigError, DataError
+from instseg.torchfree.tiling import set_tiling
 
 if TYPE_CHECKING:
     from instseg.torchfree.clustering import ClusterParams

@@ -55,6 +55,9 @@ def train(
     weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = D.weight_decay,
     grad_clip: Annotated[float, typer.Option(help="Gradient-norm clip (0 disables).")] = D.grad_clip,
     embedding_dim: Annotated[int, typer.Option(help="Embedding dimension D.")] = D.embedding_dim,
+    position_scale: Annotated[float, typer.Option(
+        help="Add each pixel's (row, column) / this many pixels to two embedding channels, so the head learns "
+             "offsets to its object's centre (semi-convolutional embeddings; 0 = off).")] = D.position_scale,
     cluster: Annotated[str, typer.Option(help="The run's clustering (prediction default): auto (each candidate "
                                               "scored on validation at the end), " + ", ".join(CLUSTER_METHODS))] = D.cluster,
     max_instances: Annotated[int, typer.Option(help="Count normalisation: counter output x this = count (raised to the "

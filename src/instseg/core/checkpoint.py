@@ -117,6 +117,7 @@ MODEL_FIELDS = {  # what `build_model` reads from a checkpoint's "model" entry, 
     "max_instances": lambda v: _is_int(v, 1, 2**16 - 1),
     "mean": lambda v: _is_channels(v, positive=False),
     "std": lambda v: _is_channels(v, positive=True),
+    "position_scale": lambda v: v is None or (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0),
     "kwargs": lambda v: isinstance(v, dict),
 }
 
@@ -197,6 +198,7 @@ def build_model(checkpoint: dict[str, Any]) -> torch.nn.Module:
             max_instances=init["max_instances"],
             mean=tuple(init["mean"]),
             std=tuple(init["std"]),
+            position_scale=init.get("position_scale") or 0.0,  # absent from checkpoints before it existed
             **init.get("kwargs", {}),
         )
     except (RegistryError, PluginError) as exc:

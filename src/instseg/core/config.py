@@ -31,6 +31,7 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # from --model-option, see parse_model_options
     weights: str | None = None  # a local state dict for the backbone (--weights)
     embedding_dim: int = 32
+    position_scale: float = 0.0  # pixels per embedding unit of the (row, column) channels; 0 = off
     max_instances: int = 20
     data: str = "synthetic"
     image_size: int = 128  # working size (shorter side), or the side of the training crops with `scale`
@@ -76,6 +77,8 @@ class TrainConfig:
             "delta_v": math.isfinite(self.delta_v) and self.delta_v > 0,
             "delta_d": math.isfinite(self.delta_d) and self.delta_d > 0,
             "embedding_dim": 1 <= self.embedding_dim <= 4096,
+            "position_scale": math.isfinite(self.position_scale) and self.position_scale >= 0
+                              and (not self.position_scale or self.embedding_dim >= 2),
             "max_instances": 1 <= self.max_instances <= 2**16 - 1,
             "width": self.width is None or 1 <= self.width <= 1024,
             "train_size": self.train_size >= 1,

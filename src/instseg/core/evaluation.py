@@ -26,6 +26,7 @@ from instseg.torchfree.metrics import count_instances, score_image, summarize
 from instseg.torchfree.pipeline import Failure, Prediction, Runner, Source, predict_sources
 from instseg.torchfree.render import colorize, embedding_rgb, panel, read_metrics, training_curves
 from instseg.torchfree.scoring import ImageRow, Report
+from instseg.torchfree.tiling import set_tiling
 
 
 @dataclass
@@ -138,22 +139,23 @@ def run_datasets(spec: str, config: Mapping[str, Any], data: EvalData, image_siz
 def evaluate_model(path: str | os.PathLike, data: EvalData = EvalData(), *, image_size: int | None = None,
                    cluster: Mapping[str, Any] | None = None, batch_size: int = 8, device: str = "auto",
                    on_start: Callable[[str], None] | None = None,
-                   tiling: tuple[int, int] | None = None) -> Report:
+                   tile: int | None = None, tile_overlap: int | None = None) -> Report:
     """Score a trained model (checkpoint or ONNX file) on a labelled dataset's validation split,
     clustering with the model's defaults changed by `cluster` (ClusterParams fields; None keeps).
-    `tiling`: (tile, overlap) for fixed-scale runs, instead of the runner's defaults."""
+    `tile`, `tile_overlap`: fixed-scale runs' tiles (None: the runner's defaults)."""
     runner, config, where = open_runner(path, device)
     spec = data.data or config.get("data")
     if spec is None:
         raise ConfigError(f"{path}: an ONNX file does not record its training data: give --data (and --val-list)")
     if image_size:
         runner.image_size = image_size
-    if tiling:
-        runner.tile, runner.tile_overlap = tiling
+    set_tiling(runner, tile, tile_overlap)
     params = runner.cluster.override(**(cluster or {}))
     _, val_set = run_datasets(spec, config, data, runner.image_size)
     if on_start is not None:
-        on_start(f"evaluating {runner.description} on {spec} ({len(val_set)} images, {runner.image_size}px) "
+        size = (f"{runner.image_size}px" if runner.scale is None else
+                f"scale {runner.scale:g}, tiles of {runner.tile} px overlapping {runner.tile_overlap}")
+        on_start(f"evaluating {runner.description} on {spec} ({len(val_set)} images, {size}) "
                  f"on {where}; {params.method} clustering")
     result = evaluate_runner(runner, val_set, batch_size=batch_size, params=params, coco=True)
     source = {"model": str(path), "data": spec, "image_size": runner.image_size, "cluster": asdict(params)}

@@ -8,6 +8,8 @@ treat every registered model alike.
 
 from __future__ import annotations
 
+import math
+
 from typing import NamedTuple, Sequence
 
 import torch
@@ -171,8 +173,13 @@ class SegmentationModel(nn.Module):
         multiple_of: int = 1,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        position_scale: float = 0.0,
     ) -> None:
         super().__init__()
+        if not (math.isfinite(position_scale) and position_scale >= 0):
+            raise ValueError(f"position_scale must be 0 (off) or a positive number of pixels, got {position_scale}")
+        if position_scale and embedding_dim < 2:
+            raise ValueError(f"position_scale needs embedding_dim >= 2, got {embedding_dim}")
         if embedding_dim < 1:
             raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
         if max_instances < 1:
@@ -186,6 +193,7 @@ class SegmentationModel(nn.Module):
         self.embedding_dim = embedding_dim
         self.max_instances = max_instances
         self.multiple_of = max(1, int(multiple_of))
+        self.position_scale = float(position_scale)
 
     def forward(self, x: Tensor) -> SegOutput:
         x, h, w = pad_to_multiple(self.normalize(x), self.multiple_of)
@@ -197,4 +205,22 @@ class SegmentationModel(nn.Module):
             size = (x.shape[-2], x.shape[-1])
             semantic = F.interpolate(semantic, size=size, mode="bilinear", align_corners=False)
             embedding = F.interpolate(embedding, size=size, mode="bilinear", align_corners=False)
-        return SegOutput(semantic[..., :h, :w], embedding[..., :h, :w], count)
+        embedding = embedding[..., :h, :w]
+        if self.position_scale:
+            embedding = add_positions(embedding, self.position_scale)
+        return SegOutput(semantic[..., :h, :w], embedding, count)
+
+
+def add_positions(embedding: Tensor, scale: float) -> Tensor:
+    """Semi-convolutional embeddings (Novotny et al. 2018): each pixel's (row, column) / `scale`
+    added to the first two channels, in float32 whatever the autocast precision.
+
+    The head then learns offsets towards its object's centre: two look-alike objects at
+    different places (leaves of one rosette) get different embeddings without the network
+    having to tell them apart by context."""
+    h, w = embedding.shape[-2:]
+    rows = torch.arange(h, dtype=torch.float32, device=embedding.device) / scale
+    cols = torch.arange(w, dtype=torch.float32, device=embedding.device) / scale
+    grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij")).unsqueeze(0)
+    embedding = embedding.float()
+    return torch.cat([embedding[:, :2] + grid, embedding[:, 2:]], dim=1)

@@ -282,6 +282,7 @@ class Registry:
         max_instances: int = 20,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
+        position_scale: float = 0.0,
         backbone_kwargs: Mapping[str, Any] | None = None,
         **decoder_kwargs: Any,
     ) -> "SegmentationModel":
@@ -311,7 +312,8 @@ class Registry:
         multiple = lcm(int(max(encoder.strides)), int(spec.multiple_of))
         return SegmentationModel(
             encoder, decoder, embedding_dim=embedding_dim, max_instances=max_instances,
-            multiple_of=multiple, mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD)
+            multiple_of=multiple, mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD,
+            position_scale=position_scale)
 
 
 def _filter(names: Iterable[str], pattern: str | None) -> list[str]:

@@ -127,7 +127,8 @@ class Trainer:
         try:
             model = create_model(
                 spec.name, backbone=cfg.backbone, width=cfg.width, embedding_dim=cfg.embedding_dim,
-                max_instances=cfg.max_instances, mean=self.mean, std=self.std, **cfg.model_kwargs,
+                max_instances=cfg.max_instances, mean=self.mean, std=self.std, position_scale=cfg.position_scale,
+                **cfg.model_kwargs,
             ).to(self.device.device)
         except (ValueError, TypeError, RuntimeError) as exc:  # option values the architecture refuses
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -137,7 +138,7 @@ class Trainer:
         self.model_init = {
             "name": spec.name, "backbone": cfg.backbone, "width": cfg.width, "embedding_dim": cfg.embedding_dim,
             "max_instances": cfg.max_instances, "mean": list(self.mean), "std": list(self.std),
-            "kwargs": dict(cfg.model_kwargs),
+            "position_scale": cfg.position_scale, "kwargs": dict(cfg.model_kwargs),
         }
         self.plugins = plugin_requirements(spec.name, cfg.backbone)
         if self.device.is_cuda:

@@ -19,10 +19,12 @@ it is smaller than the overlap.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from instseg.errors import ConfigError
 
 
 def default_tiling(image_size: int) -> tuple[int, int]:
@@ -31,6 +33,16 @@ def default_tiling(image_size: int) -> tuple[int, int]:
     1024 px tile by other statistics than a 256 px crop): DSB2018 mean AP 0.472 with 256 px
     tiles, 0.454 with 512, 0.450 with 1024 (bench/dsb2018.py --tile)."""
     return image_size, max(16, image_size // 4)
+
+
+def set_tiling(runner: Any, tile: int | None, overlap: int | None) -> None:
+    """A user's tile size and overlap on a runner (its defaults kept where None), or one clear error."""
+    tile = runner.tile if tile is None else tile
+    overlap = runner.tile_overlap if overlap is None else overlap
+    if tile < 32 or not 0 <= overlap <= tile // 2:
+        raise ConfigError(f"--tile {tile} --tile-overlap {overlap}: the tile must be at least 32 px and the "
+                          "overlap between 0 and half the tile")
+    runner.tile, runner.tile_overlap = tile, overlap
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
