@@ -184,23 +184,33 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
 
 
+def model_record(config: Any, mean: tuple[float, ...], std: tuple[float, ...]) -> dict[str, Any]:
+    """What a checkpoint's "model" entry holds: everything `model_from_record` needs to build
+    the run's model again (`config`: the run's TrainConfig; mean / std: its data's)."""
+    return {"name": config.model, "backbone": config.backbone, "width": config.width,
+            "embedding_dim": config.embedding_dim, "max_instances": config.max_instances, "mean": list(mean),
+            "std": list(std), "position_scale": config.position_scale, "kwargs": dict(config.model_kwargs)}
+
+
+def model_from_record(init: dict[str, Any]) -> torch.nn.Module:
+    """A freshly initialised model as a "model" record describes it: training and loading build
+    models this one way."""
+    from instseg.core.registry import create_model
+
+    return create_model(init["name"], backbone=init.get("backbone"), width=init.get("width"),
+                        embedding_dim=init["embedding_dim"], max_instances=init["max_instances"],
+                        mean=tuple(init["mean"]), std=tuple(init["std"]),
+                        position_scale=init.get("position_scale") or 0.0,  # absent before it existed
+                        **init.get("kwargs", {}))
+
+
 def build_model(checkpoint: dict[str, Any]) -> torch.nn.Module:
     """Recreate the model a checkpoint describes and load its weights (eval mode, CPU)."""
-    from instseg.core.registry import PluginError, RegistryError, create_model
+    from instseg.core.registry import PluginError, RegistryError
 
     init = checkpoint["model"]
     try:
-        model = create_model(
-            init["name"],
-            backbone=init.get("backbone"),
-            width=init.get("width"),
-            embedding_dim=init["embedding_dim"],
-            max_instances=init["max_instances"],
-            mean=tuple(init["mean"]),
-            std=tuple(init["std"]),
-            position_scale=init.get("position_scale") or 0.0,  # absent from checkpoints before it existed
-            **init.get("kwargs", {}),
-        )
+        model = model_from_record(init)
     except (RegistryError, PluginError) as exc:
         raise CheckpointError(_missing_plugin_message(checkpoint, exc)) from exc
     missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)

@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from instseg.core.checkpoint import capture_rng_state, restore_rng_state
+from instseg.core.checkpoint import capture_rng_state, model_from_record, model_record, restore_rng_state
 from instseg.core.cluster_choice import choose_for_run
 from instseg.core.config import TrainConfig, resume_config
 from instseg.core.data import build_datasets, estimate_mean_std
@@ -39,7 +39,7 @@ from instseg.core.device import DeviceChoice, check_training_device, resolve_dev
 from instseg.core.distributed import DistContext, GlobalBatchSampler
 from instseg.core.evaluation import evaluate_dataset, save_epoch_pictures
 from instseg.core.losses import LossWeights, MultiTaskLoss
-from instseg.core.registry import create_model, get_registry, plugin_requirements
+from instseg.core.registry import get_registry, plugin_requirements
 from instseg.core.weights import load_backbone_weights
 from instseg.core.reporting import TrainingReporter
 from instseg.core.optim import build_optimizer, build_scheduler
@@ -55,7 +55,6 @@ from instseg.torchfree.metrics import summarize
 __all__ = ["GracefulStop", "TrainResult", "Trainer", "resume_config", "seed_worker"]
 
 log = logging.getLogger(__name__)
-
 
 
 class Trainer:
@@ -124,22 +123,14 @@ class Trainer:
         `initial_weights`: load the `--weights` backbone state dict."""
         cfg = self.config
         spec = get_registry().model_spec(cfg.model)
+        self.model_init = {**model_record(cfg, self.mean, self.std), "name": spec.name}  # an alias resolved
         try:
-            model = create_model(
-                spec.name, backbone=cfg.backbone, width=cfg.width, embedding_dim=cfg.embedding_dim,
-                max_instances=cfg.max_instances, mean=self.mean, std=self.std, position_scale=cfg.position_scale,
-                **cfg.model_kwargs,
-            ).to(self.device.device)
+            model = model_from_record(self.model_init).to(self.device.device)
         except (ValueError, TypeError, RuntimeError) as exc:  # option values the architecture refuses
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ConfigError(f"--model {spec.name}: cannot be built with these options ({first})") from exc
         if cfg.weights and initial_weights:
             self.report.note(load_backbone_weights(model.backbone, cfg.weights).summary())
-        self.model_init = {
-            "name": spec.name, "backbone": cfg.backbone, "width": cfg.width, "embedding_dim": cfg.embedding_dim,
-            "max_instances": cfg.max_instances, "mean": list(self.mean), "std": list(self.std),
-            "position_scale": cfg.position_scale, "kwargs": dict(cfg.model_kwargs),
-        }
         self.plugins = plugin_requirements(spec.name, cfg.backbone)
         if self.device.is_cuda:
             torch.backends.cudnn.benchmark = True  # training sizes are fixed: let cuDNN pick its fastest kernels
