@@ -11,8 +11,10 @@ from typer.testing import CliRunner
 
 from instseg import create_backbone, create_model, get_registry, list_backbones, list_models
 from instseg.cli.main import app
+from instseg.core.checkpoint import save_checkpoint
 from instseg.core.config import parse_model_options
 from instseg.core.registry import RegistryError, load_backbone_weights
+from instseg.core.weights import load_weights
 from instseg.errors import CheckpointError, ConfigError
 from instseg.plugins.blocks import ConvGRUCell, ReNet, coordinate_channels
 from instseg.testing import TINY_WIDTH, check_backward, check_forward_shapes, tiny_model
@@ -237,10 +239,27 @@ def test_weights_from_a_run_start_another_run_from_the_cli(tmp_path):
     assert first.exit_code == 0, first.output
     second = runner.invoke(app, [*args, "--name", "second", "--weights", str(tmp_path / "first" / "last.pt")])
     assert second.exit_code == 0, second.output
-    n_tensors = len(create_backbone("resnet34", width=TINY_WIDTH).state_dict())
-    assert f"last.pt: loaded {n_tensors} tensors" in " ".join(second.output.split())
+    whole = tiny_model("unet", backbone="resnet34", width=4).state_dict()
+    n_tensors = len([k for k in whole if not k.startswith("normalize.")])  # a run of the same model: all of it
+    assert f"model weights {tmp_path / 'first' / 'last.pt'}: loaded {n_tensors} tensors" in " ".join(second.output.split())
     config = json.loads((tmp_path / "second" / "config.json").read_text())
     assert config["config"]["weights"].endswith("last.pt")
+
+
+def test_a_run_of_the_same_model_starts_all_of_it_but_its_normalisation(tmp_path):
+    """Fine-tuning (synthetic pretraining, then real data): every weight but the input mean /
+    std, which stay the new data's; a run of another model gives only its backbone."""
+    source = tiny_model("unet", mean=(0.1,) * 3, std=(0.2,) * 3)
+    record = {"name": "unet", "embedding_dim": 8}
+    save_checkpoint(tmp_path / "run.pt", {"model": record, "state_dict": source.state_dict(), "config": {}})
+    target = tiny_model("unet", mean=(0.5,) * 3, std=(0.3,) * 3)
+    report = load_weights(target, "unet", tmp_path / "run.pt")
+    assert report.part == "model" and not report.missing and not report.unexpected
+    for key, value in target.state_dict().items():
+        assert torch.equal(value, source.state_dict()[key]) != key.startswith("normalize."), key
+    other = tiny_model("unet-cbam")  # another model: only what fits its backbone
+    report = load_weights(other, "unet-cbam", tmp_path / "run.pt")
+    assert report.part == "backbone" and report.summary().startswith("backbone weights")
 
 
 def test_model_options_survive_the_checkpoint(tmp_path):

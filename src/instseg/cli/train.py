@@ -31,7 +31,8 @@ def train(
         "--model-option", "-o", help="Architecture option KEY=VALUE, or backbone.KEY=VALUE for its backbone; "
                                      "repeatable (e.g. -o skip_stride=none -o backbone.output_stride=8).")] = None,
     weights: Annotated[Optional[str], typer.Option(
-        help="Local state dict for the backbone (or a run's checkpoint: its backbone.* weights).")] = None,
+        help="Local state dict for the backbone, or a run's checkpoint: a run of the same model starts every "
+             "weight but the input normalisation (fine-tuning), another model's its backbone.* weights.")] = None,
     data: Annotated[str, typer.Option(help="'synthetic', 'cvppp:PATH', 'folder:PATH', "
                                                  "'coco:ANNOTATIONS.json[:IMAGE_DIR]' or a dataset folder.")] = D.data,
     preset: Annotated[str, typer.Option(

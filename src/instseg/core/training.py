@@ -40,7 +40,7 @@ from instseg.core.distributed import DistContext, GlobalBatchSampler
 from instseg.core.evaluation import evaluate_dataset, save_epoch_pictures
 from instseg.core.losses import LossWeights, MultiTaskLoss
 from instseg.core.registry import get_registry, plugin_requirements
-from instseg.core.weights import load_backbone_weights
+from instseg.core.weights import load_weights
 from instseg.core.reporting import TrainingReporter
 from instseg.core.optim import build_optimizer, build_scheduler
 from instseg.core.rundir import RunDirectory, config_record
@@ -120,7 +120,7 @@ class Trainer:
     def _build_model(self, initial_weights: bool) -> None:
         """The model (`self.model`, what checkpoints hold) and what training calls (`self.net`):
         the same module, wrapped in DDP under torchrun and compiled with --compile.
-        `initial_weights`: load the `--weights` backbone state dict."""
+        `initial_weights`: start from the `--weights` file."""
         cfg = self.config
         spec = get_registry().model_spec(cfg.model)
         self.model_init = {**model_record(cfg, self.mean, self.std), "name": spec.name}  # an alias resolved
@@ -130,7 +130,7 @@ class Trainer:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ConfigError(f"--model {spec.name}: cannot be built with these options ({first})") from exc
         if cfg.weights and initial_weights:
-            self.report.note(load_backbone_weights(model.backbone, cfg.weights).summary())
+            self.report.note(load_weights(model, spec.name, cfg.weights).summary())
         self.plugins = plugin_requirements(spec.name, cfg.backbone)
         if self.device.is_cuda:
             torch.backends.cudnn.benchmark = True  # training sizes are fixed: let cuDNN pick its fastest kernels
