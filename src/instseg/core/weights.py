@@ -57,7 +57,7 @@ def load_weights(model: Any, name: str, path: str | os.PathLike) -> WeightsRepor
         return load_backbone_weights(model.backbone, path, payload)
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(DATA_STATISTICS)}
     state = {k: v for k, v in _state_dict(payload, path).items() if not k.startswith(DATA_STATISTICS)}
-    matched = _fitting(state, own, path)
+    matched = _fitting(state, own, path, "model")
     model.load_state_dict(matched, strict=False)
     return WeightsReport(str(path), len(matched), tuple(k for k in own if k not in matched),
                          tuple(k for k in state if k not in own), part="model")
@@ -89,16 +89,16 @@ def load_backbone_weights(backbone: Any, path: str | os.PathLike, payload: Any =
                          tuple(k for k in state if k not in own))
 
 
-def _fitting(state: dict[str, Any], own: dict[str, Any], path: Path) -> dict[str, Any]:
-    """The file's tensors the backbone has; an error if any has another shape or none fits."""
+def _fitting(state: dict[str, Any], own: dict[str, Any], path: Path, part: str = "backbone") -> dict[str, Any]:
+    """The file's tensors the backbone (or model) has; an error if any has another shape or none fits."""
     matched = {k: v for k, v in state.items() if k in own}
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in matched.items() if v.shape != own[k].shape]
     if wrong:
-        raise CheckpointError(f"{path}: {len(wrong)} tensors do not fit the backbone's shapes, e.g. {wrong[0]} "
-                              "(file vs backbone; a different --width?)")
+        raise CheckpointError(f"{path}: {len(wrong)} tensors do not fit the {part}'s shapes, e.g. {wrong[0]} "
+                              f"(file vs {part}; a different --width or --embedding-dim?)")
     if not matched:
-        raise CheckpointError(f"{path}: none of its {len(state)} tensors fit the backbone (file keys e.g. "
-                              f"{', '.join(list(state)[:3])}; backbone keys e.g. {', '.join(list(own)[:3])})")
+        raise CheckpointError(f"{path}: none of its {len(state)} tensors fit the {part} (file keys e.g. "
+                              f"{', '.join(list(state)[:3])}; {part} keys e.g. {', '.join(list(own)[:3])})")
     return matched
 
 
