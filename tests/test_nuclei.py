@@ -66,7 +66,7 @@ def test_scale_runs_count_every_instance_choose_their_clustering_and_tile_large_
     assert "scale 1 (tiles of 64 px" in result.output
     result = cli.invoke(app, ["evaluate", str(run), "--tile", "48", "--tile-overlap", "12", "--out", str(tmp_path / "ev")])
     assert result.exit_code == 0, result.output
-    assert "tiles of 48 px overlapping 12" in result.output and (tmp_path / "ev" / "metrics.json").is_file()
+    assert "scale 1 (tiles of 48 px, overlap 12" in result.output and (tmp_path / "ev" / "metrics.json").is_file()
     result = cli.invoke(app, ["evaluate", str(run), "--tile", "48", "--tile-overlap", "30"])
     assert isinstance(result.exception, ConfigError) and "--tile 48 --tile-overlap 30" in str(result.exception)
     result = cli.invoke(app, ["export", str(run), "--onnx", "-o", str(tmp_path / "m.onnx")])

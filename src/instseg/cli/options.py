@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from instseg.torchfree.coco import CocoFile
     from instseg.torchfree.cocoresults import ResultsFile
     from instseg.torchfree.outputs import OutputOptions
-    from instseg.torchfree.pipeline import Runner
 
 Cluster = Annotated[Optional[str], typer.Option(
     "--cluster", help=f"{' or '.join(CLUSTER_METHODS)} (default: the run's, else the library default).")]
@@ -39,13 +38,6 @@ Tile = Annotated[Optional[int], typer.Option(
 TileOverlap = Annotated[Optional[int], typer.Option(
     "--tile-overlap", help="Pixels each tile shares with its neighbour; make it wider than the largest object "
                            "(default: a quarter of the tile).")]
-
-
-def geometry(runner: "Runner") -> str:
-    """How images are sized for the network, in words."""
-    if runner.scale is None:
-        return f"working size {runner.image_size}px"
-    return f"scale {runner.scale:g} (tiles of {runner.tile} px, overlap {runner.tile_overlap}, beyond that)"
 
 
 Inputs = Annotated[list[str], typer.Argument(help="Image files, folders or globs (quote globs).")]

@@ -29,13 +29,12 @@ from instseg.cli.options import (
     Workers,
     check_workers,
     cluster_params,
-    geometry,
     coco_results,
     output_options,
     select_inputs,
 )
 from instseg.errors import ConfigError, DataError
-from instseg.torchfree.tiling import set_tiling
+from instseg.torchfree.tiling import geometry, set_tiling
 
 if TYPE_CHECKING:
     from instseg.torchfree.clustering import ClusterParams

@@ -26,7 +26,7 @@ from instseg.torchfree.metrics import count_instances, score_image, summarize
 from instseg.torchfree.pipeline import Failure, Prediction, Runner, Source, predict_sources
 from instseg.torchfree.render import colorize, embedding_rgb, panel, read_metrics, training_curves
 from instseg.torchfree.scoring import ImageRow, Report
-from instseg.torchfree.tiling import set_tiling
+from instseg.torchfree.tiling import geometry, set_tiling
 
 
 @dataclass
@@ -153,9 +153,7 @@ def evaluate_model(path: str | os.PathLike, data: EvalData = EvalData(), *, imag
     params = runner.cluster.override(**(cluster or {}))
     _, val_set = run_datasets(spec, config, data, runner.image_size)
     if on_start is not None:
-        size = (f"{runner.image_size}px" if runner.scale is None else
-                f"scale {runner.scale:g}, tiles of {runner.tile} px overlapping {runner.tile_overlap}")
-        on_start(f"evaluating {runner.description} on {spec} ({len(val_set)} images, {size}) "
+        on_start(f"evaluating {runner.description} on {spec} ({len(val_set)} images, {geometry(runner)}) "
                  f"on {where}; {params.method} clustering")
     result = evaluate_runner(runner, val_set, batch_size=batch_size, params=params, coco=True)
     source = {"model": str(path), "data": spec, "image_size": runner.image_size, "cluster": asdict(params)}

@@ -45,6 +45,13 @@ def set_tiling(runner: Any, tile: int | None, overlap: int | None) -> None:
     runner.tile, runner.tile_overlap = tile, overlap
 
 
+def geometry(runner: Any) -> str:
+    """How images are sized for the network, in words."""
+    if runner.scale is None:
+        return f"working size {runner.image_size}px"
+    return f"scale {runner.scale:g} (tiles of {runner.tile} px, overlap {runner.tile_overlap}, beyond that)"
+
+
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of `tile` pixels covering [0, length), neighbours sharing at least
     `overlap` pixels; the last tile ends at `length`."""
