@@ -9,7 +9,6 @@ treat every registered model alike.
 from __future__ import annotations
 
 import math
-
 from typing import NamedTuple, Sequence
 
 import torch
