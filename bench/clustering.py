@@ -26,10 +26,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from instseg.torchfree.clustering import ClusterParams, cluster_embeddings, instance_count
-from instseg.torchfree.postprocess import relabel_sequential
-from instseg.core.data.synthetic import render_plant
-from instseg.torchfree.metrics import symmetric_best_dice
+from instseg.instances.clustering import ClusterParams, cluster_embeddings, instance_count
+from instseg.instances.postprocess import relabel_sequential
+from instseg.data.synthetic import render_plant
+from instseg.metrics.scores import symmetric_best_dice
 
 REFERENCE = "sklearn KMeans (n_init=35, max_iter=500)"
 AIM_SPEEDUP, AIM_SBD = 20.0, 0.005
@@ -94,7 +94,7 @@ def main() -> None:
 
         threadpool_limits(args.threads)
 
-    from instseg.core.runner import TorchRunner
+    from instseg.predict.torch_runner import TorchRunner
 
     runner = TorchRunner.from_checkpoint(args.checkpoint, "cpu")
     console = Console()

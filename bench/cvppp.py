@@ -7,7 +7,7 @@
 Each model trains with `instseg train --data cvppp:A1 --val-list splits/cvppp_a1_val.txt` (the
 `cvppp` preset: the recipe a user gets), as a subprocess, into `--out/<model>`; its best.pt is
 then scored on the 28 validation plants by `instseg evaluate`'s own code
-(`core.evaluation.evaluate_model`). Rows accumulate in `--out/results.json`, so models can run
+(`predict.evaluation.evaluate_model`). Rows accumulate in `--out/results.json`, so models can run
 one at a time. "min to ref" is the training time (wall, validation included) at the end of the
 first epoch whose validation SBD reached the reference row's SBD.
 
@@ -26,8 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-from instseg.atomic import atomic_write_text
-from instseg.core.evaluation import evaluate_model
+from instseg.io.atomic import atomic_write_text
+from instseg.predict.evaluation import evaluate_model
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL_LIST = ROOT / "splits" / "cvppp_a1_val.txt"

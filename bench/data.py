@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from instseg.core.data import build_datasets
-from instseg.core.data.cvppp import write_synthetic_cvppp
-from instseg.core.device import resolve_device
-from instseg.core.losses import MultiTaskLoss
-from instseg.core.registry import create_model
-from instseg.core.training import seed_worker
+from instseg.data import build_datasets
+from instseg.data.cvppp import write_synthetic_cvppp
+from instseg.device import resolve_device
+from instseg.train.losses import MultiTaskLoss
+from instseg.models.registry import create_model
+from instseg.train.trainer import seed_worker
 
 
 def loading_rate(dataset, batch_size: int, workers: int, batches: int) -> float:

@@ -9,7 +9,7 @@ fixed 10% validation split, overall and per modality, with each clustering metho
 
 Training is `instseg train --preset nuclei --data folder:DSB --val-list splits/dsb2018_val.txt`
 (what a user types), as a subprocess; best.pt is then scored by `instseg evaluate`'s own code
-(`core.evaluation.evaluate_model`) once per clustering method, so the table shows what the
+(`predict.evaluation.evaluate_model`) once per clustering method, so the table shows what the
 method is worth on the same network outputs. Modalities come from the staged manifest.csv
 (grey fluorescence vs colour histology / brightfield). Metrics: the competition's mean AP over
 IoU 0.5:0.05:0.95, AP@0.5, precision and recall at IoU 0.5, SBD, FG Dice, |DiC|.
@@ -37,10 +37,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from instseg.atomic import atomic_write_text
-from instseg.core.evaluation import EvalData, evaluate_model
-from instseg.torchfree.clustering import ClusterParams, cluster_embeddings
-from instseg.torchfree.metrics import summarize
+from instseg.io.atomic import atomic_write_text
+from instseg.predict.evaluation import EvalData, evaluate_model
+from instseg.instances.clustering import ClusterParams, cluster_embeddings
+from instseg.metrics.scores import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL_LIST = ROOT / "splits" / "dsb2018_val.txt"
@@ -133,8 +133,8 @@ def run_measured(command: list[str]) -> tuple[float, float]:
 
 def large_image(run: Path, data: Path, side: int, work: Path) -> None:
     """Predict and infer one side x side mosaic: time, peak memory, instances, agreement."""
-    from instseg.torchfree.imageio import read_label_map
-    from instseg.torchfree.metrics import symmetric_best_dice
+    from instseg.io.images import read_label_map
+    from instseg.metrics.scores import symmetric_best_dice
 
     work.mkdir(parents=True, exist_ok=True)
     image = work / f"mosaic{side}.png"

@@ -40,17 +40,17 @@ import onnxruntime as ort
 import torch
 
 from instseg import create_model, get_registry, list_models
-from instseg.core.data.synthetic import render_plant
-from instseg.core.evaluation import EvalData, evaluate_runner, run_datasets
-from instseg.core.registry import plugin_requirements
+from instseg.data.synthetic import render_plant
+from instseg.predict.evaluation import EvalData, evaluate_runner, run_datasets
+from instseg.models.registry import plugin_requirements
 from instseg.exporters.onnx import ExportRequest, export_onnx, request_from_checkpoint, sample_images
 from instseg.exporters.quantize import export_int8
 from instseg.runtime import INPUT_NAME, OUTPUT_NAMES, OnnxRunner
-from instseg.torchfree.clustering import ClusterParams
-from instseg.torchfree.imageio import resize_image, write_rgb
-from instseg.torchfree.outputs import OutputOptions, predict_folder, write_prediction
-from instseg.torchfree.pipeline import Prediction, predict
-from instseg.torchfree.pipelined import STAGES
+from instseg.instances.clustering import ClusterParams
+from instseg.io.images import resize_image, write_rgb
+from instseg.predict.outputs import OutputOptions, predict_folder, write_prediction
+from instseg.predict.pipeline import Prediction, predict
+from instseg.predict.stages import STAGES
 
 REFERENCE_MS = (800, 1000)  # the reference implementation's time per image (its README)
 

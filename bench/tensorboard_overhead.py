@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instseg.core.losses import MultiTaskLoss
-from instseg.core.registry import create_model
-from instseg.core.tensorboard import TensorBoardLog
+from instseg.train.losses import MultiTaskLoss
+from instseg.models.registry import create_model
+from instseg.train.tensorboard import TensorBoardLog
 
 TERMS = ("loss", "disc", "var", "dist", "reg", "ce", "dice", "count")
 METRICS = ("sbd", "fg_dice", "dic", "abs_dic", "ap", "ap50", "precision50", "recall50")

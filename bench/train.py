@@ -68,7 +68,7 @@ def setups(args: argparse.Namespace) -> list[Setup]:
         if torch.cuda.device_count() >= 2:
             rows += [Setup("2 GPUs (nccl), fp32", 2, 1, "cuda"), Setup("2 GPUs (nccl), AMP", 2, 1, "cuda", amp=True)]
         return rows
-    from instseg.core.device import native_cpu_bf16
+    from instseg.device import native_cpu_bf16
 
     cores = os.cpu_count() or 1
     bf16 = native_cpu_bf16()
@@ -87,8 +87,8 @@ def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
     from rich.console import Console
 
-    from instseg.core.config import TrainConfig
-    from instseg.core.training import Trainer
+    from instseg.train.config import TrainConfig
+    from instseg.train.trainer import Trainer
 
     torch.set_num_threads(args.threads)
     world = int(os.environ.get("WORLD_SIZE", "1"))

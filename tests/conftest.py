@@ -9,7 +9,7 @@ os.environ.setdefault("INSTSEG_DISABLE_PLUGINS", "1")
 @pytest.fixture(autouse=True)
 def _fresh_registry_after_env_change():
     """Tests that touch plugin discovery reset the registry; make sure the next test rediscovers."""
-    from instseg.core.registry import reset_registry
+    from instseg.models.registry import reset_registry
 
     yield
     reset_registry()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from instseg.core.hookspecs import hookimpl, hookspec
-from instseg.core.registry import (
+from instseg.models.hookspecs import hookimpl, hookspec
+from instseg.models.registry import (
     PluginError,
     RegistryError,
     create_backbone,
@@ -20,16 +20,16 @@ from instseg.core.registry import (
     list_backbones,
     list_models,
 )
-from instseg.core.specs import BackboneSpec, ExportCaps, ModelSpec
+from instseg.models.specs import BackboneSpec, ExportCaps, ModelSpec
 from instseg.errors import ConfigError, InstsegError
 from instseg.version import __version__
 
 
 _LAZY = {
-    "Backbone": "instseg.core.interfaces",
-    "Decoder": "instseg.core.interfaces",
-    "SegOutput": "instseg.core.interfaces",
-    "SegmentationModel": "instseg.core.interfaces",
+    "Backbone": "instseg.models.interfaces",
+    "Decoder": "instseg.models.interfaces",
+    "SegOutput": "instseg.models.interfaces",
+    "SegmentationModel": "instseg.models.interfaces",
 }
 
 __all__ = [

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import torch
 
-from instseg.torchfree.clustering import ClusterParams
-from instseg.core.data.synthetic import render_plant
-from instseg.core.interfaces import SegOutput
-from instseg.core.losses import MultiTaskLoss
-from instseg.core.plugin_loading import DISABLE_ENV, ONLY_ENV, PluginSelection, of_distribution
-from instseg.core.registry import (
+from instseg.instances.clustering import ClusterParams
+from instseg.data.synthetic import render_plant
+from instseg.models.interfaces import SegOutput
+from instseg.train.losses import MultiTaskLoss
+from instseg.models.discovery import DISABLE_ENV, ONLY_ENV, PluginSelection, of_distribution
+from instseg.models.registry import (
     PluginError,
     Registry,
     create_backbone,

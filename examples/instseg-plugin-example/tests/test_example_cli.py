@@ -14,9 +14,9 @@ import torch
 from typer.testing import CliRunner
 
 from instseg.cli.main import app
-from instseg.core.checkpoint import build_model, load_checkpoint
-from instseg.core.data.synthetic import render_plant
-from instseg.torchfree.imageio import read_label_map, write_rgb
+from instseg.checkpoint import build_model, load_checkpoint
+from instseg.data.synthetic import render_plant
+from instseg.io.images import read_label_map, write_rgb
 from instseg.runtime import OnnxRunner
 
 DIST = "instseg-plugin-example"

@@ -9,10 +9,10 @@ import typer
 from rich.table import Table
 
 from instseg.cli.console import err, out, safe_text, shown
-from instseg.progress import progress_bar
+from instseg.terminal import progress_bar
 
 if TYPE_CHECKING:  # the checks module is imported by the command only
-    from instseg.core.data.checks import CheckReport
+    from instseg.data.checks import CheckReport
 
 app = typer.Typer(help="Inspect datasets.", no_args_is_help=True, add_completion=False)
 BAR_WIDTH = 30
@@ -25,7 +25,7 @@ def check(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Read every image and label map once; exit 0 when the dataset is usable, 1 with one line per problem."""
-    from instseg.core.data.checks import check_dataset
+    from instseg.data.checks import check_dataset
 
     with progress_bar("checking", err, eta=False, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("check", total=None)

@@ -1,7 +1,7 @@
 """`instseg evaluate`: score a trained model (checkpoint or ONNX file), any tool's label PNGs, or
 a COCO results file, with the CVPPP metrics, the DSB2018 AP and (where instances have scores)
-COCO mask AP. Parse, call `core.evaluation.evaluate_model`, `torchfree.scoring.score_folders` or
-`torchfree.cocoresults.score_coco_files`, print; the report files are `scoring.write_report`'s.
+COCO mask AP. Parse, call `predict.evaluation.evaluate_model`, `metrics.reports.score_folders` or
+`io.coco_results.score_coco_files`, print; the report files are `scoring.write_report`'s.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from instseg.cli.options import Bandwidth, Cluster, FillHoles, MinSize, Tile, Ti
 from instseg.errors import ConfigError
 
 if TYPE_CHECKING:
-    from instseg.core.evaluation import EvalData
-    from instseg.torchfree.scoring import Report
+    from instseg.predict.evaluation import EvalData
+    from instseg.metrics.reports import Report
 
 
 def evaluate(
@@ -46,8 +46,8 @@ def evaluate(
         "--out", help="Where metrics.json and per_image.csv go (default: <run>/eval or <pred>/eval).")] = None,
 ) -> None:
     """Print SBD / FG Dice / DiC / |DiC| (mean ± std), AP and COCO mask AP; write metrics.json and per_image.csv."""
-    from instseg.core.evaluation import EvalData
-    from instseg.torchfree.scoring import write_report
+    from instseg.predict.evaluation import EvalData
+    from instseg.metrics.reports import write_report
 
     (_check_options if coco_gt is None else _check_coco_options)(checkpoint, pred, gt)
     if coco_gt is not None:
@@ -68,7 +68,7 @@ def evaluate(
 
 
 def _score_folders(pred: Path, gt: Path) -> Report:
-    from instseg.torchfree.scoring import score_folders
+    from instseg.metrics.reports import score_folders
 
     report, unmatched = score_folders(pred, gt)
     for side, names in unmatched.items():
@@ -96,14 +96,14 @@ def _check_coco_options(checkpoint: Path | None, pred: Path | None, gt: Path | N
 
 
 def _score_coco(coco_gt: Path, pred: Path) -> Report:
-    from instseg.torchfree.cocoresults import score_coco_files
+    from instseg.io.coco_results import score_coco_files
 
     return score_coco_files(coco_gt, pred)
 
 
 def _score_model(path: Path, selection: EvalData, image_size: int | None, batch_size: int, device: str,
                  cluster_options: dict, tiling: tuple[int | None, int | None]) -> Report:
-    from instseg.core.evaluation import evaluate_model
+    from instseg.predict.evaluation import evaluate_model
 
     return evaluate_model(path, selection, image_size=image_size, cluster=cluster_options, batch_size=batch_size,
                           device=device, tile=tiling[0], tile_overlap=tiling[1],
@@ -111,7 +111,7 @@ def _score_model(path: Path, selection: EvalData, image_size: int | None, batch_
 
 
 def _print(report: Report) -> None:
-    from instseg.torchfree.metrics import METRIC_LABELS
+    from instseg.metrics.scores import METRIC_LABELS
 
     summary, head = report.summary, report.counter_head
     table = Table(title=shown(report.title))
@@ -133,7 +133,7 @@ def _print(report: Report) -> None:
 
 def _coco_rows(table: Table, coco: dict) -> None:
     """COCO mask AP below the per-image metrics: one number each, over all images."""
-    from instseg.torchfree.cocoresults import AP_LABELS
+    from instseg.io.coco_results import AP_LABELS
 
     table.rows[-1].end_section = True
     for key, label in AP_LABELS.items():

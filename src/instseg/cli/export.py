@@ -45,7 +45,7 @@ def export(
     """Write the model as ONNX (normalisation inside, metadata for `instseg infer`), run onnx.checker,
     and compare ONNX Runtime with PyTorch on every output; exit 1 when they differ. With --int8,
     also compare the int8 model's validation SBD with the fp32 model's; exit 1 when it drops too far."""
-    from instseg.core.checkpoint import resolve_checkpoint
+    from instseg.checkpoint import resolve_checkpoint
     from instseg.exporters.onnx import (
         DEFAULT_OPSET,
         default_output,

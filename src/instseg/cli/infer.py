@@ -38,7 +38,7 @@ from instseg.cli.options import (
 )
 from instseg.cli.predict import predict_to_folder
 from instseg.errors import ConfigError
-from instseg.torchfree.tiling import set_tiling
+from instseg.predict.tiling import set_tiling
 
 
 def infer(

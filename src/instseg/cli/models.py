@@ -24,7 +24,7 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List registered models and backbones (name, kind, plugin, parameters, description)."""
-    from instseg.core.registry import get_registry
+    from instseg.models.registry import get_registry
 
     reg = get_registry()
     rows = []

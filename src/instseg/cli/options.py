@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from instseg.errors import ConfigError
-from instseg.torchfree.clustering import CLUSTER_METHODS, ClusterParams
+from instseg.instances.clustering import CLUSTER_METHODS, ClusterParams
 
 if TYPE_CHECKING:
-    from instseg.torchfree.coco import CocoFile
-    from instseg.torchfree.cocoresults import ResultsFile
-    from instseg.torchfree.outputs import OutputOptions
+    from instseg.io.coco import CocoFile
+    from instseg.io.coco_results import ResultsFile
+    from instseg.predict.outputs import OutputOptions
 
 Cluster = Annotated[Optional[str], typer.Option(
     "--cluster", help=f"{' or '.join(CLUSTER_METHODS)} (default: the run's, else the library default).")]
@@ -62,7 +62,7 @@ Shard = Annotated[Optional[str], typer.Option(
 
 def select_inputs(inputs: list[str], shard: str | None) -> list[Path]:
     """The inputs a command works on: gathered, then its shard of them."""
-    from instseg.torchfree.inputs import gather_inputs, parse_shard, shard as take_shard
+    from instseg.io.inputs import gather_inputs, parse_shard, shard as take_shard
 
     paths = gather_inputs(inputs)
     if shard is None:
@@ -82,8 +82,8 @@ def check_workers(workers: int | None) -> None:
 def output_options(overlays: bool, panels: bool, gt: Path | None, embeddings: bool,
                    overwrite: bool = False, resume: bool = False) -> "OutputOptions":
     """What to write beside each label map."""
-    from instseg.torchfree.inputs import label_files, match_key
-    from instseg.torchfree.outputs import OutputOptions
+    from instseg.io.inputs import label_files, match_key
+    from instseg.predict.outputs import OutputOptions
 
     coco = coco_ground_truth(gt)
     gt_files = ({match_key(image.file_name): coco.labels(image) for image in coco.images} if coco is not None
@@ -94,7 +94,7 @@ def output_options(overlays: bool, panels: bool, gt: Path | None, embeddings: bo
 
 def coco_ground_truth(gt: Path | None) -> CocoFile | None:
     """`--gt` as a COCO file, or None for a folder of label PNGs."""
-    from instseg.torchfree.coco import load_coco
+    from instseg.io.coco import load_coco
 
     if gt is None or gt.suffix.lower() != ".json":
         return None
@@ -103,7 +103,7 @@ def coco_ground_truth(gt: Path | None) -> CocoFile | None:
 
 def coco_results(path: Path | None, gt: Path | None, overwrite: bool, resume: bool) -> ResultsFile | None:
     """The `--coco` results file to fill, checked before anything is predicted."""
-    from instseg.torchfree.cocoresults import ResultsFile
+    from instseg.io.coco_results import ResultsFile
 
     if path is None:
         return None

@@ -17,7 +17,7 @@ def plugins(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with full tracebacks) instead of a table.")] = False,
 ) -> None:
     """List plugins: entry point, distribution, version, hooks, what each registered, failures."""
-    from instseg.core.registry import get_registry
+    from instseg.models.registry import get_registry
 
     reg = get_registry()
     infos = [*reg.plugins.values(), *reg.skipped_plugins()]

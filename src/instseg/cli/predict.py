@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from instseg.cli.console import err, out, shown
-from instseg.progress import progress_bar
+from instseg.terminal import progress_bar
 from instseg.cli.options import (
     Bandwidth,
     Cluster,
@@ -34,13 +34,13 @@ from instseg.cli.options import (
     select_inputs,
 )
 from instseg.errors import ConfigError, DataError
-from instseg.torchfree.tiling import geometry, set_tiling
+from instseg.predict.tiling import geometry, set_tiling
 
 if TYPE_CHECKING:
-    from instseg.torchfree.clustering import ClusterParams
-    from instseg.torchfree.cocoresults import ResultsFile
-    from instseg.torchfree.outputs import OutputOptions
-    from instseg.torchfree.pipeline import Runner
+    from instseg.instances.clustering import ClusterParams
+    from instseg.io.coco_results import ResultsFile
+    from instseg.predict.outputs import OutputOptions
+    from instseg.predict.pipeline import Runner
 
 
 def predict(
@@ -66,7 +66,7 @@ def predict(
     workers: Workers = None,
 ) -> None:
     """Write <stem>_label.png (16-bit instance ids, input size) and <stem>_overlay.png per image."""
-    from instseg.core.runner import TorchRunner
+    from instseg.predict.torch_runner import TorchRunner
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
@@ -87,9 +87,9 @@ def predict_to_folder(paths: list[Path], runner: Runner, params: ClusterParams, 
     """`outputs.predict_folder` with the console around it (shared by `predict` and `infer`):
     progress on stderr, a summary on stdout, the time each stage took, every failure listed,
     a DataError when any failed; each prediction also goes into the COCO `results` file, when given."""
-    from instseg.torchfree.inputs import output_names
-    from instseg.torchfree.outputs import predict_folder
-    from instseg.torchfree.pipeline import Prediction
+    from instseg.io.inputs import output_names
+    from instseg.predict.outputs import predict_folder
+    from instseg.predict.pipeline import Prediction
 
     for path, name in zip(paths, output_names(paths)):
         if name != path.stem:

@@ -14,9 +14,9 @@ import typer
 from rich.table import Table
 
 from instseg.cli.console import err, fmt_mean_std, out, shown
-from instseg.core.config import OPTIMIZERS, SCHEDULERS, TrainConfig, parse_model_options
-from instseg.core.presets import AUTO, PRESETS
-from instseg.torchfree.clustering import CLUSTER_METHODS
+from instseg.train.config import OPTIMIZERS, SCHEDULERS, TrainConfig, parse_model_options
+from instseg.train.presets import AUTO, PRESETS
+from instseg.instances.clustering import CLUSTER_METHODS
 
 D = TrainConfig()  # the defaults live in one place
 CLI_TO_CONFIG = {"out_dir": "out", "compile_": "compile", "model_option": "model_kwargs"}  # parameter names that differ from TrainConfig's
@@ -83,13 +83,13 @@ def train(
         help="Continue an interrupted run from its last.pt, with its saved options.")] = None,
 ) -> None:
     """Train a model; writes runs/<model>-<timestamp>/ with config.json, metrics.jsonl, last.pt, best.pt."""
-    from instseg.core.checkpoint import load_resume_checkpoint
-    from instseg.core.data.layouts import parse_data_spec
-    from instseg.core.distributed import DistContext
-    from instseg.core.presets import apply_preset, resolve_preset
-    from instseg.core.state import TrainingState
-    from instseg.core.training import Trainer, resume_config
-    from instseg.torchfree.metrics import METRIC_LABELS
+    from instseg.checkpoint import load_resume_checkpoint
+    from instseg.data.layouts import parse_data_spec
+    from instseg.train.distributed import DistContext
+    from instseg.train.presets import apply_preset, resolve_preset
+    from instseg.train.state import TrainingState
+    from instseg.train.trainer import Trainer, resume_config
+    from instseg.metrics.scores import METRIC_LABELS
 
     options = {CLI_TO_CONFIG.get(k, k): v for k, v in ctx.params.items() if k != "resume"}
     spec = parse_data_spec(data)

@@ -46,10 +46,10 @@ import onnx
 import torch
 from torch import nn
 
-from instseg.atomic import atomic_write_bytes
-from instseg.torchfree.clustering import ClusterParams
-from instseg.core.data.synthetic import render_plant
-from instseg.core.specs import ExportCaps
+from instseg.io.atomic import atomic_write_bytes
+from instseg.instances.clustering import ClusterParams
+from instseg.data.synthetic import render_plant
+from instseg.models.specs import ExportCaps
 from instseg.errors import InstsegError
 from instseg.runtime.metadata import INPUT_NAME, OUTPUT_NAMES, ModelInfo
 from instseg.runtime.runner import RUN_ERRORS
@@ -378,8 +378,8 @@ def request_from_checkpoint(path: str | os.PathLike, opset: int = DEFAULT_OPSET,
                             static_size: tuple[int, int] | None = None, fp16: bool = False) -> ExportRequest:
     """An ExportRequest for a run directory or checkpoint: its model, spec, working size and
     clustering defaults, and the plugin distributions the model is built from here."""
-    from instseg.core.checkpoint import load_trained
-    from instseg.core.registry import get_registry, plugin_requirements
+    from instseg.checkpoint import load_trained
+    from instseg.models.registry import get_registry, plugin_requirements
 
     trained = load_trained(path)
     spec = get_registry().model_spec(trained.name)

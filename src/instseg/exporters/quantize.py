@@ -31,15 +31,15 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from instseg.atomic import atomic_write_bytes
+from instseg.io.atomic import atomic_write_bytes
 from instseg.errors import ConfigError, DataError
 from instseg.exporters.onnx import ExportRequest, ExportResult, export_onnx, failed_path, with_metadata
 from instseg.runtime.metadata import INPUT_NAME
 from instseg.runtime.runner import OnnxRunner
-from instseg.torchfree.imageio import read_image
-from instseg.torchfree.inputs import gather_inputs
-from instseg.torchfree.metrics import symmetric_best_dice
-from instseg.torchfree.pipeline import Failure, Source, batches, network_batch, predict_sources
+from instseg.io.images import read_image
+from instseg.io.inputs import gather_inputs
+from instseg.metrics.scores import symmetric_best_dice
+from instseg.predict.pipeline import Failure, Source, batches, network_batch, predict_sources
 
 CALIBRATION_IMAGES = 32  # at most, evenly spaced over the calibration set
 QUANTIZATION = "static QDQ: int8 weights per channel, uint8 activations, MinMax ranges; output heads in fp32"
@@ -159,7 +159,7 @@ def task_parity(fp32: OnnxRunner, int8: OnnxRunner, val_set: Sequence[dict[str, 
                 tolerance: float) -> TaskParity:
     """Validation SBD of both graphs and the SBD between their label maps, image by image (one
     image held at a time, however many the validation set has)."""
-    from instseg.core.evaluation import labelled_sources
+    from instseg.predict.evaluation import labelled_sources
 
     rows = []  # (SBD fp32, SBD int8, SBD between them) per image
     for source, truth in labelled_sources(val_set):
@@ -193,7 +193,7 @@ def export_int8(request: ExportRequest, path: str | os.PathLike, calibration: Pa
     The file lands at `path` when validation SBD drops by at most `tolerance` (or `force`),
     else at `failed_path(path)`, so a good model at `path` is never replaced by a worse one.
     When the fp32 graph itself fails its parity, nothing is written."""
-    from instseg.core.evaluation import EvalData, run_datasets
+    from instseg.predict.evaluation import EvalData, run_datasets
 
     if tolerance < 0:
         raise ConfigError(f"--sbd-tolerance {tolerance}: must be 0 or more")

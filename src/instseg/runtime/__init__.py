@@ -4,7 +4,7 @@ Nothing here imports torch (a test runs `instseg infer` where importing torch fa
 exported model, numpy, Pillow, threadpoolctl and onnxruntime are all a deployment needs.
 
     runner = OnnxRunner.open("model.onnx", provider="auto")
-    for result in instseg.torchfree.pipeline.predict(paths, runner): ...
+    for result in instseg.predict.pipeline.predict(paths, runner): ...
 """
 
 from instseg.runtime.metadata import INPUT_NAME, OUTPUT_NAMES, ModelInfo

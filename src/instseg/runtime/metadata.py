@@ -16,7 +16,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
-from instseg.torchfree.clustering import ClusterParams
+from instseg.instances.clustering import ClusterParams
 from instseg.errors import CheckpointError, ConfigError
 
 FORMAT_KEY = "instseg.format"
@@ -79,7 +79,7 @@ class ModelInfo:
             "instseg.model": self.model,
             "instseg.backbone": self.backbone or "",
             "instseg.version": self.instseg_version,
-            "instseg.plugins": json.dumps(dict(self.plugins), sort_keys=True),
+            "instseg.models.architectures": json.dumps(dict(self.plugins), sort_keys=True),
             "instseg.exporter": self.exporter,
             "instseg.torch": self.torch_version,
             "instseg.opset": str(self.opset),
@@ -124,7 +124,7 @@ class ModelInfo:
             model=reader.text("instseg.model"),
             backbone=reader.text("instseg.backbone") or None,
             instseg_version=reader.text("instseg.version"),
-            plugins=reader.json("instseg.plugins", dict),
+            plugins=reader.json("instseg.models.architectures", dict),
             exporter=reader.text("instseg.exporter"),
             torch_version=reader.text("instseg.torch"),
             opset=reader.integer("instseg.opset", 1, 1000),

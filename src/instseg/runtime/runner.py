@@ -1,6 +1,6 @@
-"""The ONNX Runtime runner of the prediction pipeline (see `instseg.torchfree.pipeline` for the protocol).
+"""The ONNX Runtime runner of the prediction pipeline (see `instseg.predict.pipeline` for the protocol).
 
-`instseg predict` runs a checkpoint through `core.runner.TorchRunner`; `instseg infer` runs an
+`instseg predict` runs a checkpoint through `predict.torch_runner.TorchRunner`; `instseg infer` runs an
 exported file through `OnnxRunner` - the same pipeline, clustering and files around either.
 Everything the runner needs comes from the file's metadata. Torch-free.
 """
@@ -17,7 +17,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, R
 from instseg.errors import CheckpointError, DataError
 from instseg.runtime.metadata import INPUT_NAME, OUTPUT_NAMES, ModelInfo
 from instseg.runtime.session import ProviderReport, open_session
-from instseg.torchfree.tiling import default_tiling
+from instseg.predict.tiling import default_tiling
 
 RUN_ERRORS = (Fail, InvalidArgument, RuntimeException)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from instseg import ExportCaps, ModelSpec, hookimpl
-from instseg.plugins.unet import UNetDecoder
+from instseg.models.architectures.unet import UNetDecoder
 
 from instseg_plugin_example.mobilenet import MobileNetV2Encoder
 

@@ -1,0 +1,54 @@
+"""The PyTorch runner of the prediction pipeline (see `instseg.predict.pipeline` for the protocol)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from instseg.checkpoint import load_trained
+from instseg.device import DeviceChoice, resolve_device
+from instseg.instances.clustering import ClusterParams
+from instseg.predict.tiling import default_tiling
+
+
+class TorchRunner:
+    """A model on a device: numpy images in, numpy outputs out. Built from a checkpoint
+    (`from_checkpoint`) or around an in-memory model (training's validation).
+
+    The model normalises and pads internally, so any H x W is accepted (`multiple_of` 1).
+    `scale`: the run's fixed resize factor (None: shorter side -> `image_size`).
+    """
+
+    multiple_of = 1
+    static_size = None
+
+    def __init__(self, model: torch.nn.Module, device: DeviceChoice, image_size: int, cluster: ClusterParams,
+                 description: str = "", checkpoint: dict | None = None, scale: float | None = None) -> None:
+        self.model = model.to(device.device).eval()
+        self.device = device
+        self.image_size = image_size
+        self.tile, self.tile_overlap = default_tiling(self.image_size)
+        self.scale = scale
+        self.cluster = cluster
+        self.max_instances = model.max_instances
+        self.description = description
+        checkpoint = checkpoint or {}
+        self.config: dict = checkpoint.get("config", {})  # the run's training options, when from a checkpoint
+        self.checkpoint_path: str | None = checkpoint.get("path")
+        self.epoch: int | None = checkpoint.get("epoch")
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto") -> "TorchRunner":
+        trained = load_trained(path)
+        return cls(trained.model, resolve_device(device), trained.image_size, trained.cluster, trained.description,
+                   trained.checkpoint, trained.scale)
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device.device)
+        with torch.autocast(self.device.device.type, dtype=self.device.amp_dtype or torch.float32,
+                            enabled=self.device.amp_dtype is not None):
+            output = self.model(x)
+        return tuple(t.float().cpu().numpy() for t in output)

@@ -1,0 +1,162 @@
+"""Training options (torch-free, so the CLI can show their defaults without importing torch)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from instseg.instances.clustering import AUTO, CLUSTER_METHODS
+from instseg.errors import CheckpointError, ConfigError
+
+OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW"}  # --optimizer -> torch.optim class
+SCHEDULERS = ("cosine", "constant")
+RESUME_OVERRIDES = ("device", "workers", "compile", "max_nonfinite", "accumulate", "tensorboard")  # how a run runs, not what it computes
+
+
+def _default_loss_weights() -> dict[str, float]:
+    return {"discriminative": 1.0, "cross_entropy": 1.0, "dice": 1.0, "count": 1.0}
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run; saved as config.json. Defaults: ~5 min on 2 CPU cores."""
+
+    preset: str | None = None  # the named recipe whose defaults this run started from (presets.py)
+    model: str = "unet-cbam"
+    backbone: str | None = None
+    width: int | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # from --model-option, see parse_model_options
+    weights: str | None = None  # a local state dict for the backbone (--weights)
+    embedding_dim: int = 32
+    position_scale: float = 0.0  # pixels per embedding unit of the (row, column) channels; 0 = off
+    max_instances: int = 20
+    data: str = "synthetic"
+    image_size: int = 128  # working size (shorter side), or the side of the training crops with `scale`
+    scale: float | None = None  # fixed resize factor: objects keep their pixel size (microscopy)
+    train_size: int = 384  # synthetic images per epoch
+    val_size: int = 32  # synthetic validation images
+    val_split: float = 0.2  # file datasets: seeded fraction of images for validation
+    val_list: str | None = None  # file datasets: stems of the validation images (overrides val_split)
+    augment: bool = True  # file datasets: paired flips, rotations, zoom, color jitter, blur
+    epochs: int = 6
+    batch_size: int = 8  # per process; the global batch is batch_size x accumulate x processes
+    accumulate: int = 1  # micro-batches whose gradients add up to one optimizer step
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"
+    warmup_epochs: float = 0.5
+    grad_clip: float = 5.0
+    delta_v: float = 0.5
+    delta_d: float = 1.5
+    loss_weights: dict[str, float] = field(default_factory=_default_loss_weights)
+    cluster: str = AUTO  # the run's prediction default (auto: measured on validation, cluster_choice.py)
+    device: str = "auto"
+    amp: bool = True
+    compile: bool = False  # torch.compile the training forward
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
+    max_nonfinite: int = 5  # stop after this many non-finite losses in a row
+    tensorboard: bool = False  # log to <run>/tensorboard/ (rank 0; needs the tensorboard package)
+    workers: int = 0
+    seed: int = 0
+    out: str = "runs"
+    name: str | None = None  # run directory name; default <model>-<timestamp>
+
+    def validate(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "image_size": 16 <= self.image_size <= 4096,
+            "scale": self.scale is None or (math.isfinite(self.scale) and 1 / 64 <= self.scale <= 64),
+            "lr": math.isfinite(self.lr) and self.lr > 0,
+            "weight_decay": math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            "warmup_epochs": math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0,
+            "delta_v": math.isfinite(self.delta_v) and self.delta_v > 0,
+            "delta_d": math.isfinite(self.delta_d) and self.delta_d > 0,
+            "embedding_dim": 1 <= self.embedding_dim <= 4096,
+            "position_scale": math.isfinite(self.position_scale) and self.position_scale >= 0
+                              and (not self.position_scale or self.embedding_dim >= 2),
+            "max_instances": 1 <= self.max_instances <= 2**16 - 1,
+            "width": self.width is None or 1 <= self.width <= 1024,
+            "train_size": self.train_size >= 1,
+            "val_size": self.val_size >= 1,
+            "workers": self.workers >= 0,
+            "grad_clip": math.isfinite(self.grad_clip) and self.grad_clip >= 0,
+            "val_split": 0 < self.val_split < 1,
+            "accumulate": self.accumulate >= 1,
+            "max_nonfinite": self.max_nonfinite >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"invalid training option(s): {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"--optimizer {self.optimizer}: choose from {', '.join(OPTIMIZERS)}")
+        if self.cluster not in (AUTO, *CLUSTER_METHODS):
+            raise ConfigError(f"--cluster {self.cluster}: choose from {', '.join((AUTO, *CLUSTER_METHODS))}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"--scheduler {self.scheduler}: choose from {', '.join(SCHEDULERS)}")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("--tensorboard needs the tensorboard package: pip install 'instseg[tensorboard]'")
+
+
+BACKBONE_PREFIX = "backbone."
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: true/false, none, an int, a float, a comma list (a tuple) or a string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    if "," in text:
+        return tuple(parse_value(part) for part in text.split(",") if part.strip())
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text.strip()
+
+
+def parse_model_options(items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` items -> create_model keyword arguments.
+
+    `KEY=VALUE` goes to the architecture's decoder (e.g. `coord_conv=true`, `skip_stride=none`);
+    `backbone.KEY=VALUE` to its backbone (e.g. `backbone.output_stride=16`), collected under
+    `backbone_kwargs`.
+    """
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        to_backbone = key.startswith(BACKBONE_PREFIX)
+        name = key[len(BACKBONE_PREFIX):] if to_backbone else key
+        if not sep or not name.isidentifier():
+            raise ConfigError(f"--model-option {item!r}: expected KEY=VALUE or backbone.KEY=VALUE")
+        target = options.setdefault("backbone_kwargs", {}) if to_backbone else options
+        target[name] = parse_value(value)
+    return options
+
+
+def resume_config(checkpoint: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
+    """The configuration a run resumes with: its saved one, changed only in how it runs.
+
+    Options that change what is computed (learning rate, epochs, data, ...) would make the
+    resumed run differ from the one that was interrupted, so they are refused.
+    """
+    refused = sorted(set(overrides) - set(RESUME_OVERRIDES))
+    if refused:
+        allowed = ", ".join(f"--{name.replace('_', '-')}" for name in RESUME_OVERRIDES)
+        given = ", ".join(f"--{name.replace('_', '-')}" for name in refused)
+        raise ConfigError(f"--resume continues {Path(checkpoint['path']).parent} with its saved options; "
+                          f"only {allowed} may change (given: {given})")
+    try:
+        config = TrainConfig(**{**checkpoint["config"], **overrides})
+    except TypeError as exc:
+        raise CheckpointError(f"{checkpoint['path']}: its saved options do not fit this instseg ({exc})") from exc
+    config.validate()
+    return config

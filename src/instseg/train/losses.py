@@ -1,0 +1,167 @@
+"""Losses: the discriminative loss (De Brabandere et al. 2017), dice + CE, count MSE.
+
+All targets come from one instance label map per image (int64, 0 = background, IGNORE = -1
+for pixels no term sees, e.g. COCO crowd regions), never from zero-padded one-hot stacks. Cluster statistics are computed with `index_add_` over global
+(image, instance) ids, so memory is O(B*H*W*D) and there is no Python loop over images or
+instances.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from instseg.models.interfaces import SegOutput
+from instseg.metrics.scores import IGNORE
+
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class DiscriminativeTerms:
+    """Batch means over images that contain at least one instance."""
+
+    total: Tensor
+    variance: Tensor
+    distance: Tensor
+    regularization: Tensor
+
+
+def instance_counts(labels: Tensor) -> Tensor:
+    """Number of distinct non-zero ids per image (ids need not be contiguous): shape B."""
+    batch = labels.shape[0]
+    flat = labels.reshape(batch, -1)
+    k = int(flat.max().clamp_min(0).item()) + 1 if flat.numel() else 1
+    present = torch.zeros(batch, k, dtype=torch.bool, device=labels.device)
+    present.scatter_(1, flat.clamp_min(0), True)
+    return present[:, 1:].sum(dim=1)
+
+
+def _safe_norm(x: Tensor, dim: int) -> Tensor:
+    # sqrt(max(|x|^2, eps)): the gradient of |x| at 0 is undefined; here it is 0.
+    return x.pow(2).sum(dim=dim).clamp_min(_EPS).sqrt()
+
+
+def discriminative_loss(
+    embedding: Tensor,
+    labels: Tensor,
+    *,
+    delta_v: float = 0.5,
+    delta_d: float = 1.5,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    gamma: float = 0.001,
+) -> DiscriminativeTerms:
+    """The paper's eq. 1-4 on B x D x H x W embeddings and B x H x W instance label maps.
+
+    variance: per cluster the mean of [||mu_c - x_i|| - delta_v]_+^2, averaged over clusters;
+    distance: [2 delta_d - ||mu_a - mu_b||]_+^2 averaged over ordered pairs a != b (0 if C <= 1);
+    regularization: mean ||mu_c|| over clusters. Each term is averaged over the images that
+    have at least one instance; a batch with none gives zeros that still carry a gradient.
+    """
+    if embedding.dim() != 4 or labels.dim() != 3 or embedding.shape[0] != labels.shape[0] \
+            or embedding.shape[2:] != labels.shape[1:]:
+        raise ValueError(f"embedding {tuple(embedding.shape)} and labels {tuple(labels.shape)} do not match")
+    batch, dim = embedding.shape[:2]
+    embedding = embedding.float()
+    labels = labels.long()
+    k = int(labels.max().clamp_min(0).item()) + 1 if labels.numel() else 1
+
+    # Global cluster id per foreground pixel: image * k + instance id.
+    pixels = embedding.permute(0, 2, 3, 1).reshape(-1, dim)
+    gid = (labels + k * torch.arange(batch, device=labels.device).view(-1, 1, 1)).reshape(-1)
+    fg = labels.reshape(-1) > 0
+    x, g = pixels[fg], gid[fg]
+
+    n = torch.zeros(batch * k, device=embedding.device).index_add_(0, g, torch.ones_like(g, dtype=torch.float32))
+    present = (n > 0).view(batch, k)
+    means = torch.zeros(batch * k, dim, device=embedding.device).index_add_(0, g, x) / n.clamp_min(1).unsqueeze(1)
+
+    pull = (_safe_norm(x - means[g], dim=1) - delta_v).clamp_min(0).pow(2)
+    var_per_cluster = torch.zeros(batch * k, device=embedding.device).index_add_(0, g, pull) / n.clamp_min(1)
+    clusters = present.sum(dim=1).float()
+    variance = var_per_cluster.view(batch, k).sum(dim=1) / clusters.clamp_min(1)
+
+    centers = means.view(batch, k, dim)
+    pair_dist = _safe_norm(centers.unsqueeze(2) - centers.unsqueeze(1), dim=3)
+    off_diagonal = ~torch.eye(k, dtype=torch.bool, device=embedding.device)
+    pairs = present.unsqueeze(2) & present.unsqueeze(1) & off_diagonal
+    push = (2 * delta_d - pair_dist).clamp_min(0).pow(2) * pairs
+    distance = push.sum(dim=(1, 2)) / (clusters * (clusters - 1)).clamp_min(1)
+
+    regularization = (_safe_norm(centers, dim=2) * present).sum(dim=1) / clusters.clamp_min(1)
+
+    has_instances = clusters > 0
+    n_images = has_instances.sum().clamp_min(1)
+
+    def batch_mean(per_image: Tensor) -> Tensor:
+        return (per_image * has_instances).sum() / n_images
+
+    variance, distance, regularization = batch_mean(variance), batch_mean(distance), batch_mean(regularization)
+    if not bool(has_instances.any()):  # keep the graph connected so backward() still works
+        zero = embedding.sum() * 0.0
+        variance, distance, regularization = zero, zero, zero
+    total = alpha * variance + beta * distance + gamma * regularization
+    return DiscriminativeTerms(total, variance, distance, regularization)
+
+
+def soft_dice_loss(logits: Tensor, foreground: Tensor, valid: Tensor | None = None) -> Tensor:
+    """1 - Dice between the foreground probability and the foreground mask, per image, averaged
+    (over the `valid` pixels only, when given)."""
+    prob = logits.float().softmax(dim=1)[:, 1]
+    target = foreground.float()
+    if valid is not None:
+        prob, target = prob * valid, target * valid
+    inter = (prob * target).sum(dim=(1, 2))
+    denom = prob.sum(dim=(1, 2)) + target.sum(dim=(1, 2))
+    return (1 - (2 * inter + 1) / (denom + 1)).mean()
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    discriminative: float = 1.0
+    cross_entropy: float = 1.0
+    dice: float = 1.0
+    count: float = 1.0
+
+
+class MultiTaskLoss(nn.Module):
+    """Weighted sum of discriminative (embedding), CE + dice (semantic) and MSE (count) losses."""
+
+    def __init__(
+        self,
+        max_instances: int,
+        weights: LossWeights = LossWeights(),
+        delta_v: float = 0.5,
+        delta_d: float = 1.5,
+    ) -> None:
+        super().__init__()
+        self.max_instances = max_instances
+        self.weights = weights
+        self.delta_v = delta_v
+        self.delta_d = delta_d
+
+    def forward(self, output: SegOutput, labels: Tensor) -> dict[str, Tensor]:
+        disc = discriminative_loss(output.embedding, labels, delta_v=self.delta_v, delta_d=self.delta_d)
+        foreground = labels > 0
+        valid = labels != IGNORE
+        ce_pixels = F.cross_entropy(output.semantic.float(), foreground.long(), reduction="none")
+        ce = (ce_pixels * valid).sum() / valid.sum().clamp_min(1)
+        dice = soft_dice_loss(output.semantic, foreground, valid)
+        target = instance_counts(labels).float().clamp_max(self.max_instances) / self.max_instances
+        count = F.mse_loss(output.count.float().view(-1), target)
+        w = self.weights
+        total = w.discriminative * disc.total + w.cross_entropy * ce + w.dice * dice + w.count * count
+        return {
+            "loss": total,
+            "disc": disc.total,
+            "var": disc.variance,
+            "dist": disc.distance,
+            "reg": disc.regularization,
+            "ce": ce,
+            "dice": dice,
+            "count": count,
+        }

@@ -1,0 +1,106 @@
+import pytest
+import torch
+
+from instseg.models.interfaces import SegOutput
+from instseg.train.losses import MultiTaskLoss, discriminative_loss, instance_counts
+
+
+def emb(values):
+    """[[ (x, y) per pixel ]] rows -> 1 x 2 x H x W embedding."""
+    return torch.tensor(values, dtype=torch.float32).permute(2, 0, 1).unsqueeze(0)
+
+
+ONE = (emb([[[0, 0], [0, 0]], [[2, 0], [2, 0]]]), torch.tensor([[[1, 1], [1, 1]]]))
+TWO = (emb([[[0, 0], [0, 0]], [[1, 0], [1, 0]]]), torch.tensor([[[1, 1], [2, 2]]]))
+EMPTY = (emb([[[5, 5], [1, 1]], [[2, 2], [3, 3]]]), torch.zeros(1, 2, 2, dtype=torch.long))
+
+
+def test_one_instance_by_hand():
+    # mean (1, 0); every pixel at distance 1 -> (1 - 0.5)^2 = 0.25; no pairs; ||mu|| = 1.
+    t = discriminative_loss(*ONE)
+    assert t.variance.item() == pytest.approx(0.25)
+    assert t.distance.item() == 0.0
+    assert t.regularization.item() == pytest.approx(1.0)
+    assert t.total.item() == pytest.approx(0.25 + 0.001)
+
+
+def test_two_instances_by_hand():
+    # tight clusters at (0,0) and (1,0): variance 0; ||mu_a - mu_b|| = 1 -> (3 - 1)^2 = 4 on both
+    # ordered pairs, averaged -> 4; regulariser (0 + 1) / 2.
+    t = discriminative_loss(*TWO)
+    assert t.variance.item() == pytest.approx(0.0, abs=1e-6)
+    assert t.distance.item() == pytest.approx(4.0)
+    assert t.regularization.item() == pytest.approx(0.5)
+    assert t.total.item() == pytest.approx(4.0005)
+
+
+def test_ids_need_not_be_contiguous():
+    e, labels = TWO
+    relabelled = torch.where(labels == 1, 3, 7)
+    assert discriminative_loss(e, relabelled).total.item() == pytest.approx(discriminative_loss(e, labels).total.item())
+
+
+def test_all_background_is_zero_and_differentiable():
+    e, labels = EMPTY
+    e.requires_grad_(True)
+    t = discriminative_loss(e, labels)
+    assert t.total.item() == 0.0
+    t.total.backward()
+    assert e.grad is not None and torch.all(e.grad == 0)
+
+
+def test_batch_averages_only_images_with_instances():
+    e = torch.cat([ONE[0], EMPTY[0]])
+    labels = torch.cat([ONE[1], EMPTY[1]])
+    assert discriminative_loss(e, labels).total.item() == pytest.approx(0.251)
+
+
+def test_batch_of_two_images_is_vectorised_mean():
+    e = torch.cat([ONE[0], TWO[0]])
+    labels = torch.cat([ONE[1], TWO[1]])
+    t = discriminative_loss(e, labels)
+    assert t.variance.item() == pytest.approx(0.125)
+    assert t.distance.item() == pytest.approx(2.0)
+    assert t.regularization.item() == pytest.approx(0.75)
+
+
+def test_identical_centers_give_finite_gradients():
+    e = torch.zeros(1, 4, 8, 8, requires_grad=True)
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[0, :4], labels[0, 4:] = 1, 2
+    t = discriminative_loss(e, labels)
+    assert t.distance.item() == pytest.approx(9.0)  # (2 * 1.5 - 0)^2
+    t.total.backward()
+    assert torch.isfinite(e.grad).all()
+
+
+def test_gradients_pull_pixels_towards_their_center():
+    e, labels = ONE
+    e = e.clone().requires_grad_(True)
+    discriminative_loss(e, labels).variance.backward()
+    # pixel (0,0) sits at x=0 left of the mean x=1: descending the gradient moves it right.
+    assert e.grad[0, 0, 0, 0] < 0 and e.grad[0, 0, 1, 0] > 0
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError):
+        discriminative_loss(torch.zeros(1, 2, 4, 4), torch.zeros(1, 4, 5, dtype=torch.long))
+
+
+def test_instance_counts():
+    labels = torch.tensor([[[0, 3], [3, 9]], [[0, 0], [0, 0]]])
+    assert instance_counts(labels).tolist() == [2, 0]
+
+
+def test_multitask_loss_terms_and_count_clipping():
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[0, :4, :4], labels[0, 4:, 4:] = 1, 2
+    out = SegOutput(torch.zeros(2, 2, 8, 8, requires_grad=True), torch.zeros(2, 4, 8, 8, requires_grad=True),
+                    torch.full((2, 1), 0.5, requires_grad=True))
+    terms = MultiTaskLoss(max_instances=1)(out, labels)
+    # counts 2 (clipped to 1) and 0 -> targets 1.0, 0.0; prediction 0.5 -> MSE 0.25
+    assert terms["count"].item() == pytest.approx(0.25)
+    assert terms["ce"].item() == pytest.approx(torch.log(torch.tensor(2.0)).item())
+    assert set(terms) >= {"loss", "disc", "var", "dist", "reg", "ce", "dice", "count"}
+    terms["loss"].backward()
+    assert all(torch.isfinite(t.grad).all() for t in out)
