@@ -1,5 +1,6 @@
 """Clustering speed and quality, side by side on one machine in one run.
 
+    pip install -e ".[bench]"   # scikit-learn, for the reference KMeans
     python bench/clustering.py RUN_OR_CHECKPOINT [--sizes 256 512] [--images 8] [--threads N]
 
 A trained synthetic model runs on synthetic validation images rendered at each size; its
@@ -26,9 +27,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from instseg.data.synthetic import render_plant
 from instseg.instances.clustering import ClusterParams, cluster_embeddings, instance_count
 from instseg.instances.postprocess import relabel_sequential
-from instseg.data.synthetic import render_plant
 from instseg.metrics.scores import symmetric_best_dice
 
 REFERENCE = "sklearn KMeans (n_init=35, max_iter=500)"

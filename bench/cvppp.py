@@ -1,18 +1,24 @@
 """Real leaves: train each model on CVPPP A1 with the README's recipe and print it beside the reference table.
 
-    python bench/cvppp.py --data /tmp/cvppp/A1 --models unet-cbam            # one row (~25 min on 2 cores)
-    python bench/cvppp.py --data /tmp/cvppp/A1 --models unet segnet --train-args "--epochs 30"
-    python bench/cvppp.py --data /tmp/cvppp/A1 --table-only                  # the rows measured so far
+    python bench/cvppp.py --data PATH/A1 --split tune --tag dice --train-args "--loss-weight instance=1"
+    python bench/cvppp.py --data PATH/A1 --models unet-cbam                  # the reported row (~25 min)
+    python bench/cvppp.py --out cvppp-bench --table-only                      # the rows measured so far
 
-Each model trains with `instseg train --data cvppp:A1 --val-list splits/cvppp_a1_val.txt` (the
-`cvppp` preset: the recipe a user gets), as a subprocess, into `--out/<model>`; its best.pt is
-then scored on the 28 validation plants by `instseg evaluate`'s own code
-(`predict.evaluation.evaluate_model`). Rows accumulate in `--out/results.json`, so models can run
-one at a time. "min to ref" is the training time (wall, validation included) at the end of the
-first epoch whose validation SBD reached the reference row's SBD.
+Two protocols, so that no recipe value is chosen on the plants it is reported on:
+- `--split tune` (ranking levers): train on 80 of the 100 training plants and score the other
+  20 (`splits/cvppp_a1_tune.txt`); the 28 validation plants are not even in the data folder
+  (a folder of links to the 100 is made under `--out`).
+- `--split val` (the reported figure, once per final recipe): train on all 100 with
+  `--val-list splits/cvppp_a1_val.txt` (the `cvppp` preset: the recipe a user gets), then score
+  the 28 plants with the *last* epoch's weights (last.pt), never best.pt, which is picked on
+  those same 28; clustering is the method given by `--cluster` (chosen on the tuning split),
+  not `auto`, which would also choose on them.
 
-Stage the data first (never commit it: its licence forbids redistribution):
-    bash ../shared/data/stage-cvppp-a1.sh GIT_DIR /tmp/cvppp
+Each run is an `instseg train` subprocess into `--out/<split>/<model>[-<tag>]`, scored by
+`instseg evaluate`'s own code (`instseg.load(...).evaluate()`). Rows accumulate in
+`--out/results.json`, so runs can go one at a time. "min to ref" is the training time (wall,
+validation included) at the end of the first epoch whose validation SBD reached the reference
+row's SBD (read only, never used to choose).
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ import sys
 import time
 from pathlib import Path
 
+import instseg
 from instseg.io.atomic import atomic_write_text
-from instseg.predict.evaluation import evaluate_model
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL_LIST = ROOT / "splits" / "cvppp_a1_val.txt"
+TUNE_LIST = ROOT / "splits" / "cvppp_a1_tune.txt"
+SCORED = "last.pt"  # the last epoch: no epoch is chosen on the plants that are scored
 # The reference implementation's README (gymoon10, GPU, 2022): SBD, FG Dice, its "DiC" column.
 REFERENCE = {
     "reseg": (0.8599, 0.9669, 0.7143),
@@ -43,12 +51,27 @@ TARGET_SBD = 0.86  # the issue's bar for the models without a reference row (dee
 MODELS = ("unet-cbam", "unet", "segnet", "reseg-coord", "deeplabv3", "stacked-recurrent-hourglass")
 
 
-def train(model: str, data: Path, out: Path, extra: list[str]) -> float:
+def stems(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def tuning_data(data: Path, out: Path) -> Path:
+    """A folder of links to the 100 training plants' files: the 28 validation plants left out."""
+    folder = out / "tune-data" / "A1"
+    held_out = set(stems(VAL_LIST))
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted(data.glob("plant*_*.png")):
+        if path.name.split("_")[0] not in held_out and not (folder / path.name).exists():
+            (folder / path.name).symlink_to(path.resolve())
+    return folder
+
+
+def train(name: str, model: str, data: Path, val_list: Path, out: Path, extra: list[str]) -> float:
     """Run `instseg train` for one model; its wall time in seconds."""
-    if (out / model).exists():
-        sys.exit(f"error: {out / model} exists: move it away, or score it with --evaluate-only")
+    if (out / name).exists():
+        sys.exit(f"error: {out / name} exists: move it away, or score it with --evaluate-only")
     command = [sys.executable, "-m", "instseg", "train", "--model", model, "--data", f"cvppp:{data}",
-               "--val-list", str(VAL_LIST), "--out", str(out), "--name", model, *extra]
+               "--val-list", str(val_list), "--out", str(out), "--name", name, *extra]
     print("$", shlex.join(command), flush=True)
     start = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "COLUMNS": "100"})
@@ -64,17 +87,18 @@ def first_reaching(run: Path, sbd: float) -> float | None:
     return None
 
 
-def measure(model: str, run: Path, wall: float | None) -> dict:
-    report = evaluate_model(run / "best.pt")
+def measure(model: str, run: Path, wall: float | None, split: str, cluster: str, train_args: str) -> dict:
+    report = instseg.load(run / SCORED).evaluate(cluster={"method": cluster})
     summary = report.summary
     config = json.loads((run / "config.json").read_text())
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     reference = REFERENCE.get(model)
     return {
-        "model": model, "sbd": summary["sbd"]["mean"], "sbd_std": summary["sbd"]["std"],
+        "model": model, "split": split, "scored": f"{SCORED} (epoch {report.source.get('epoch')})",
+        "cluster": cluster, "train_args": train_args, "sbd": summary["sbd"]["mean"], "sbd_std": summary["sbd"]["std"],
         "fg_dice": summary["fg_dice"]["mean"], "dic": summary["dic"]["mean"], "abs_dic": summary["abs_dic"]["mean"],
         "train_minutes": records[-1]["seconds"] / 60, "wall_minutes": None if wall is None else wall / 60,
-        "epochs": len(records), "best_epoch": report.source.get("epoch"),
+        "epochs": len(records),
         "minutes_to_reference": _minutes(first_reaching(run, reference[0] if reference else TARGET_SBD)),
         "device": config["device"], "preset": config["config"].get("preset"),
         "image_size": config["config"]["image_size"],
@@ -90,26 +114,31 @@ def _cell(value: float | None, digits: int = 3) -> str:
 
 
 def table(rows: dict[str, dict]) -> str:
-    lines = ["| model | ref SBD | ref FG Dice | ref DiC | SBD | FG Dice | DiC | \\|DiC\\| | train min | "
-             "min to ref SBD | epochs (best) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for model in [m for m in MODELS if m in rows] + sorted(set(rows) - set(MODELS)):
-        row = rows[model]
+    lines = ["| run | split | ref SBD | ref FG Dice | ref DiC | SBD | FG Dice | DiC | \\|DiC\\| | train min | "
+             "min to ref SBD | scored |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key in sorted(rows, key=lambda k: (rows[k].get("split", "val"), k)):
+        row = rows[key]
+        model = row["model"]
         ref = REFERENCE.get(model, (None, None, None))
         target = "" if model in REFERENCE else f" (target {TARGET_SBD})"
         lines.append(
-            f"| {model} | {_cell(ref[0], 4)}{target} | {_cell(ref[1], 4)} | {_cell(ref[2], 4)} | "
+            f"| {key} | {row.get('split', 'val')} | {_cell(ref[0], 4)}{target} | {_cell(ref[1], 4)} | {_cell(ref[2], 4)} | "
             f"**{row['sbd']:.3f}** ± {row['sbd_std']:.3f} | {row['fg_dice']:.3f} | {row['dic']:+.2f} | "
             f"{row['abs_dic']:.2f} | {row['train_minutes']:.1f} | {_cell(row['minutes_to_reference'], 1)} | "
-            f"{row['epochs']} ({row['best_epoch']}) |")
+            f"{row.get('scored', row.get('best_epoch'))} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("/tmp/cvppp/A1"), help="The staged A1 folder.")
+    parser.add_argument("--data", type=Path, help="The A1 folder (plantNNN_rgb.png, plantNNN_label.png).")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--out", type=Path, default=Path("/tmp/cvppp-bench"), help="Runs and results.json.")
+    parser.add_argument("--out", type=Path, default=Path("cvppp-bench"), help="Runs and results.json.")
+    parser.add_argument("--split", choices=("tune", "val"), default="val",
+                        help="tune: 80 plants -> the 20 tuning plants; val: 100 -> the 28 (reported).")
+    parser.add_argument("--tag", default="", help="Names the run <model>-<tag> (levers on the tuning split).")
+    parser.add_argument("--cluster", default="kmeans", help="Clustering of the scored predictions (fixed).")
     parser.add_argument("--train-args", default="", help="Extra `instseg train` options, e.g. \"--epochs 30\".")
     parser.add_argument("--table-only", action="store_true", help="Print the rows measured so far.")
     parser.add_argument("--evaluate-only", action="store_true", help="Score existing runs in --out, no training.")
@@ -117,11 +146,16 @@ def main() -> None:
     results_path = args.out / "results.json"
     rows = json.loads(results_path.read_text()) if results_path.exists() else {}
     if not args.table_only:
-        if not (args.data / "plant001_rgb.png").exists():
-            sys.exit(f"error: {args.data}: no staged CVPPP A1 (see the module docstring)")
+        if args.data is None or not (args.data / "plant001_rgb.png").exists():
+            sys.exit(f"error: --data {args.data}: not a CVPPP A1 folder")
+        data = tuning_data(args.data, args.out) if args.split == "tune" else args.data
+        val_list = TUNE_LIST if args.split == "tune" else VAL_LIST
+        runs = args.out / args.split
+        extra = ["--cluster", args.cluster, *shlex.split(args.train_args)]
         for model in args.models:
-            wall = None if args.evaluate_only else train(model, args.data, args.out, shlex.split(args.train_args))
-            rows[model] = measure(model, args.out / model, wall)
+            name = f"{model}-{args.tag}" if args.tag else model
+            wall = None if args.evaluate_only else train(name, model, data, val_list, runs, extra)
+            rows[f"{args.split}/{name}"] = measure(model, runs / name, wall, args.split, args.cluster, args.train_args)
             args.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(results_path, json.dumps(rows, indent=2))
     print(table(rows))

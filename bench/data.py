@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader
 from instseg.data import build_datasets
 from instseg.data.cvppp import write_synthetic_cvppp
 from instseg.device import resolve_device
-from instseg.train.losses import MultiTaskLoss
 from instseg.models.registry import create_model
+from instseg.train.losses import MultiTaskLoss
 from instseg.train.trainer import seed_worker
 
 

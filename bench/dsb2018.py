@@ -9,7 +9,7 @@ fixed 10% validation split, overall and per modality, with each clustering metho
 
 Training is `instseg train --preset nuclei --data folder:DSB --val-list splits/dsb2018_val.txt`
 (what a user types), as a subprocess; best.pt is then scored by `instseg evaluate`'s own code
-(`predict.evaluation.evaluate_model`) once per clustering method, so the table shows what the
+(`instseg.load(run).evaluate()`) once per clustering method, so the table shows what the
 method is worth on the same network outputs. Modalities come from the staged manifest.csv
 (grey fluorescence vs colour histology / brightfield). Metrics: the competition's mean AP over
 IoU 0.5:0.05:0.95, AP@0.5, precision and recall at IoU 0.5, SBD, FG Dice, |DiC|.
@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from instseg.io.atomic import atomic_write_text
-from instseg.predict.evaluation import EvalData, evaluate_model
+import instseg
 from instseg.instances.clustering import ClusterParams, cluster_embeddings
+from instseg.io.atomic import atomic_write_text
 from instseg.metrics.scores import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,8 +71,9 @@ def score(run: Path, data: Path, method: str, kinds: dict[str, str],
           tiling: tuple[int, int] | None = None) -> dict[str, dict[str, float]]:
     """Mean metrics of best.pt on the validation split with one clustering method, per modality."""
     tile, overlap = tiling or (None, None)
-    report = evaluate_model(run / "best.pt", EvalData(f"folder:{data}", str(VAL_LIST)), cluster={"method": method},
-                            tile=tile, tile_overlap=overlap)
+    model = instseg.load(run / "best.pt")
+    model.set_tiling(tile, overlap)
+    report = model.evaluate(f"folder:{data}", val_list=str(VAL_LIST), cluster={"method": method})
     groups = {"all": report.rows}
     for kind in ("grey", "colour"):
         groups[kind] = [row for row in report.rows if kinds.get(row.name) == kind]

@@ -41,16 +41,16 @@ import torch
 
 from instseg import create_model, get_registry, list_models
 from instseg.data.synthetic import render_plant
-from instseg.predict.evaluation import EvalData, evaluate_runner, run_datasets
-from instseg.models.registry import plugin_requirements
 from instseg.exporters.onnx import ExportRequest, export_onnx, request_from_checkpoint, sample_images
 from instseg.exporters.quantize import export_int8
-from instseg.runtime import INPUT_NAME, OUTPUT_NAMES, OnnxRunner
 from instseg.instances.clustering import ClusterParams
 from instseg.io.images import resize_image, write_rgb
+from instseg.models.registry import plugin_requirements
+from instseg.predict.evaluation import EvalData, evaluate_runner, run_datasets
 from instseg.predict.outputs import OutputOptions, predict_folder, write_prediction
 from instseg.predict.pipeline import Prediction, predict
 from instseg.predict.stages import STAGES
+from instseg.runtime import INPUT_NAME, OUTPUT_NAMES, OnnxRunner
 
 REFERENCE_MS = (800, 1000)  # the reference implementation's time per image (its README)
 
@@ -65,8 +65,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=None, help="override every untrained model's width")
     parser.add_argument("--steps", type=int, default=3, help="timed network runs per cell (after 1 warm-up)")
     parser.add_argument("--images", type=int, default=16, help="images per end-to-end measurement")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime (and torch) threads; 0: their default")
-    parser.add_argument("--workers", type=int, default=None, help="infer's --workers (default: infer's)")
+    parser.add_argument("--intra-op-threads", type=int, default=0,
+                        help="infer's --intra-op-threads, and torch's threads; 0: their default")
+    parser.add_argument("--threads", type=int, default=None, help="infer's --threads (default: infer's)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
 
@@ -95,7 +96,7 @@ def infer_ips(runner: OnnxRunner, paths: list[Path], batch: int, out: Path, work
     """`instseg infer`'s path: images/s, and the stage that set the pace with its busy time
     per image and thread."""
     start = time.perf_counter()
-    result = predict_folder(paths, runner, out, runner.cluster, batch, OutputOptions(overwrite=True), workers=workers)
+    result = predict_folder(paths, runner, out, runner.cluster, batch, OutputOptions(overwrite=True), threads=workers)
     seconds = time.perf_counter() - start
     if result.failures:
         raise SystemExit(f"bench: {result.failures[0]}")
@@ -166,7 +167,7 @@ def bench_run(args: argparse.Namespace, work: Path) -> list[PrecisionRow]:
         paths, arrays = timing_images(val_set, size, args.images, work / f"images-{size}")
         sbd = {}
         for precision, path in models.items():
-            runner = OnnxRunner.open(path, "cpu", args.threads)
+            runner = OnnxRunner.open(path, "cpu", args.intra_op_threads)
             runner.image_size = size
             sbd[precision] = evaluate_runner(runner, val_set, batch_size=8).summary()["sbd"]["mean"]
             for batch in args.batches:
@@ -174,7 +175,7 @@ def bench_run(args: argparse.Namespace, work: Path) -> list[PrecisionRow]:
                 network = mean_ms(lambda: runner.session.run(list(OUTPUT_NAMES), {INPUT_NAME: images}), args.steps)
                 cell = work / f"out-{precision}-{size}-{batch}"
                 sequential = sequential_ips(runner, paths, batch, cell / "sequential")
-                ips, pace = infer_ips(runner, paths, batch, cell / "infer", args.workers)
+                ips, pace = infer_ips(runner, paths, batch, cell / "infer", args.threads)
                 rows.append(PrecisionRow(precision, size, batch, network / batch, sequential, ips, pace,
                                          sbd[precision], sbd[precision] - sbd.get("fp32", sbd[precision])))
                 print(" | ".join(rows[-1].cells()), flush=True)
@@ -246,7 +247,7 @@ def bench_model(request: ExportRequest, args: argparse.Namespace, work: Path) ->
     result = export_onnx(request, work / f"{request.name}.onnx")
     if not result.ok:
         raise SystemExit(f"bench: {request.name} failed its parity check; see {result.path}")
-    runner = OnnxRunner.open(result.path, "cpu", args.threads)
+    runner = OnnxRunner.open(result.path, "cpu", args.intra_op_threads)
     rows = []
     for size in args.sizes:
         runner.image_size = size  # the working size the pipeline resizes to: the images' own size here
@@ -259,7 +260,7 @@ def bench_model(request: ExportRequest, args: argparse.Namespace, work: Path) ->
             with torch.no_grad():
                 torch_ms = mean_ms(lambda: request.model(tensor), args.steps)
             ort_ms = mean_ms(lambda: runner.session.run(list(OUTPUT_NAMES), {INPUT_NAME: padded}), args.steps)
-            ips, _ = infer_ips(runner, paths, batch, work / f"out-{request.name}-{size}-{batch}", args.workers)
+            ips, _ = infer_ips(runner, paths, batch, work / f"out-{request.name}-{size}-{batch}", args.threads)
             rows.append(ModelRow(request.name, size, batch, torch_ms, ort_ms, ips))
             print(" | ".join(rows[-1].cells()), flush=True)
     return rows
@@ -272,8 +273,8 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 
 def main() -> None:
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.intra_op_threads:
+        torch.set_num_threads(args.intra_op_threads)
     with tempfile.TemporaryDirectory(prefix="instseg-bench-") as work:
         if args.run is not None:
             table = markdown(PRECISION_HEADER, [row.cells() for row in bench_run(args, Path(work))])
@@ -282,7 +283,7 @@ def main() -> None:
             rows = [row for request in untrained_requests(args) for row in bench_model(request, args, Path(work))]
             table = markdown(MODEL_HEADER, [row.cells() for row in rows])
             what = f"untrained models, {f'width {args.width}' if args.width else 'default widths'}"
-    threads = args.threads or "ONNX Runtime's default"
+    threads = args.intra_op_threads or "ONNX Runtime's default"
     print(f"\nCPU ({torch.get_num_threads()} torch threads), ONNX Runtime {ort.__version__} CPUExecutionProvider with "
           f"{threads} threads; {what}; network ms over {args.steps} runs\n")
     print(table)

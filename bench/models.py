@@ -24,10 +24,10 @@ import torch
 from rich.console import Console
 
 from instseg import create_model, list_models
+from instseg.testing import synthetic_batch
 from instseg.train.config import TrainConfig, parse_model_options
 from instseg.train.losses import MultiTaskLoss
 from instseg.train.trainer import Trainer
-from instseg.testing import synthetic_batch
 
 # The reference DeepLabV3 (output stride 16, no skip) and the alternatives to ours (16 + skip).
 DEEPLAB_VARIANTS = {

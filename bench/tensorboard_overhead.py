@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instseg.train.losses import MultiTaskLoss
 from instseg.models.registry import create_model
+from instseg.train.losses import MultiTaskLoss
 from instseg.train.tensorboard import TensorBoardLog
 
 TERMS = ("loss", "disc", "var", "dist", "reg", "ce", "dice", "count")

@@ -1,47 +1,50 @@
 """instseg: semantic instance segmentation with a discriminative loss.
 
-Public API (torch is imported only when a torch-backed name is first used, so the ONNX
-inference path stays torch-free):
+    import instseg
+    model = instseg.load("runs/unet-cbam-...")    # a run directory, a checkpoint or an .onnx file
+    labels = model.segment(image)                # an H x W instance label map
+    instseg.export("runs/unet-cbam-...", out="model.onnx")
 
-    from instseg import hookimpl, ModelSpec, Backbone, Decoder, create_model, list_models
+Plugins: `hookimpl`, `ModelSpec`, `BackboneSpec`, `ExportCaps`, `Backbone`, `Decoder`;
+`create_model`, `list_models`. Names are imported when first used, so `import instseg` is cheap and
+the ONNX path stays torch-free.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from instseg.models.hookspecs import hookimpl, hookspec
-from instseg.models.registry import (
-    PluginError,
-    RegistryError,
-    create_backbone,
-    create_model,
-    get_registry,
-    list_backbones,
-    list_models,
-)
+from instseg.errors import ConfigError, InstsegError, PluginError, RegistryError
 from instseg.models.specs import BackboneSpec, ExportCaps, ModelSpec
-from instseg.errors import ConfigError, InstsegError
 from instseg.version import __version__
 
-
-_LAZY = {
+_LAZY = {  # imported on first use: torch-backed names, and the predictor (numpy, Pillow, scipy)
+    "Predictor": "instseg.predictor",
+    "load": "instseg.predictor",
+    "export": "instseg.predictor",
     "Backbone": "instseg.models.interfaces",
     "Decoder": "instseg.models.interfaces",
     "SegOutput": "instseg.models.interfaces",
     "SegmentationModel": "instseg.models.interfaces",
+    "create_model": "instseg.models.factory",
+    "create_backbone": "instseg.models.factory",
+    # pluggy and the plugin registry: `instseg infer` (import instseg.cli.main) never needs them
+    "hookimpl": "instseg.models.hookspecs",
+    "hookspec": "instseg.models.hookspecs",
+    "get_registry": "instseg.models.registry",
+    "list_backbones": "instseg.models.registry",
+    "list_models": "instseg.models.registry",
 }
 
 __all__ = [
     "Backbone", "BackboneSpec", "ConfigError", "Decoder", "ExportCaps", "InstsegError", "ModelSpec", "PluginError",
-    "RegistryError", "SegOutput", "SegmentationModel", "create_backbone", "create_model", "get_registry",
-    "hookimpl", "hookspec", "list_backbones", "list_models", "__version__",
+    "Predictor", "RegistryError", "SegOutput", "SegmentationModel", "create_backbone", "create_model", "export",
+    "get_registry", "hookimpl", "hookspec", "list_backbones", "list_models", "load", "__version__",
 ]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'instseg' has no attribute '{name}'")

@@ -1,6 +1,7 @@
 """User-facing errors: the CLI prints their message on one line and exits non-zero.
 
-Torch-free on purpose: the ONNX inference path raises these too.
+Every error a user can fix is defined here, so one `except InstsegError` (the CLI's) catches them
+all. Torch-free on purpose: the ONNX inference path raises these too.
 """
 
 
@@ -22,3 +23,20 @@ class ConfigError(InstsegError):
 
 class TrainingError(InstsegError):
     """Training cannot go on (a loss that stays non-finite, a checkpoint that cannot be written)."""
+
+
+class PluginError(InstsegError):
+    """A plugin failed to load or register; the message names its distribution."""
+
+
+class RegistryError(InstsegError, LookupError):
+    """An unknown name, a name registered twice, or an invalid combination."""
+
+
+class ExportError(InstsegError):
+    """The model could not be exported, or the export does not match PyTorch."""
+
+
+class MissingDependencyError(InstsegError, ImportError):
+    """An optional package a command needs is not installed; the message says what to install.
+    Also an ImportError, so code that guards an import with `except ImportError` keeps working."""

@@ -28,20 +28,14 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import torch
 
-from instseg.instances.clustering import ClusterParams
 from instseg.data.synthetic import render_plant
-from instseg.models.interfaces import SegOutput
-from instseg.train.losses import MultiTaskLoss
+from instseg.errors import PluginError
+from instseg.instances.clustering import ClusterParams
 from instseg.models.discovery import DISABLE_ENV, ONLY_ENV, PluginSelection, of_distribution
-from instseg.models.registry import (
-    PluginError,
-    Registry,
-    create_backbone,
-    create_model,
-    get_registry,
-    plugin_requirements,
-    reset_registry,
-)
+from instseg.models.factory import create_backbone, create_model
+from instseg.models.interfaces import SegOutput
+from instseg.models.registry import Registry, get_registry, plugin_requirements, reset_registry
+from instseg.train.losses import MultiTaskLoss
 
 if TYPE_CHECKING:
     from instseg.exporters.onnx import ExportResult
@@ -149,7 +143,8 @@ def check_onnx_parity(name: str, path: str | os.PathLike | None = None, image_si
     otherwise); `kwargs` reach `create_model` (e.g. `backbone=`). fp16 parity is returned,
     not asserted. Returns the ExportResult: plan, metadata and the error of every output.
     """
-    from instseg.exporters.onnx import ExportError, ExportRequest, export_onnx
+    from instseg.errors import ExportError
+    from instseg.exporters.onnx import ExportRequest, export_onnx
 
     spec = get_registry().model_spec(name)
     model = tiny_model(name, **kwargs).eval()

@@ -16,12 +16,12 @@ import torch
 from instseg import ExportCaps, ModelSpec, hookimpl
 from instseg.instances.clustering import ClusterParams
 from instseg.models.registry import get_registry, list_models
-from instseg.exporters.onnx import (TOLERANCES, ExportError, ExportRequest, Tolerance, check_parity, export_graph,
+from instseg.errors import ExportError
+from instseg.exporters.onnx import (TOLERANCES, ExportRequest, Tolerance, check_parity, export_graph,
                                     export_onnx, failed_path, plan_export, sample_images)
 from instseg.models.architectures.unet import UNetDecoder
 from instseg.runtime import OnnxRunner
 from instseg.testing import check_onnx_parity, tiny_model
-from training_support import single_threaded_module  # noqa: F401 - autouse: one torch thread
 
 MODELS = list_models()  # built-ins only (tests/conftest.py); a new plugin model joins automatically
 
@@ -80,7 +80,7 @@ def test_metadata_records_provenance_and_the_runtime_contract(exported):
     assert props["instseg.exporter"] == "dynamo" and props["instseg.opset"] == "18" == str(
         next(o.version for o in proto.opset_import if o.domain == ""))
     assert props["instseg.torch"] == torch.__version__ and props["instseg.precision"] == "fp32"
-    assert json.loads(props["instseg.models.architectures"]) == {"instseg": props["instseg.version"]}
+    assert json.loads(props["instseg.plugins"]) == {"instseg": props["instseg.version"]}
     assert json.loads(props["instseg.dynamic_axes"]) == {"batch": True, "height": True, "width": True}
     assert props["instseg.multiple_of"] == "16" and props["instseg.static_size"] == ""
     assert props["instseg.image_size"] == "64" and props["instseg.max_instances"] == "20"

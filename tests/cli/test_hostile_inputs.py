@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from instseg.io.atomic import atomic_write_text
 from instseg.cli.main import app
+from checkpoints import checkpoint_of, write_payload
 from instseg.checkpoint import load_checkpoint, save_checkpoint
 from instseg.train.config import TrainConfig
 from instseg.errors import CheckpointError, ConfigError, DataError
@@ -27,7 +28,6 @@ from instseg.instances.clustering import ClusterParams
 from instseg.io.images import read_image, write_rgb
 from instseg.io.inputs import gather_inputs
 from instseg.predict.pipeline import Failure, Prediction, predict
-from training_support import single_threaded_torch  # noqa: F401 - autouse
 from training_support import recording_console, subprocess_env, tiny_config
 
 cli = CliRunner()
@@ -61,12 +61,10 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def good_payload(model, config: TrainConfig) -> dict:
+def good_payload(model, config: TrainConfig):
     from dataclasses import asdict
 
-    return {"model": {"name": "unet", "backbone": None, "width": 4, "embedding_dim": 8, "max_instances": 20,
-                      "mean": [0.5] * 3, "std": [0.25] * 3, "kwargs": {}},
-            "state_dict": model.state_dict(), "config": asdict(config), "epoch": 1}
+    return checkpoint_of(model, config=asdict(config), plugins={})
 
 
 # -- 2. export never replaces what it did not write -------------------------------------------------
@@ -110,7 +108,7 @@ def test_malformed_checkpoint_fields_are_named(checkpoint, tmp_path, change, fie
     payload["model"] = dict(payload["model"])
     payload["state_dict"] = dict(payload["state_dict"])
     change(payload)
-    save_checkpoint(tmp_path / "bad.pt", payload)
+    write_payload(tmp_path / "bad.pt", payload)
     with pytest.raises(CheckpointError, match=field):
         load_checkpoint(tmp_path / "bad.pt")
 
@@ -197,7 +195,8 @@ def test_bad_training_options_leave_no_run_directory(tmp_path, option, value):
 
 
 def test_an_architecture_option_it_refuses_is_one_line(tmp_path):
-    result = run_instseg("train", "--model", "unet", "-o", "up=sideways", "--epochs", "1", "--out", tmp_path)
+    result = run_instseg("train", "--model", "unet", "--model-option", "up=sideways", "--epochs", "1",
+                         "--out", tmp_path)
     assert_one_line_error(result, "--model unet: cannot be built with these options", "sideways")
 
 

@@ -16,59 +16,9 @@ from instseg.io.images import read_image, read_label_map, write_label_map, write
 from instseg.io.inputs import gather_inputs, label_files, match_key, output_names, safe_name
 from instseg.predict.outputs import OutputOptions, write_prediction
 from instseg.predict.pipeline import Failure, Prediction, predict
+from predict_support import CodeRunner, leaf_image, write_images
 
 cli = CliRunner()
-
-
-def leaf_image(h, w, seed=0, n=4):
-    """An image that encodes its instances (red = id / 10, green = foreground) and its labels."""
-    rng = np.random.default_rng(seed)
-    labels = np.zeros((h, w), np.int64)
-    for i in range(1, n + 1):
-        y, x = rng.integers(0, h - h // 3), rng.integers(0, w - w // 3)
-        labels[y:y + h // 3, x:x + w // 3] = i
-    image = np.zeros((h, w, 3), np.float32)
-    image[..., 0] = labels / 10
-    image[..., 1] = labels > 0
-    return image, labels
-
-
-class CodeRunner:
-    """A runner that reads the instances back out of `leaf_image` pictures (no network)."""
-
-    def __init__(self, image_size=32, multiple_of=1, static_size=None, nan=False, scale=None):
-        self.max_instances = 20
-        self.image_size = image_size
-        self.scale = scale
-        # its embeddings encode ids linearly, so bilinear up-sampling would blend ids: cluster at the working size
-        self.cluster = ClusterParams(method="kmeans", full_resolution=False)
-        self.multiple_of = multiple_of
-        self.static_size = static_size
-        self.nan = nan
-        self.shapes = []
-
-    def __call__(self, images):
-        assert images.dtype == np.float32 and images.ndim == 4 and images.shape[1] == 3
-        assert images.shape[2] % self.multiple_of == 0 and images.shape[3] % self.multiple_of == 0
-        self.shapes.append(images.shape)
-        ids = np.round(images[:, 0] * 10)
-        fg = images[:, 1] > 0.5
-        semantic = np.stack([~fg, fg], 1).astype(np.float32)
-        embedding = np.stack([ids * 3.0, -ids * 2.0], 1).astype(np.float32)
-        if self.nan:
-            embedding[0, 0, 0, 0] = np.nan
-        count = np.array([[len(np.unique(i[f])) / self.max_instances] for i, f in zip(ids, fg)], np.float32)
-        return semantic, embedding, count
-
-
-def write_images(folder, sizes, seed=0):
-    folder.mkdir(parents=True, exist_ok=True)
-    truth = {}
-    for i, (h, w) in enumerate(sizes):
-        image, labels = leaf_image(h, w, seed + i)
-        write_rgb(folder / f"plant{i:03d}_rgb.png", np.round(image * 255).astype(np.uint8))
-        truth[f"plant{i:03d}"] = labels
-    return truth
 
 
 # -- inputs and names ---------------------------------------------------------------------
@@ -224,6 +174,7 @@ def test_write_prediction_files(tmp_path):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny untrained UNet checkpoint with a run config (32 px, 2 validation images)."""
+    from checkpoints import checkpoint_of
     from instseg.checkpoint import save_checkpoint
     from instseg.train.config import TrainConfig
     from instseg.testing import tiny_model
@@ -231,10 +182,7 @@ def checkpoint(tmp_path_factory):
     model = tiny_model("unet", mean=(0.5,) * 3, std=(0.25,) * 3)
     config = TrainConfig(model="unet", width=4, embedding_dim=8, image_size=32, val_size=2)
     path = tmp_path_factory.mktemp("run") / "best.pt"
-    save_checkpoint(path, {
-        "model": {"name": "unet", "backbone": None, "width": 4, "embedding_dim": 8, "max_instances": 20,
-                  "mean": [0.5] * 3, "std": [0.25] * 3, "kwargs": {}},
-        "plugins": {}, "state_dict": model.state_dict(), "config": asdict(config), "epoch": 3, "step": 9})
+    save_checkpoint(path, checkpoint_of(model, plugins={}, config=asdict(config), epoch=3, step=9))
     return path
 
 
@@ -294,7 +242,8 @@ def test_predict_into_the_input_folder_keeps_the_users_files_and_skips_its_own(c
 def test_predict_cli_rejects_bad_options(checkpoint, tmp_path):
     write_images(tmp_path, [(32, 32)])
     result = invoke("predict", checkpoint, tmp_path, "--out", tmp_path / "o", "--cluster", "dbscan")
-    assert isinstance(result.exception, ConfigError) and "unknown clustering method 'dbscan'" in str(result.exception)
+    listed = " ".join(result.output.replace("│", " ").split())  # Typer's error box, unwrapped
+    assert result.exit_code == 2 and "'dbscan' is not one of 'kmeans', 'meanshift', 'regions'" in listed
     result = invoke("predict", checkpoint, tmp_path / "nothing*.png", "--out", tmp_path / "o")
     assert isinstance(result.exception, DataError) and "no file matches" in str(result.exception)
 
@@ -359,7 +308,7 @@ def test_shards_are_disjoint_and_complete(tmp_path):
             parse_shard(bad)
 
 
-def test_predict_resume_and_shard_from_the_cli(checkpoint, tmp_path):
+def test_predict_skip_existing_and_shard_from_the_cli(checkpoint, tmp_path):
     write_images(tmp_path / "in", [(32, 32)] * 5)
     out = tmp_path / "out"
     for k in (1, 2):
@@ -368,7 +317,7 @@ def test_predict_resume_and_shard_from_the_cli(checkpoint, tmp_path):
     assert len(list(out.glob("*_label.png"))) == 5  # two shards covered every input once
     (out / "plant002_rgb_label.png").unlink()  # as if the run had stopped before this one
     stamp = (out / "plant000_rgb_label.png").stat().st_mtime_ns
-    result = invoke("predict", checkpoint, tmp_path / "in", "--out", out, "--resume", "--no-overlay")
+    result = invoke("predict", checkpoint, tmp_path / "in", "--out", out, "--skip-existing", "--no-overlay")
     assert result.exit_code == 0, result.output
     assert "4 input(s) already have their outputs" in result.output and "wrote 1 prediction(s)" in result.output
     assert (out / "plant002_rgb_label.png").exists() and (out / "plant000_rgb_label.png").stat().st_mtime_ns == stamp

@@ -11,10 +11,10 @@ import onnx
 import pytest
 
 from instseg.errors import ConfigError
-from instseg.exporters.onnx import ExportError, failed_path
+from instseg.errors import ExportError
+from instseg.exporters.onnx import failed_path
 from instseg.runtime import OnnxRunner
-from test_infer import images, invoke, run  # noqa: F401 - the trained tiny run and its images (fixtures)
-from training_support import single_threaded_module  # noqa: F401 - autouse: one torch thread
+from cli_support import invoke  # run, images: the trained tiny run of tests/cli/conftest.py
 
 
 def metadata(path) -> dict[str, str]:
@@ -37,7 +37,7 @@ def test_int8_export_reports_task_parity_and_infer_runs_it(run, images, tmp_path
     assert ops["QuantizeLinear"] > 10 and ops["DequantizeLinear"] > 10
 
     out = tmp_path / "out"
-    inferred = invoke("infer", path, images, "--out", out, "--provider", "cpu", "--no-overlay", "--batch", "2")
+    inferred = invoke("infer", path, images, "--out", out, "--provider", "cpu", "--no-overlay", "--batch-size", "2")
     assert inferred.exit_code == 0, inferred.output
     assert "model-int8.onnx (unet-cbam, dynamic H, W (multiples of 16), dynamic batch, int8," in inferred.output
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}_label.png" for p in images.iterdir())

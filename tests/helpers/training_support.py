@@ -1,4 +1,7 @@
-"""Shared by the tests/test_training_*.py files: tiny runs that finish in a second or two."""
+"""Shared by the training and CLI lanes: tiny runs that finish in a second or two.
+
+Helpers only; the fixtures built on them (one torch thread per test or module) live in the
+lanes' conftest.py files (tests/training/conftest.py, tests/cli/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import pytest
 import torch
 from rich.console import Console
 
@@ -53,15 +55,6 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@pytest.fixture(autouse=True)
-def single_threaded_torch() -> Iterator[None]:
-    """Import into a test module: its in-process training runs on one thread, like the
-    subprocesses (OMP_NUM_THREADS=1) - comparable bit for bit, and immune to the slowdown of
-    OpenMP threads on a shared, oversubscribed CPU."""
-    with one_thread():
-        yield
-
-
 def subprocess_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "INSTSEG_DISABLE_PLUGINS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
 
@@ -88,11 +81,3 @@ def assert_same_training(got: dict[str, torch.Tensor], expected: dict[str, torch
 
 
 PYTHON = sys.executable
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_threaded_module() -> Iterator[None]:
-    """Import into a test module whose module-scoped fixtures (trained runs, exports) must run on
-    one thread too: ONNX Runtime and PyTorch are compared on the same shared CPU."""
-    with one_thread():
-        yield

@@ -9,7 +9,8 @@ from fakeplugins import installed, plugin_source
 from typer.testing import CliRunner
 
 from instseg.cli.main import app
-from instseg.checkpoint import build_model, load_checkpoint
+from instseg.checkpoint import load_checkpoint
+from instseg.models.factory import build_model
 from instseg.errors import CheckpointError
 from instseg.testing import only_plugins
 
@@ -31,7 +32,7 @@ def plugin_run(tmp_path_factory):
 def test_run_records_the_plugin_distribution(plugin_run):
     config = json.loads((plugin_run / "config.json").read_text())
     assert config["plugins"] == {"instseg-fake": "0.3.0"}  # model and backbone both come from it
-    assert load_checkpoint(plugin_run)["plugins"] == config["plugins"]
+    assert load_checkpoint(plugin_run).plugins == config["plugins"]
 
 
 def test_missing_plugin_says_exactly_what_to_install(plugin_run):

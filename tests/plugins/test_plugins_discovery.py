@@ -8,7 +8,8 @@ import torch
 from fakeplugins import failing_hook_source, installed, plugin_source
 
 from instseg import create_model, list_backbones, list_models
-from instseg.models.registry import PluginError, RegistryError, get_registry, plugin_requirements
+from instseg.errors import PluginError, RegistryError
+from instseg.models.registry import get_registry, plugin_requirements
 from instseg.testing import only_plugins
 
 

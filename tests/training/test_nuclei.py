@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from data_fixtures import nuclei_folder, nuclei_image
 from instseg.cli.main import app
-from instseg.checkpoint import load_trained, save_checkpoint
+from instseg.checkpoint import load_checkpoint, save_checkpoint
+from instseg.models.factory import load_trained
 from instseg.data.transforms import TrainTransform
 from instseg.errors import ConfigError
 from instseg.runtime.metadata import ModelInfo
@@ -55,9 +56,9 @@ def test_scale_runs_count_every_instance_choose_their_clustering_and_tile_large_
 
     # one epoch teaches nothing: make every pixel foreground, so that the embeddings (not the
     # semantic head) decide the instances that tiles must stitch and both runtimes must agree on
-    payload = torch.load(run / "best.pt", weights_only=True)
-    payload["state_dict"]["semantic_head.conv.bias"] = torch.tensor([-20.0, 20.0])
-    save_checkpoint(run / "best.pt", {k: v for k, v in payload.items() if not k.startswith("format")})
+    best = load_checkpoint(run / "best.pt")
+    best.state_dict["semantic_head.conv.bias"] = torch.tensor([-20.0, 20.0])
+    save_checkpoint(run / "best.pt", best)
     image, _ = nuclei_image(200, 260, seed=9)
     Image.fromarray(np.round(255 * (0.15 + 0.6 * image[..., 1])).astype(np.uint8)).save(tmp_path / "big.png")
     tiles = ["--tile", "64", "--tile-overlap", "24", "--cluster", "regions", "--bandwidth", "0.05"]

@@ -18,7 +18,6 @@ from torch import nn
 from torch.nn.modules.batchnorm import BatchNorm2d
 
 from instseg.train.trainer import Trainer
-from training_support import single_threaded_torch  # noqa: F401 - autouse: in-process training on one thread
 from training_support import assert_same_training, parameters, recording_console, tiny_config
 
 

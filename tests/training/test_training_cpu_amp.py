@@ -9,7 +9,6 @@ import torch
 from instseg import device as device_module
 from instseg.device import native_cpu_bf16, resolve_device
 from instseg.train.trainer import Trainer
-from training_support import single_threaded_torch  # noqa: F401 - autouse
 from training_support import recording_console, tiny_config
 
 

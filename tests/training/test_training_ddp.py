@@ -23,12 +23,12 @@ import textwrap
 import pytest
 import torch
 
-from instseg.checkpoint import build_model, load_checkpoint
+from instseg.checkpoint import load_checkpoint
+from instseg.models.factory import build_model
 from instseg.train.distributed import DistContext, GlobalBatchSampler
 from instseg.predict.evaluation import evaluate_dataset
 from instseg.train.trainer import Trainer
 from instseg.errors import ConfigError
-from training_support import single_threaded_torch  # noqa: F401 - autouse: in-process training on one thread
 from training_support import PYTHON, assert_same_training, cli_args, parameters, recording_console, subprocess_env, tiny_config
 
 # Runs under torchrun: the real CLI, plus a dump of every rank's final state dict.

@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 from instseg.cli.main import app
 from instseg.train.trainer import Trainer
 from instseg.errors import ConfigError, TrainingError
-from training_support import single_threaded_torch  # noqa: F401 - autouse: in-process training on one thread
 from training_support import cli_args, console_text, recording_console, tiny_config
 
 
@@ -58,7 +57,7 @@ def test_a_skipped_step_leaves_weights_and_optimizer_untouched_but_advances_the_
     assert all(torch.equal(before[k], after[k]) for k in params)
     assert not trainer.optimizer.state  # Adam never stepped
     assert trainer.scheduler.get_last_lr() != lr_before
-    assert trainer.train_step([batch]).terms is not None  # the next finite step trains
+    assert trainer.train_step([batch]).terms is not None and trainer.optimizer.state  # the next finite step trains
 
 
 def test_stops_with_a_clear_message_after_max_nonfinite_in_a_row(tmp_path):

@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from instseg.checkpoint import capture_rng_state, load_resume_checkpoint, restore_rng_state, save_checkpoint
+from checkpoints import write_payload
+from instseg.checkpoint import load_resume_checkpoint
+from instseg.train.seeding import capture_rng_state, restore_rng_state
 from instseg.train.trainer import GracefulStop, Trainer, resume_config
 from instseg.errors import CheckpointError, ConfigError
-from training_support import single_threaded_torch  # noqa: F401 - autouse: in-process training on one thread
 from training_support import PYTHON, cli_args, recording_console, subprocess_env, tiny_config
 
 # The real CLI, sent a real SIGTERM right after its N-th optimizer step (deterministic, unlike a timer).
@@ -87,7 +88,7 @@ def test_sigterm_mid_epoch_then_resume_matches_a_straight_run(tmp_path):
 def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
     state = capture_rng_state()
     draws = (torch.rand(3), np.random.rand(3), np.random.randn(), random.random())
-    save_checkpoint(tmp_path / "c.pt", {"rng": state})
+    write_payload(tmp_path / "c.pt", {"rng": state})
     loaded = torch.load(tmp_path / "c.pt", weights_only=True)["rng"]
     restore_rng_state(loaded)
     again = (torch.rand(3), np.random.rand(3), np.random.randn(), random.random())

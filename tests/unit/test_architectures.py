@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from instseg import create_backbone, create_model, get_registry, list_backbones, list_models
 from instseg.cli.main import app
-from instseg.checkpoint import save_checkpoint
+from checkpoints import write_payload
 from instseg.train.config import parse_model_options
-from instseg.models.registry import RegistryError
+from instseg.errors import RegistryError
 from instseg.models.weights import load_backbone_weights
 from instseg.models.weights import load_weights
 from instseg.errors import CheckpointError, ConfigError
@@ -252,7 +252,7 @@ def test_a_run_of_the_same_model_starts_all_of_it_but_its_normalisation(tmp_path
     std, which stay the new data's; a run of another model gives only its backbone."""
     source = tiny_model("unet", mean=(0.1,) * 3, std=(0.2,) * 3)
     record = {"name": "unet", "embedding_dim": 8}
-    save_checkpoint(tmp_path / "run.pt", {"model": record, "state_dict": source.state_dict(), "config": {}})
+    write_payload(tmp_path / "run.pt", {"model": record, "state_dict": source.state_dict(), "config": {}})
     target = tiny_model("unet", mean=(0.5,) * 3, std=(0.3,) * 3)
     report = load_weights(target, "unet", tmp_path / "run.pt")
     assert report.part == "model" and not report.missing and not report.unexpected
@@ -264,7 +264,8 @@ def test_a_run_of_the_same_model_starts_all_of_it_but_its_normalisation(tmp_path
 
 
 def test_model_options_survive_the_checkpoint(tmp_path):
-    args = ["train", "--model", "deeplabv3", "-o", "skip_stride=none", "-o", "backbone.output_stride=8",
+    args = ["train", "--model", "deeplabv3", "--model-option", "skip_stride=none",
+            "--model-option", "backbone.output_stride=8",
             "--epochs", "1", *TINY_RUN, "--out", str(tmp_path), "--name", "ref"]
     trained = runner.invoke(app, args)
     assert trained.exit_code == 0, trained.output

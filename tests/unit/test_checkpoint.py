@@ -3,24 +3,21 @@ import pytest
 import torch
 
 from instseg.io.atomic import atomic_write_bytes
-from instseg.checkpoint import build_model, load_checkpoint, save_checkpoint
+from dataclasses import replace
+from pathlib import Path
+
+from checkpoints import checkpoint_of, record
+from instseg.checkpoint import Checkpoint, ModelRecord, load_checkpoint, save_checkpoint
 from instseg.errors import CheckpointError
+from instseg.models.factory import build_model, load_trained
 from instseg.testing import tiny_model
 
-
-def payload(model):
-    return {
-        "model": {"name": "unet", "backbone": None, "width": 4, "embedding_dim": 8, "max_instances": 20,
-                  "mean": [0.5] * 3, "std": [0.25] * 3, "kwargs": {}},
-        "plugins": {"instseg": "0"},
-        "state_dict": model.state_dict(),
-        "config": {}, "epoch": 1, "step": 1,
-    }
+LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "layout-0.1"  # written before the layout by concept
 
 
 def test_round_trip_rebuilds_identical_model(tmp_path):
     model = tiny_model("unet", mean=(0.5,) * 3, std=(0.25,) * 3).eval()
-    save_checkpoint(tmp_path / "m.pt", payload(model))
+    save_checkpoint(tmp_path / "m.pt", checkpoint_of(model))
     rebuilt = build_model(load_checkpoint(tmp_path / "m.pt"))
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
@@ -30,13 +27,13 @@ def test_round_trip_rebuilds_identical_model(tmp_path):
 
 def test_run_directory_resolves_to_best(tmp_path):
     model = tiny_model("unet")
-    save_checkpoint(tmp_path / "last.pt", {**payload(model), "epoch": 2})
-    save_checkpoint(tmp_path / "best.pt", {**payload(model), "epoch": 1})
-    assert load_checkpoint(tmp_path)["epoch"] == 1
+    save_checkpoint(tmp_path / "last.pt", checkpoint_of(model, epoch=2))
+    save_checkpoint(tmp_path / "best.pt", checkpoint_of(model, epoch=1))
+    assert load_checkpoint(tmp_path).epoch == 1
 
 
 def test_truncated_checkpoint_is_detected(tmp_path):
-    save_checkpoint(tmp_path / "m.pt", payload(tiny_model("unet")))
+    save_checkpoint(tmp_path / "m.pt", checkpoint_of(tiny_model("unet")))
     data = (tmp_path / "m.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupted"):
@@ -64,9 +61,8 @@ def test_missing_file_and_foreign_file(tmp_path):
 
 
 def test_missing_plugin_names_the_package(tmp_path):
-    p = payload(tiny_model("unet"))
-    p["model"]["name"] = "mobile-unet"
-    p["plugins"] = {"instseg": "0", "instseg-plugin-not-installed": "0.1.0"}
+    p = checkpoint_of(tiny_model("unet"), model=record(name="mobile-unet"),
+                      plugins={"instseg": "0", "instseg-plugin-not-installed": "0.1.0"})
     save_checkpoint(tmp_path / "m.pt", p)
     with pytest.raises(CheckpointError, match="pip install instseg-plugin-not-installed==0.1.0"):
         build_model(load_checkpoint(tmp_path / "m.pt"))
@@ -88,10 +84,42 @@ def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
 
 def test_round_trip_keeps_the_position_scale(tmp_path):
     model = tiny_model("unet", mean=(0.5,) * 3, std=(0.25,) * 3, position_scale=4.0).eval()
-    record = payload(model)
-    record["model"]["position_scale"] = 4.0
-    save_checkpoint(tmp_path / "m.pt", record)
+    save_checkpoint(tmp_path / "m.pt", checkpoint_of(model, model=record(position_scale=4.0)))
     rebuilt = build_model(load_checkpoint(tmp_path / "m.pt"))
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         assert rebuilt.position_scale == 4.0 and torch.equal(model(x).embedding, rebuilt(x).embedding)
+
+
+def test_the_typed_record_round_trips_through_its_payload(tmp_path):
+    original = checkpoint_of(tiny_model("unet"), model=record(kwargs={"depth": 3}), epoch=7, best_sbd=0.5,
+                             metrics={"sbd": {"mean": 0.5}}, cluster_scores={"kmeans": 0.4})
+    save_checkpoint(tmp_path / "m.pt", original)
+    loaded = load_checkpoint(tmp_path / "m.pt")
+    assert loaded.model == original.model and loaded.path == str(tmp_path / "m.pt")
+    assert replace(loaded, path="") == replace(original, state_dict=loaded.state_dict)
+    assert Checkpoint.from_payload(loaded.to_payload(), "again").to_payload().keys() == original.to_payload().keys()
+    assert ModelRecord.from_payload(original.model.to_payload()) == original.model
+
+
+def test_an_out_of_range_record_field_is_named(tmp_path):
+    payload = checkpoint_of(tiny_model("unet")).to_payload()
+    payload["model"]["embedding_dim"] = 10**6
+    with pytest.raises(CheckpointError, match=r"m.pt: field 'model.embedding_dim' has an invalid value 1000000"):
+        Checkpoint.from_payload(payload, tmp_path / "m.pt")
+
+
+def test_a_checkpoint_written_by_the_previous_layout_still_loads_and_predicts_the_same():
+    """tests/fixtures/layout-0.1 was written before the modules moved: its checkpoint records
+    model names and plugin distributions, not module paths, so it loads; and its prediction
+    of the same image is the label map that layout wrote."""
+    import numpy as np
+    from PIL import Image
+
+    import instseg
+
+    trained = load_trained(LEGACY / "unet-w4.pt")
+    assert trained.name == "unet" and trained.checkpoint.plugins == {"instseg": "0.1.0"}
+    labels = instseg.load(LEGACY / "unet-w4.pt", device="cpu").segment(LEGACY / "plant.png")
+    expected = np.asarray(Image.open(LEGACY / "plant_label.png"))
+    assert labels.shape == expected.shape and (labels == expected).mean() > 0.99

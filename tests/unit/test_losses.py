@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from instseg.models.interfaces import SegOutput
-from instseg.train.losses import MultiTaskLoss, discriminative_loss, instance_counts
+from instseg.train.losses import LossWeights, MultiTaskLoss, discriminative_loss, instance_counts, instance_dice_loss
 
 
 def emb(values):
@@ -104,3 +104,41 @@ def test_multitask_loss_terms_and_count_clipping():
     assert set(terms) >= {"loss", "disc", "var", "dist", "reg", "ce", "dice", "count"}
     terms["loss"].backward()
     assert all(torch.isfinite(t.grad).all() for t in out)
+
+
+def test_instance_dice_by_hand():
+    # TWO: clusters at (0, 0) and (1, 0), one unit apart. sigma^2 = 0.25 / (2 ln 2): a pixel one
+    # unit from a mean scores exp(-1 / (2 sigma^2)) = 2^-4 = 1/16, its own pixels 1.
+    # Per instance: inter 2, sum soft^2 = 2 + 2/256, |mask| 2 -> Dice 4 / (4 + 2/256).
+    expected = 1 - 4 / (4 + 2 / 256)
+    assert instance_dice_loss(*TWO).item() == pytest.approx(expected, rel=1e-5)
+    far = emb([[[0, 0], [0, 0]], [[9, 0], [9, 0]]])
+    assert instance_dice_loss(far, TWO[1]).item() == pytest.approx(0.0, abs=1e-6)  # separated: perfect masks
+
+
+def test_instance_dice_ignores_ignored_pixels_and_empty_images():
+    e, labels = TWO
+    ignored = labels.clone()
+    ignored[0, 1, 0] = -1  # one pixel of instance 2 is IGNORE: in no mask, in no soft mask
+    loss = instance_dice_loss(e, ignored)
+    assert torch.isfinite(loss) and loss.item() != instance_dice_loss(e, labels).item()
+    empty = instance_dice_loss(EMPTY[0].requires_grad_(), EMPTY[1])
+    assert empty.item() == 0.0
+    empty.backward()
+
+
+def test_instance_dice_gradient_separates_touching_instances():
+    e = TWO[0].clone().requires_grad_()
+    instance_dice_loss(e, TWO[1]).backward()
+    # instance 1 sits at x = 0, instance 2 at x = 1: descending the gradient pushes them apart
+    assert (e.grad[0, 0, 0] > 0).all() and (e.grad[0, 0, 1] < 0).all()
+
+
+def test_the_instance_term_joins_the_total_only_when_weighted():
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[0, :4], labels[0, 4:] = 1, 2
+    out = SegOutput(torch.zeros(1, 2, 8, 8), torch.rand(1, 4, 8, 8), torch.full((1, 1), 0.1))
+    plain = MultiTaskLoss(max_instances=20)(out, labels)
+    weighted = MultiTaskLoss(max_instances=20, weights=LossWeights(instance=2.0))(out, labels)
+    assert "instance" not in plain and 0 < weighted["instance"].item() < 1
+    assert weighted["loss"].item() == pytest.approx(plain["loss"].item() + 2 * weighted["instance"].item())

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from instseg import create_model, list_backbones, list_models
-from instseg.models.registry import RegistryError
+from instseg.errors import RegistryError
 from instseg.testing import check_backward, check_forward_shapes, check_overfit, tiny_model
 
 MODELS = list_models()

@@ -12,7 +12,7 @@ from instseg.io.inputs import gather_inputs
 from instseg.predict.outputs import OutputOptions, predict_folder, write_prediction
 from instseg.predict.pipeline import Failure, predict
 from instseg.predict.stages import StageTimes, ordered_map
-from test_predict import CodeRunner, write_images
+from predict_support import CodeRunner, write_images
 
 
 def test_ordered_map_keeps_the_order_and_bounds_the_work_in_flight():
@@ -68,7 +68,7 @@ def test_overlapped_folder_writes_what_the_sequential_pipeline_writes(tmp_path, 
 
     seen = []
     result = predict_folder(paths, CodeRunner(image_size=32), tmp_path / "overlapped", batch_size=batch_size,
-                            options=options, on_result=lambda item: seen.append(item.name), workers=workers)
+                            options=options, on_result=lambda item: seen.append(item.name), threads=workers)
     assert seen == expected  # results come in the sequential pipeline's order
     assert len(result.failures) == 1 and "plant003_rgb.png: not a readable image" in result.failures[0]
     files = sorted(p.name for p in sequential.iterdir())
@@ -88,7 +88,7 @@ def test_a_network_error_stops_the_overlapped_folder_with_its_message(tmp_path):
             return semantic, embedding, count[:, 0]
 
     with pytest.raises(DataError, match="outputs do not fit its contract"):
-        predict_folder(gather_inputs([tmp_path / "in"]), Wrong(), tmp_path / "out", batch_size=2, workers=2)
+        predict_folder(gather_inputs([tmp_path / "in"]), Wrong(), tmp_path / "out", batch_size=2, threads=2)
 
 
 def test_stage_times_name_the_stage_that_sets_the_pace():

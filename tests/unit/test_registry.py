@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from instseg import Backbone, ExportCaps, ModelSpec, hookimpl
-from instseg.models.registry import PluginError, PluginSelection, Registry, RegistryError, get_registry
+from instseg.errors import PluginError, RegistryError
+from instseg.models.factory import create_backbone, create_model
+from instseg.models.registry import PluginSelection, Registry, get_registry
 from instseg.models.architectures.unet import UNetDecoder
 
 
@@ -56,10 +58,10 @@ def test_in_process_plugin_registers_and_builds(registry):
     info = registry.register_plugin(good_plugin())
     assert info.registered == ["backbone:tiny-encoder", "model:tiny-unet"]
     assert registry.model_spec("tinyu").name == "tiny-unet"  # alias
-    model = registry.create_model("tiny-unet", width=4)
+    model = create_model("tiny-unet", registry=registry, width=4)
     assert model(torch.rand(1, 3, 20, 30)).embedding.shape == (1, 32, 20, 30)
     # its backbone also serves the built-in decoders
-    assert registry.create_model("unet-cbam", backbone="tiny-encoder").multiple_of == 2
+    assert create_model("unet-cbam", registry=registry, backbone="tiny-encoder").multiple_of == 2
     registry.unregister_plugin("tiny_plugin")
     assert "tiny-unet" not in registry.list_models()
 
@@ -101,9 +103,9 @@ def test_fused_model_refuses_backbone(registry):
         register(ModelSpec(name="whole", decoder=Whole, default_backbone=None))
 
     registry.register_plugin(plugin_module("fused", register_models=register_models), name="fused")
-    assert registry.create_model("whole", width=6).decoder.out_channels == 6
+    assert create_model("whole", registry=registry, width=6).decoder.out_channels == 6
     with pytest.raises(RegistryError, match="fused"):
-        registry.create_model("whole", backbone="unet-encoder")
+        create_model("whole", registry=registry, backbone="unet-encoder")
 
 
 def test_invalid_backbone_contract_is_reported(registry):
@@ -114,7 +116,7 @@ def test_invalid_backbone_contract_is_reported(registry):
 
     registry.register_plugin(plugin_module("bad", register_backbones=lambda register: register("bad", Bad)), "bad")
     with pytest.raises(RegistryError, match="ascending"):
-        registry.create_backbone("bad")
+        create_backbone("bad", registry=registry)
 
 
 def test_disable_plugins_env_keeps_builtins(monkeypatch):
@@ -219,7 +221,7 @@ def test_invalid_spec_inside_a_hook_fails_the_plugin_with_the_reason(registry):
 
 def test_unknown_name_without_failures_stays_a_registry_error(registry):
     with pytest.raises(RegistryError, match=r"unknown backbone 'unet-encodr'; did you mean 'unet-encoder'\?"):
-        registry.create_backbone("unet-encodr")
+        create_backbone("unet-encodr", registry=registry)
 
 
 def test_install_hint_for_a_distribution_that_is_not_installed(registry):

@@ -14,7 +14,8 @@ import torch
 from typer.testing import CliRunner
 
 from instseg.cli.main import app
-from instseg.checkpoint import build_model, load_checkpoint
+from instseg.checkpoint import load_checkpoint
+from instseg.models.factory import build_model
 from instseg.data.synthetic import render_plant
 from instseg.io.images import read_label_map, write_rgb
 from instseg.runtime import OnnxRunner
@@ -47,7 +48,7 @@ def test_training_records_the_plugin_it_needs(trained_run):
     config = json.loads((trained_run / "config.json").read_text())
     assert config["plugins"][DIST] == "0.1.0"
     assert [json.loads(line)["epoch"] for line in (trained_run / "metrics.jsonl").read_text().splitlines()] == [1]
-    assert load_checkpoint(trained_run)["plugins"][DIST] == "0.1.0"
+    assert load_checkpoint(trained_run).plugins[DIST] == "0.1.0"
 
 
 def test_checkpoint_rebuilds_the_trained_model(trained_run):
@@ -55,8 +56,8 @@ def test_checkpoint_rebuilds_the_trained_model(trained_run):
     model = build_model(checkpoint)
     with torch.no_grad():
         out = model(torch.rand(1, 3, 48, 80))
-    assert out.embedding.shape == (1, checkpoint["model"]["embedding_dim"], 48, 80)
-    assert torch.equal(model.state_dict()["normalize.mean"], checkpoint["state_dict"]["normalize.mean"])
+    assert out.embedding.shape == (1, checkpoint.model.embedding_dim, 48, 80)
+    assert torch.equal(model.state_dict()["normalize.mean"], checkpoint.state_dict["normalize.mean"])
 
 
 def test_evaluate_runs_on_the_trained_model(trained_run, tmp_path):

@@ -1,6 +1,6 @@
 """`instseg evaluate`: score a trained model (checkpoint or ONNX file), any tool's label PNGs, or
 a COCO results file, with the CVPPP metrics, the DSB2018 AP and (where instances have scores)
-COCO mask AP. Parse, call `predict.evaluation.evaluate_model`, `metrics.reports.score_folders` or
+COCO mask AP. Parse, call `instseg.load(MODEL).evaluate`, `metrics.reports.score_folders` or
 `io.coco_results.score_coco_files`, print; the report files are `scoring.write_report`'s.
 """
 
@@ -13,12 +13,12 @@ import typer
 from rich.table import Table
 
 from instseg.cli.console import err, fmt_mean_std, out, shown
-from instseg.cli.options import Bandwidth, Cluster, FillHoles, MinSize, Tile, TileOverlap
+from instseg.cli.options import Bandwidth, Cluster, Device, FillHoles, MinSize, Tile, TileOverlap, plain
 from instseg.errors import ConfigError
 
 if TYPE_CHECKING:
-    from instseg.predict.evaluation import EvalData
     from instseg.metrics.reports import Report
+    from instseg.predict.evaluation import EvalData
 
 
 def evaluate(
@@ -30,7 +30,7 @@ def evaluate(
     val_list: Annotated[Optional[Path], typer.Option(help="Dataset folders: stems to score (default: the run's "
                                                           "validation split).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Device = "auto",
     pred: Annotated[Optional[Path], typer.Option(
         help="Folder of predicted label PNGs (any tool's), or with --coco-gt a COCO results file.")] = None,
     gt: Annotated[Optional[Path], typer.Option(help="Folder of ground-truth label PNGs, matched to --pred by name.")] = None,
@@ -43,11 +43,12 @@ def evaluate(
     tile: Tile = None,
     tile_overlap: TileOverlap = None,
     out_dir: Annotated[Optional[Path], typer.Option(
-        "--out", help="Where metrics.json and per_image.csv go (default: <run>/eval or <pred>/eval).")] = None,
+        "--out", "-o", help="Where metrics.json and per_image.csv go (default: <run>/eval or <pred>/eval).")
+    ] = None,
 ) -> None:
     """Print SBD / FG Dice / DiC / |DiC| (mean ± std), AP and COCO mask AP; write metrics.json and per_image.csv."""
-    from instseg.predict.evaluation import EvalData
     from instseg.metrics.reports import write_report
+    from instseg.predict.evaluation import EvalData
 
     (_check_options if coco_gt is None else _check_coco_options)(checkpoint, pred, gt)
     if coco_gt is not None:
@@ -57,7 +58,7 @@ def evaluate(
         report = _score_folders(pred, gt)
         target = out_dir or pred / "eval"
     else:
-        overrides = {"method": cluster, "min_size": min_size, "fill_holes": fill_holes, "bandwidth": bandwidth}
+        overrides = {"method": plain(cluster), "min_size": min_size, "fill_holes": fill_holes, "bandwidth": bandwidth}
         report = _score_model(checkpoint, EvalData(data, str(val_list) if val_list else None, val_size=val_size),
                               image_size, batch_size, device, overrides, (tile, tile_overlap))
         model_file = Path(report.source.get("checkpoint") or checkpoint)
@@ -103,11 +104,14 @@ def _score_coco(coco_gt: Path, pred: Path) -> Report:
 
 def _score_model(path: Path, selection: EvalData, image_size: int | None, batch_size: int, device: str,
                  cluster_options: dict, tiling: tuple[int | None, int | None]) -> Report:
-    from instseg.predict.evaluation import evaluate_model
+    from instseg.predictor import load
 
-    return evaluate_model(path, selection, image_size=image_size, cluster=cluster_options, batch_size=batch_size,
-                          device=device, tile=tiling[0], tile_overlap=tiling[1],
-                          on_start=lambda line: err.print(shown(line), highlight=False, soft_wrap=True))
+    model = load(path, device=device, provider="cpu" if device == "cpu" else "auto")
+    model.set_tiling(*tiling)
+    return model.evaluate(selection.data, val_list=selection.val_list, val_split=selection.val_split,
+                          val_size=selection.val_size, cluster=cluster_options, batch_size=batch_size,
+                          image_size=image_size, on_start=lambda line: err.print(shown(line), highlight=False,
+                                                                                 soft_wrap=True))
 
 
 def _print(report: Report) -> None:

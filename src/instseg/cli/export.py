@@ -10,19 +10,19 @@ from rich.table import Table
 
 from instseg.cli.console import err, out, shown
 from instseg.errors import ConfigError
-
-DEFAULT_SBD_TOLERANCE = 0.01  # --int8: the validation SBD an int8 model may lose against fp32
+from instseg.exporters import DEFAULT_SBD_TOLERANCE
 
 if TYPE_CHECKING:
-    from instseg.exporters.onnx import ExportRequest, ExportResult
+    from instseg.exporters.onnx import ExportResult
     from instseg.exporters.quantize import Int8Result
 
 
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A run directory (uses best.pt) or a checkpoint file.")],
-    onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the one format so far).")] = False,
-    output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="Where to write (default: model.onnx beside the checkpoint).")] = None,
+    onnx: Annotated[bool, typer.Option(  # noqa: ARG001 - accepted, as scripts name the format
+        "--onnx", show_default=False, help="Export to ONNX: the one format so far, so also the default.")] = True,
+    out_file: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="The ONNX file to write (default: model.onnx beside the checkpoint).")] = None,
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset, 18 or newer (default 18).")] = None,
     static: Annotated[Optional[str], typer.Option(
         help="Export at one fixed size HxW (e.g. 256x256); infer then resizes every image to it. "
@@ -40,58 +40,31 @@ def export(
     force: Annotated[bool, typer.Option(
         help="--int8: keep the model even when its validation SBD drops by more than --sbd-tolerance.")] = False,
     overwrite: Annotated[bool, typer.Option(
-        help="Replace an existing --output that is not an instseg ONNX file (never the checkpoint itself).")] = False,
+        help="Replace an existing --out file that is not an instseg ONNX file (never the checkpoint itself).")
+    ] = False,
 ) -> None:
     """Write the model as ONNX (normalisation inside, metadata for `instseg infer`), run onnx.checker,
     and compare ONNX Runtime with PyTorch on every output; exit 1 when they differ. With --int8,
     also compare the int8 model's validation SBD with the fp32 model's; exit 1 when it drops too far."""
-    from instseg.checkpoint import resolve_checkpoint
-    from instseg.exporters.onnx import (
-        DEFAULT_OPSET,
-        default_output,
-        export_onnx,
-        request_from_checkpoint,
-    )
+    from instseg.exporters.run import check_result, plan_run_export, run_export
     from instseg.runtime.metadata import parse_size
 
-    if not onnx:
-        raise ConfigError("say which format to export: --onnx (the only one so far)")
-    if int8 and fp16:
-        raise ConfigError("--int8 and --fp16 exclude each other: choose one precision")
-    if not int8 and (calibration is not None or force):
-        raise ConfigError("--calibration and --force apply to --int8 exports only")
     try:
         static_size = parse_size(static) if static is not None else None
     except ValueError as exc:
         raise ConfigError(f"--static: {exc}") from None
-    source = resolve_checkpoint(checkpoint)
-    target = output or default_output(source, static_size, "int8" if int8 else "fp16" if fp16 else "fp32")
-    check_target(target, source, overwrite)
-    request = request_from_checkpoint(source, DEFAULT_OPSET if opset is None else opset, static_size, fp16)
+    plan = plan_run_export(checkpoint, out_file, opset=opset, static_size=static_size, fp16=fp16, int8=int8,
+                           calibration=calibration, sbd_tolerance=sbd_tolerance, force=force, overwrite=overwrite)
+    request = plan.request
     plan_note = "" if request.caps.notes == "" else f" ({request.caps.notes})"
     err.print(f"exporting {shown(request.name)} from {shown(request.source)} with the {request.caps.exporter} "
               f"exporter{shown(plan_note)} ...", highlight=False, soft_wrap=True)
     if int8:
-        _export_int8(request, target, calibration, sbd_tolerance, force)
-        return
-    result = export_onnx(request, target)
-    out.print(f"onnx.checker: ok; {result.info.describe()}", highlight=False, soft_wrap=True)
-    out.print(parity_table(result))
-    _conclude(result, target)
-
-
-def check_target(target: Path, source: Path, overwrite: bool) -> None:
-    """Never replace the checkpoint being exported, a folder, or (unasked) a file that is not an
-    ONNX model instseg wrote: re-exporting over an earlier export is fine."""
-    from instseg.exporters.onnx import is_instseg_onnx
-
-    if target.is_dir():
-        raise ConfigError(f"--output {target}: is a folder; give a file name such as {target / 'model.onnx'}")
-    if target.exists() and target.resolve() == source.resolve():
-        raise ConfigError(f"--output {target}: is the checkpoint being exported; choose another file name")
-    if target.exists() and not overwrite and not is_instseg_onnx(target):
-        raise ConfigError(f"--output {target}: exists and is not an ONNX model written by instseg; not replaced "
-                          "(pass --overwrite to replace it)")
+        err.print("quantising to int8 and predicting the validation images with both models ...", highlight=False)
+    result = run_export(plan)
+    _print_tables(result)
+    check_result(result, plan.target)
+    _conclude(result)
 
 
 def parity_table(result: "ExportResult") -> Table:
@@ -106,46 +79,38 @@ def parity_table(result: "ExportResult") -> Table:
     return table
 
 
-def _conclude(result: "ExportResult", target: Path) -> None:
-    from instseg.exporters.onnx import ExportError
+def _print_tables(result: "ExportResult | Int8Result") -> None:
+    """The parity table (and for int8 the task table), printed before any verdict."""
+    from instseg.exporters.onnx import ExportResult
 
-    size = result.path.stat().st_size / 2**20
-    if not result.ok and result.info.precision == "fp32":
-        raise ExportError(f"parity failed: the ONNX model does not match PyTorch (table above); it was written to "
-                          f"{result.path} for inspection, {target} was left alone")
-    if not result.ok:
-        err.print("warning: the fp16 model differs from the fp32 PyTorch model by more than the indicative fp16 "
-                  "tolerance; compare predictions (instseg evaluate --pred) before deploying it", highlight=False,
-                  soft_wrap=True)
-    out.print(f"wrote {shown(str(result.path))} ({size:.1f} MB) in {result.seconds:.1f} s", highlight=False,
-              soft_wrap=True)
-    out.print(f"next: instseg infer {shown(str(result.path))} IMAGES... --out predictions", highlight=False,
-              soft_wrap=True)
-
-
-def _export_int8(request: "ExportRequest", target: Path, calibration: Path | None, tolerance: float,
-                 force: bool) -> None:
-    from instseg.exporters.onnx import ExportError
-    from instseg.exporters.quantize import export_int8
-
-    err.print("quantising to int8 and predicting the validation images with both models ...", highlight=False)
-    result = export_int8(request, target, calibration, tolerance, force)
+    if isinstance(result, ExportResult):
+        out.print(f"onnx.checker: ok; {result.info.describe()}", highlight=False, soft_wrap=True)
+        out.print(parity_table(result))
+        return
     out.print(parity_table(result.fp32))
-    if not result.fp32.ok:
-        raise ExportError("parity failed: the fp32 graph the int8 model is quantised from does not match PyTorch "
-                          f"(table above); nothing was written, {target} was left alone")
-    out.print(task_table(result))
-    parity = result.parity
-    if not result.ok:
-        raise ExportError(f"task parity failed: validation SBD drops by {-parity.change:.4f}, more than "
-                          f"--sbd-tolerance {parity.tolerance:g} (table above); the int8 model was written to "
-                          f"{result.path} for inspection, {target} was left alone (--force keeps it anyway)")
-    if not parity.ok:
-        err.print(f"warning: kept with --force although validation SBD drops by {-parity.change:.4f}, more than "
-                  f"--sbd-tolerance {parity.tolerance:g}", highlight=False, soft_wrap=True)
+    if result.fp32.ok:
+        out.print(task_table(result))
+
+
+def _conclude(result: "ExportResult | Int8Result") -> None:
+    """What was written, and the warnings a kept file deserves."""
+    from instseg.exporters.onnx import ExportResult
+
     size = result.path.stat().st_size / 2**20
-    out.print(f"wrote {shown(str(result.path))} ({size:.1f} MB, int8, calibrated on {shown(result.calibration)}) "
-              f"in {result.seconds:.1f} s", highlight=False, soft_wrap=True)
+    if isinstance(result, ExportResult):
+        if not result.ok:
+            err.print("warning: the fp16 model differs from the fp32 PyTorch model by more than the indicative fp16 "
+                      "tolerance; compare predictions (instseg evaluate --pred) before deploying it",
+                      highlight=False, soft_wrap=True)
+        out.print(f"wrote {shown(str(result.path))} ({size:.1f} MB) in {result.seconds:.1f} s", highlight=False,
+                  soft_wrap=True)
+    else:
+        parity = result.parity
+        if not parity.ok:
+            err.print(f"warning: kept with --force although validation SBD drops by {-parity.change:.4f}, more than "
+                      f"--sbd-tolerance {parity.tolerance:g}", highlight=False, soft_wrap=True)
+        out.print(f"wrote {shown(str(result.path))} ({size:.1f} MB, int8, calibrated on {shown(result.calibration)}) "
+                  f"in {result.seconds:.1f} s", highlight=False, soft_wrap=True)
     out.print(f"next: instseg infer {shown(str(result.path))} IMAGES... --out predictions", highlight=False,
               soft_wrap=True)
 

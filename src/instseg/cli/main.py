@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 
 from instseg.cli import data, evaluate, export, infer, models, plugins, predict, train
 from instseg.cli.console import safe_text
 from instseg.errors import InstsegError
+from instseg.version import __version__
 
 app = typer.Typer(
     name="instseg",
@@ -19,6 +21,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"instseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version, help="Print the version and exit.")] = False,
+) -> None:
+    """`instseg --version`; the verbs are commands of `app`."""
+
+
 app.command("models")(models.models)
 app.command("plugins")(plugins.plugins)
 app.command("train")(train.train)

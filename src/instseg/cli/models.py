@@ -24,6 +24,7 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List registered models and backbones (name, kind, plugin, parameters, description)."""
+    from instseg.models.factory import create_backbone, create_model
     from instseg.models.registry import get_registry
 
     reg = get_registry()
@@ -32,12 +33,12 @@ def models(
         spec = reg.model_spec(name)
         backbone = "fused" if spec.fused else spec.default_backbone
         rows.append({"name": name, "kind": "model", "plugin": spec.plugin, "backbone": backbone,
-                     "aliases": list(spec.aliases), "params": _params(lambda: reg.create_model(name)),
+                     "aliases": list(spec.aliases), "params": _params(lambda: create_model(name)),
                      "description": spec.description})
     for name in reg.list_backbones(pattern):
         spec = reg.backbone_spec(name)
         rows.append({"name": name, "kind": "backbone", "plugin": spec.plugin, "backbone": "", "aliases": [],
-                     "params": _params(lambda: reg.create_backbone(name)), "description": spec.description})
+                     "params": _params(lambda: create_backbone(name)), "description": spec.description})
     failed = [{"plugin": p.name, "distribution": p.distribution, "version": p.version, "error": p.error}
               for p in reg.failed_plugins()]
     if as_json:

@@ -1,35 +1,70 @@
-"""Options shared by the verbs that turn network outputs into instances (`predict`, `infer`,
-`evaluate`): clustering, and what `predict` / `infer` write."""
+"""The CLI's one option vocabulary: a name means the same in every verb (`-o/--out` is the
+output, `--workers` processes, `--threads` threads, `--resume` continues a training run), and
+choices are enums that `--help` lists. Here: the choice types, `--device`, the clustering
+options of `predict`, `infer` and `evaluate`, and `PredictOptions`, the options `predict` and
+`infer` share, defined once and added to both commands by `with_predict_options`."""
 
 from __future__ import annotations
 
+import enum
+import functools
+import inspect
+import re
+import typing
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterable, Optional
 
 import typer
 
 from instseg.errors import ConfigError
-from instseg.instances.clustering import CLUSTER_METHODS, ClusterParams
+from instseg.instances.clustering import AUTO, CLUSTER_METHODS, DEFAULT_METHOD
 
 if TYPE_CHECKING:
     from instseg.io.coco import CocoFile
     from instseg.io.coco_results import ResultsFile
-    from instseg.predict.outputs import OutputOptions
 
-Cluster = Annotated[Optional[str], typer.Option(
-    "--cluster", help=f"{' or '.join(CLUSTER_METHODS)} (default: the run's, else the library default).")]
+
+def choices(name: str, values: Iterable[str]) -> type[enum.Enum]:
+    """A `str` enum of `values` for a Typer option: `--help` lists them, and any other value gets
+    Typer's "Invalid value" error with the choices. Commands pass on `plain(value)`."""
+    return enum.Enum(name, {value: value for value in values}, type=str)
+
+
+def plain(value: Any) -> Any:
+    """A choice as the string the library takes; any other value unchanged."""
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+ClusterMethod = choices("ClusterMethod", CLUSTER_METHODS)
+TrainCluster = choices("TrainCluster", (AUTO, *CLUSTER_METHODS))  # auto: measured at the end of training
+Provider = choices("Provider", ("auto", "cpu", "cuda"))  # runtime.session.PROVIDER_CHOICES (imports onnxruntime)
+
+DEVICE_METAVAR = "<auto|cpu|cuda|cuda:N>"
+_DEVICE_SPEC = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def check_device(spec: str) -> str:
+    """`--device` checked as it is parsed, before any model loads (`device.resolve_device`
+    then finds out whether this machine has it); not an enum because of cuda:N."""
+    normal = spec.strip().lower()
+    if not _DEVICE_SPEC.fullmatch(normal):
+        raise ConfigError(f"--device {spec}: choose from auto, cpu, cuda or cuda:N (N: a CUDA device index)")
+    return normal
+
+
+Device = Annotated[str, typer.Option(
+    metavar=DEVICE_METAVAR, callback=check_device,
+    help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N.")]
+
+Cluster = Annotated[Optional[ClusterMethod], typer.Option(
+    "--cluster", help=f"Clustering method (default: the run's, else {DEFAULT_METHOD}).")]
 MinSize = Annotated[Optional[int], typer.Option(
     "--min-size", help="Drop instances under this many pixels at the working size (default 0: keep all).")]
 FillHoles = Annotated[Optional[bool], typer.Option(
     "--fill-holes/--no-fill-holes", help="Give background enclosed by one instance to it (default on).")]
 Bandwidth = Annotated[Optional[float], typer.Option(
     "--bandwidth", help="meanshift radius in embedding space (default: the run's delta_d).")]
-
-
-def cluster_params(base: ClusterParams, cluster: str | None, min_size: int | None, fill_holes: bool | None,
-                   bandwidth: float | None) -> ClusterParams:
-    """The run's clustering defaults with the options the user gave."""
-    return base.override(method=cluster, min_size=min_size, fill_holes=fill_holes, bandwidth=bandwidth)
 
 
 Tile = Annotated[Optional[int], typer.Option(
@@ -41,7 +76,8 @@ TileOverlap = Annotated[Optional[int], typer.Option(
 
 
 Inputs = Annotated[list[str], typer.Argument(help="Image files, folders or globs (quote globs).")]
-OutDir = Annotated[Path, typer.Option("--out", help="Folder for the outputs (flat; created if needed).")]
+OutDir = Annotated[Path, typer.Option("--out", "-o", help="Folder for the outputs (flat; created if needed).")]
+BatchSize = Annotated[int, typer.Option(help="Images per network run (images of one size share one).")]
 Overlays = Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write <stem>_overlay.png.")]
 Panels = Annotated[bool, typer.Option(help="Write <stem>_panel.png: input / prediction / ground truth.")]
 GroundTruth = Annotated[Optional[Path], typer.Option(
@@ -52,8 +88,9 @@ CocoResults = Annotated[Optional[Path], typer.Option(
                    "`instseg evaluate --coco-gt` scores it).")]
 Embeddings = Annotated[bool, typer.Option(help="Write <stem>_embedding.png: 3 PCA components as RGB.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace existing files in --out (never done otherwise).")]
-Resume = Annotated[bool, typer.Option(help="Skip inputs whose label map is already in --out (a run that stopped).")]
-Workers = Annotated[Optional[int], typer.Option(
+SkipExisting = Annotated[bool, typer.Option(
+    help="Skip inputs whose label map is already in --out (to finish a run that stopped).")]
+Threads = Annotated[Optional[int], typer.Option(
     help="Threads for each of reading, clustering and writing, which overlap with the network "
          "(default: the cores, up to 4).")]
 Shard = Annotated[Optional[str], typer.Option(
@@ -62,7 +99,8 @@ Shard = Annotated[Optional[str], typer.Option(
 
 def select_inputs(inputs: list[str], shard: str | None) -> list[Path]:
     """The inputs a command works on: gathered, then its shard of them."""
-    from instseg.io.inputs import gather_inputs, parse_shard, shard as take_shard
+    from instseg.io.inputs import gather_inputs, parse_shard
+    from instseg.io.inputs import shard as take_shard
 
     paths = gather_inputs(inputs)
     if shard is None:
@@ -74,24 +112,6 @@ def select_inputs(inputs: list[str], shard: str | None) -> list[Path]:
     return take_shard(paths, k, n)
 
 
-def check_workers(workers: int | None) -> None:
-    if workers is not None and workers < 1:
-        raise ConfigError(f"--workers {workers}: must be at least 1")
-
-
-def output_options(overlays: bool, panels: bool, gt: Path | None, embeddings: bool,
-                   overwrite: bool = False, resume: bool = False) -> "OutputOptions":
-    """What to write beside each label map."""
-    from instseg.io.inputs import label_files, match_key
-    from instseg.predict.outputs import OutputOptions
-
-    coco = coco_ground_truth(gt)
-    gt_files = ({match_key(image.file_name): coco.labels(image) for image in coco.images} if coco is not None
-                else label_files(gt) if gt is not None else {})
-    return OutputOptions(overlay=overlays, panels=panels, embeddings=embeddings, gt_files=gt_files,
-                         overwrite=overwrite, resume=resume)
-
-
 def coco_ground_truth(gt: Path | None) -> CocoFile | None:
     """`--gt` as a COCO file, or None for a folder of label PNGs."""
     from instseg.io.coco import load_coco
@@ -101,12 +121,84 @@ def coco_ground_truth(gt: Path | None) -> CocoFile | None:
     return load_coco(gt).require_usable()
 
 
-def coco_results(path: Path | None, gt: Path | None, overwrite: bool, resume: bool) -> ResultsFile | None:
+def coco_results(path: Path | None, gt: Path | None, overwrite: bool, skip_existing: bool) -> ResultsFile | None:
     """The `--coco` results file to fill, checked before anything is predicted."""
     from instseg.io.coco_results import ResultsFile
 
     if path is None:
         return None
-    if resume:
-        raise ConfigError("--coco writes every image of this run into one file: it does not go with --resume")
+    if skip_existing:
+        raise ConfigError("--coco writes every image of this run into one file: it does not go with --skip-existing")
     return ResultsFile(path, coco_ground_truth(gt), overwrite)
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """The options `predict` and `infer` share, each written once here: its name (the field's,
+    or its Annotated option's), default (the field's) and help. `with_predict_options` puts them
+    into both commands' signatures."""
+
+    inputs: Inputs
+    out_dir: OutDir = Path("predictions")
+    batch_size: BatchSize = 4
+    cluster: Cluster = None
+    min_size: MinSize = None
+    fill_holes: FillHoles = None
+    bandwidth: Bandwidth = None
+    overlays: Overlays = True
+    panels: Panels = False
+    gt: GroundTruth = None
+    embeddings: Embeddings = False
+    overwrite: Overwrite = False
+    skip_existing: SkipExisting = False
+    shard: Shard = None
+    tile: Tile = None
+    tile_overlap: TileOverlap = None
+    coco: CocoResults = None
+    threads: Threads = None
+
+    def check(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads {self.threads}: must be at least 1")
+
+    def paths(self) -> list[Path]:
+        return select_inputs(self.inputs, self.shard)
+
+    def results(self) -> ResultsFile | None:
+        return coco_results(self.coco, self.gt, self.overwrite, self.skip_existing)
+
+    def cluster_overrides(self) -> dict[str, Any]:
+        """The clustering options given (ClusterParams fields), for `Predictor.cluster_params`."""
+        given = {"method": plain(self.cluster), "min_size": self.min_size, "fill_holes": self.fill_holes,
+                 "bandwidth": self.bandwidth}
+        return {k: v for k, v in given.items() if v is not None}
+
+    def write_options(self) -> dict[str, Any]:
+        """`Predictor.predict_folder`'s keywords for what to write, and how."""
+        return {"batch_size": self.batch_size, "overlay": self.overlays, "panels": self.panels,
+                "embeddings": self.embeddings, "gt": self.gt, "overwrite": self.overwrite,
+                "skip_existing": self.skip_existing, "threads": self.threads, "cluster": self.cluster_overrides()}
+
+
+def with_predict_options(command: Callable[..., None]) -> Callable[..., None]:
+    """`command(<its own parameters>, options: PredictOptions)` as a Typer command: its signature
+    is the command's own parameters, then every PredictOptions field; Typer's values for the
+    fields reach the command as one PredictOptions."""
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "options"]
+    hints = typing.get_type_hints(PredictOptions, include_extras=True)
+    shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name],
+                                default=inspect.Parameter.empty if f.default is MISSING else f.default)
+              for f in fields(PredictOptions)]
+    parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared  # Typer passes keywords
+    names = [f.name for f in fields(PredictOptions)]
+
+    @functools.wraps(command)
+    def run(**values: Any) -> None:
+        options = PredictOptions(**{name: values.pop(name) for name in names})
+        return command(**values, options=options)
+
+    run.__signature__ = inspect.Signature(parameters, return_annotation=None)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in parameters}
+    return run

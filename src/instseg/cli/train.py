@@ -14,12 +14,16 @@ import typer
 from rich.table import Table
 
 from instseg.cli.console import err, fmt_mean_std, out, shown
-from instseg.train.config import OPTIMIZERS, SCHEDULERS, TrainConfig, parse_model_options
+from instseg.cli.options import DEVICE_METAVAR, TrainCluster, check_device, choices, plain
+from instseg.train.config import (LOSS_TERMS, OPTIMIZERS, SCHEDULERS, TrainConfig, parse_loss_weights,
+                                  parse_model_options, parse_zoom)
 from instseg.train.presets import AUTO, PRESETS
-from instseg.instances.clustering import CLUSTER_METHODS
 
 D = TrainConfig()  # the defaults live in one place
-CLI_TO_CONFIG = {"out_dir": "out", "compile_": "compile", "model_option": "model_kwargs"}  # parameter names that differ from TrainConfig's
+Optimizer = choices("Optimizer", OPTIMIZERS)
+Scheduler = choices("Scheduler", SCHEDULERS)
+Preset = choices("Preset", (AUTO, "none", *PRESETS))
+CLI_TO_CONFIG = {"out_dir": "out", "compile_": "compile", "model_option": "model_kwargs", "loss_weight": "loss_weights"}  # parameter names that differ from TrainConfig's
 
 
 def train(
@@ -28,20 +32,24 @@ def train(
     backbone: Annotated[Optional[str], typer.Option(help="Backbone for decoders that take one.")] = None,
     width: Annotated[Optional[int], typer.Option(help="Base channel width (default: the architecture's).")] = None,
     model_option: Annotated[Optional[List[str]], typer.Option(
-        "--model-option", "-o", help="Architecture option KEY=VALUE, or backbone.KEY=VALUE for its backbone; "
-                                     "repeatable (e.g. -o skip_stride=none -o backbone.output_stride=8).")] = None,
+        "--model-option", help="Architecture option KEY=VALUE, or backbone.KEY=VALUE for its backbone; repeatable "
+                               "(e.g. --model-option skip_stride=none --model-option backbone.output_stride=8).")
+    ] = None,
     weights: Annotated[Optional[str], typer.Option(
         help="Local state dict for the backbone, or a run's checkpoint: a run of the same model starts every "
              "weight but the input normalisation (fine-tuning), another model's its backbone.* weights.")] = None,
     data: Annotated[str, typer.Option(help="'synthetic', 'cvppp:PATH', 'folder:PATH', "
                                                  "'coco:ANNOTATIONS.json[:IMAGE_DIR]' or a dataset folder.")] = D.data,
-    preset: Annotated[str, typer.Option(
-        help="Recipe whose defaults the run starts from: auto (by --data: synthetic or cvppp), none, "
-             f"{', '.join(PRESETS)}; options you type override it.")] = AUTO,
+    preset: Annotated[Preset, typer.Option(
+        help="Recipe whose defaults the run starts from (auto: by --data, synthetic or cvppp; none: "
+             "TrainConfig's); options you type override it.")] = Preset(AUTO),
     val_split: Annotated[float, typer.Option(help="Dataset folders: seeded fraction of images for validation.")] = D.val_split,
     val_list: Annotated[Optional[Path], typer.Option(help="Dataset folders: file of validation stems, one per line "
                                                           "(overrides --val-split).")] = None,
     augment: Annotated[bool, typer.Option(help="Dataset folders: paired flips, rotations, zoom, color jitter, blur.")] = D.augment,
+    zoom: Annotated[str, typer.Option(
+        metavar="MIN,MAX", help="Dataset folders: random zoom range around the working scale (log-uniform); "
+                                "wider covers objects of more sizes.")] = ",".join(f"{z:g}" for z in D.zoom),
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = D.epochs,
     image_size: Annotated[int, typer.Option(help="Training crop size (square); images are scaled so that their "
                                                  "shorter side is this, here and at prediction.")] = D.image_size,
@@ -51,22 +59,35 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Images per step and process (global batch: x accumulate x processes).")] = D.batch_size,
     accumulate: Annotated[int, typer.Option(help="Micro-batches whose gradients add up to one step (a large batch on a small GPU).")] = D.accumulate,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = D.lr,
-    optimizer: Annotated[str, typer.Option(help="/".join(OPTIMIZERS))] = D.optimizer,
-    scheduler: Annotated[str, typer.Option(help="/".join(SCHEDULERS) + " (after a linear warm-up)")] = D.scheduler,
+    optimizer: Annotated[Optimizer, typer.Option(help="Optimizer.")] = Optimizer(D.optimizer),
+    scheduler: Annotated[Scheduler, typer.Option(help="Learning-rate schedule (after a linear warm-up).")
+    ] = Scheduler(D.scheduler),
     weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = D.weight_decay,
     grad_clip: Annotated[float, typer.Option(help="Gradient-norm clip (0 disables).")] = D.grad_clip,
     embedding_dim: Annotated[int, typer.Option(help="Embedding dimension D.")] = D.embedding_dim,
+    delta_v: Annotated[float, typer.Option(help="Pull margin: pixels closer than this to their mean are not pulled.")
+    ] = D.delta_v,
+    delta_d: Annotated[float, typer.Option(help="Push margin: means further apart than 2 x this are not pushed.")
+    ] = D.delta_d,
+    loss_weight: Annotated[Optional[List[str]], typer.Option(
+        "--loss-weight", metavar="NAME=VALUE",
+        help=f"Weight of one loss term ({', '.join(LOSS_TERMS)}; instance: the instance-level Dice term, "
+             "0 by default); repeatable.")] = None,
     position_scale: Annotated[float, typer.Option(
         help="Add each pixel's (row, column) / this many pixels to two embedding channels, so the head learns "
              "offsets to its object's centre (semi-convolutional embeddings; 0 = off).")] = D.position_scale,
-    cluster: Annotated[str, typer.Option(help="The run's clustering (prediction default): auto (each candidate "
-                                              "scored on validation at the end), " + ", ".join(CLUSTER_METHODS))] = D.cluster,
+    cluster: Annotated[TrainCluster, typer.Option(
+        help="The run's clustering method (prediction default); auto: each method scored on validation at the "
+             "end.")] = TrainCluster(D.cluster),
     max_instances: Annotated[int, typer.Option(help="Count normalisation: counter output x this = count (raised to the "
                                                     "largest count in the data: never clipped).")] = D.max_instances,
     train_size: Annotated[int, typer.Option(help="Synthetic data only: training images per epoch.")] = D.train_size,
     val_size: Annotated[int, typer.Option(help="Synthetic data only: validation images.")] = D.val_size,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = D.workers,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK).")] = D.device,
+    device: Annotated[str, typer.Option(
+        metavar=DEVICE_METAVAR, callback=check_device,
+        help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK).")
+    ] = D.device,
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision: CUDA bf16 (else fp16 with a grad scaler); "
                                                               "CPU bf16 where the CPU has AMX / AVX-512 BF16.")] = D.amp,
     compile_: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model (slow first steps).")] = D.compile,
@@ -74,9 +95,9 @@ def train(
     max_nonfinite: Annotated[int, typer.Option(help="Stop after this many non-finite losses in a row (each one skips its step).")] = D.max_nonfinite,
     tensorboard: Annotated[bool, typer.Option(
         "--tensorboard/--no-tensorboard", help="Log loss terms, learning rate, validation metrics and epoch pictures "
-                                               "to <run>/tensorboard/ (pip install 'instseg[tensorboard]').")] = D.tensorboard,
+                                               "to <run>/tensorboard/ (pip install 'instseg\\[tensorboard]').")] = D.tensorboard,
     seed: Annotated[int, typer.Option(help="Seed for data, initialisation and shuffling.")] = D.seed,
-    out_dir: Annotated[str, typer.Option("--out", help="Parent directory of run directories.")] = D.out,
+    out_dir: Annotated[str, typer.Option("--out", "-o", help="Parent directory of run directories.")] = D.out,
     name: Annotated[Optional[str], typer.Option(help="Run directory name (default <model>-<timestamp>).")] = None,
     resume: Annotated[Optional[Path], typer.Option(
         "--resume", metavar="RUN_DIR",
@@ -85,27 +106,29 @@ def train(
     """Train a model; writes runs/<model>-<timestamp>/ with config.json, metrics.jsonl, last.pt, best.pt."""
     from instseg.checkpoint import load_resume_checkpoint
     from instseg.data.layouts import parse_data_spec
+    from instseg.metrics.scores import METRIC_LABELS
     from instseg.train.distributed import DistContext
     from instseg.train.presets import apply_preset, resolve_preset
     from instseg.train.state import TrainingState
     from instseg.train.trainer import Trainer, resume_config
-    from instseg.metrics.scores import METRIC_LABELS
 
-    options = {CLI_TO_CONFIG.get(k, k): v for k, v in ctx.params.items() if k != "resume"}
+    options = {CLI_TO_CONFIG.get(k, k): plain(v) for k, v in ctx.params.items() if k != "resume"}
     spec = parse_data_spec(data)
     options["data"] = str(spec.absolute())  # runs stay valid from any directory
     options["val_list"] = str(val_list.absolute()) if val_list else None
     options["model_kwargs"] = parse_model_options(model_option or [])
+    options["loss_weights"] = parse_loss_weights(loss_weight or [])
+    options["zoom"] = parse_zoom(zoom)
     options["weights"] = str(Path(weights).absolute()) if weights else None
     checkpoint = None
     given = {CLI_TO_CONFIG.get(k, k) for k in ctx.params if k != "resume" and _given(ctx, k)}
     if resume is None:
-        config = TrainConfig(**apply_preset(options, given, resolve_preset(preset, spec.kind)))
+        config = TrainConfig(**apply_preset(options, given, resolve_preset(plain(preset), spec.kind)))
     else:
         checkpoint = load_resume_checkpoint(resume)
         if TrainingState.finished(checkpoint):
-            out.print(f"{shown(resume)} is finished (epoch {checkpoint['epoch']} of {checkpoint['config']['epochs']}, best "
-                      f"SBD {checkpoint['best_sbd']:.3f}): nothing to resume; start a new run to train more",
+            out.print(f"{shown(resume)} is finished (epoch {checkpoint.epoch} of {checkpoint.config['epochs']}, best "
+                      f"SBD {checkpoint.best_sbd:.3f}): nothing to resume; start a new run to train more",
                       highlight=False, soft_wrap=True)
             return
         config = resume_config(checkpoint, {k: options[k] for k in given - {"preset"}})

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from instseg.io.atomic import atomic_write_text
 from instseg.data.samples import Layout, Sample, index_by_stem, list_files, unmatched
 from instseg.data.synthetic import SyntheticConfig, render_plant
 from instseg.errors import DataError
+from instseg.io.atomic import atomic_write_text
 from instseg.io.images import display_path, write_image
 
 RGB, LABEL, FG = "_rgb", "_label", "_fg"

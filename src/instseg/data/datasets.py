@@ -138,6 +138,7 @@ def build_datasets(
     val_list: str | os.PathLike | None = None,
     augment: bool = True,
     scale: float | None = None,
+    zoom: tuple[float, float] | None = None,
 ) -> tuple[ItemDataset, ItemDataset]:
     """Train and validation datasets for a `--data` spec.
 
@@ -145,7 +146,8 @@ def build_datasets(
     augmented: every image is new geometry already. File datasets use every labelled image,
     split by `val_list` (stems) or a seeded `val_split` fraction; `train_size` / `val_size`
     do not apply to them. `scale`: training crops at that fixed resize factor (see
-    `TrainTransform`) instead of shorter side -> `image_size`.
+    `TrainTransform`) instead of shorter side -> `image_size`. `zoom`: the augmentation's random
+    zoom range (None: `Augment`'s).
     """
     data = parse_data_spec(spec)
     if data.kind == "synthetic":
@@ -160,7 +162,8 @@ def build_datasets(
         train, val = split_coco(layout, data.images, val_split=val_split, val_list=val_list, seed=seed)
     else:
         train, val = split_samples(layout.require_labels(), val_split=val_split, val_list=val_list, seed=seed)
-    transform = TrainTransform(image_size, Augment() if augment else None, scale)
+    aug = Augment() if zoom is None else Augment(zoom=tuple(zoom))
+    transform = TrainTransform(image_size, aug if augment else None, scale)
     return LabelledImages(train, transform), LabelledImages(val, None)
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from instseg.errors import DataError
 from instseg.instances.postprocess import relabel_sequential
 from instseg.io.coco import CocoLabels
-from instseg.errors import DataError
 from instseg.io.images import check_label_mode, display_path, read_header, read_image, read_label_map
 
 MAX_LABEL_ID = 65535  # label maps are 8- or 16-bit

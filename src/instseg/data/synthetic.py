@@ -184,3 +184,28 @@ def render_plant(
     lut = np.zeros(len(leaves) + 1, np.int32)
     lut[[i + 1 for i in keep]] = np.arange(1, len(keep) + 1)
     return image, lut[labels]
+
+
+def write_photos(folder: str, count: int, size: int = 256, seed: int = 0) -> list[str]:
+    """`count` synthetic plants as `plantN.png` photographs in `folder` (no labels): pictures to
+    try `instseg predict` and `instseg.load(...).segment` on."""
+    from pathlib import Path
+
+    from instseg.io.images import write_rgb
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    paths = [str(Path(folder) / f"plant{i}.png") for i in range(count)]
+    for i, path in enumerate(paths):
+        write_rgb(path, render_plant(seed, i, size, split="test")[0])
+    return paths
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m instseg.data.synthetic", description=write_photos.__doc__)
+    parser.add_argument("folder")
+    parser.add_argument("--count", type=int, default=4)
+    parser.add_argument("--size", type=int, default=256)
+    arguments = parser.parse_args()
+    print("\n".join(write_photos(arguments.folder, arguments.count, arguments.size)))

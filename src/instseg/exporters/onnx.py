@@ -46,11 +46,11 @@ import onnx
 import torch
 from torch import nn
 
-from instseg.io.atomic import atomic_write_bytes
-from instseg.instances.clustering import ClusterParams
 from instseg.data.synthetic import render_plant
+from instseg.errors import ExportError
+from instseg.instances.clustering import ClusterParams
+from instseg.io.atomic import atomic_write_bytes
 from instseg.models.specs import ExportCaps
-from instseg.errors import InstsegError
 from instseg.runtime.metadata import INPUT_NAME, OUTPUT_NAMES, ModelInfo
 from instseg.runtime.runner import RUN_ERRORS
 from instseg.runtime.session import open_session
@@ -59,10 +59,6 @@ ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")  # exporter messages come colored
 EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "onnx_ir", "onnxscript")
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # dynamo silently writes 18 when asked for less
-
-
-class ExportError(InstsegError):
-    """The model could not be exported, or the export does not match PyTorch."""
 
 
 @dataclass(frozen=True)
@@ -378,13 +374,13 @@ def request_from_checkpoint(path: str | os.PathLike, opset: int = DEFAULT_OPSET,
                             static_size: tuple[int, int] | None = None, fp16: bool = False) -> ExportRequest:
     """An ExportRequest for a run directory or checkpoint: its model, spec, working size and
     clustering defaults, and the plugin distributions the model is built from here."""
-    from instseg.checkpoint import load_trained
+    from instseg.models.factory import load_trained
     from instseg.models.registry import get_registry, plugin_requirements
 
     trained = load_trained(path)
     spec = get_registry().model_spec(trained.name)
-    backbone = spec.backbone_for(trained.checkpoint["model"].get("backbone"))
+    backbone = spec.backbone_for(trained.checkpoint.model.backbone)
     return ExportRequest(
         model=trained.model, name=spec.name, backbone=backbone, caps=spec.export, image_size=trained.image_size,
-        cluster=trained.cluster, plugins=plugin_requirements(spec.name, backbone), source=trained.source,
-        opset=opset, static_size=static_size, fp16=fp16, scale=trained.scale, run_config=trained.checkpoint["config"])
+        cluster=trained.cluster, plugins=plugin_requirements(spec.name, backbone), source=trained.checkpoint.source,
+        opset=opset, static_size=static_size, fp16=fp16, scale=trained.scale, run_config=trained.checkpoint.config)

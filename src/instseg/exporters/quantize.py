@@ -27,19 +27,19 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                      quantize_static)
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from instseg.io.atomic import atomic_write_bytes
+import instseg.runtime.builds  # noqa: F401 - before onnxruntime: one line, not a traceback, where it is missing
 from instseg.errors import ConfigError, DataError
 from instseg.exporters.onnx import ExportRequest, ExportResult, export_onnx, failed_path, with_metadata
-from instseg.runtime.metadata import INPUT_NAME
-from instseg.runtime.runner import OnnxRunner
+from instseg.io.atomic import atomic_write_bytes
 from instseg.io.images import read_image
 from instseg.io.inputs import gather_inputs
 from instseg.metrics.scores import symmetric_best_dice
 from instseg.predict.pipeline import Failure, Source, batches, network_batch, predict_sources
+from instseg.runtime.metadata import INPUT_NAME
+from instseg.runtime.runner import OnnxRunner
 
 CALIBRATION_IMAGES = 32  # at most, evenly spaced over the calibration set
 QUANTIZATION = "static QDQ: int8 weights per channel, uint8 activations, MinMax ranges; output heads in fp32"

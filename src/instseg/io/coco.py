@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from instseg.errors import DataError
 from instseg.instances.postprocess import relabel_sequential
@@ -235,8 +234,17 @@ def _segmentation_problem(segmentation: Any, image: CocoImage) -> str | None:
     return None if isinstance(counts, str) and counts else "RLE counts must be a list or a non-empty string"
 
 
+def mask_api():
+    """pycocotools' mask API, imported when first needed: the predict / infer path that writes no
+    COCO file and reads none (it only knows `CocoLabels` by name) never loads it."""
+    from pycocotools import mask
+
+    return mask
+
+
 def annotation_rle(ann: dict, height: int, width: int) -> dict:
     """The annotation's mask as one compressed RLE (a box-only annotation: its box)."""
+    mask_utils = mask_api()
     if not has_mask(ann):
         return mask_utils.frPyObjects(np.array([ann["bbox"]], np.float64), height, width)[0]
     segmentation = ann["segmentation"]
@@ -249,7 +257,7 @@ def annotation_rle(ann: dict, height: int, width: int) -> dict:
 
 def annotation_mask(ann: dict, height: int, width: int, where: str) -> np.ndarray:
     try:
-        return mask_utils.decode(annotation_rle(ann, height, width)).astype(bool)
+        return mask_api().decode(annotation_rle(ann, height, width)).astype(bool)
     except (ValueError, TypeError, OverflowError) as exc:  # pycocotools' words for a broken RLE string
         raise DataError(f"{where}: annotation {ann['id']}: cannot decode its segmentation ({exc})") from exc
 
@@ -299,6 +307,7 @@ def decode_image(labels: CocoLabels, size: tuple[int, int]) -> Decoded:
 def ground_truth_dataset(coco: CocoFile, sizes: dict[int, tuple[int, int]]) -> dict:
     """The file as pycocotools needs it: every image with its size (`sizes` fills those the JSON
     leaves out), every annotation with iscrowd, area and an RLE; box-only ones as crowd regions."""
+    mask_utils = mask_api()
     images, annotations = [], []
     for image in coco.images:
         height, width = (image.height, image.width) if image.height is not None else sizes[image.id]

@@ -23,20 +23,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
-from instseg.io.atomic import atomic_write_text
 from instseg.errors import DataError
-from instseg.io.coco import CocoFile, ground_truth_dataset, load_coco, read_json
+from instseg.io.atomic import atomic_write_text
+from instseg.io.coco import CocoFile, ground_truth_dataset, load_coco, mask_api, read_json
 from instseg.io.images import display_path, resize_image
 from instseg.io.inputs import match_key
-from instseg.metrics.scores import IGNORE, count_instances, score_image
 from instseg.metrics.reports import ImageRow, Report
+from instseg.metrics.scores import IGNORE, count_instances, score_image
 
 if TYPE_CHECKING:
+    from pycocotools.coco import COCO
+
     from instseg.predict.pipeline import Prediction
+
+# pycocotools is imported by the functions that use it (`mask_api()`, COCO, COCOeval): `predict` and
+# `infer` import this module for `--coco` and load pycocotools only when a COCO file is written or read.
 
 AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[:6]
 AP_LABELS = {"AP": "COCO mask AP", "AP50": "COCO AP50", "AP75": "COCO AP75",
@@ -54,13 +56,14 @@ def instance_scores(labels: np.ndarray, probability: np.ndarray) -> np.ndarray:
 
 
 def _rle(mask: np.ndarray) -> dict:
-    return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return mask_api().encode(np.asfortranarray(mask.astype(np.uint8)))
 
 
 def mask_annotations(labels: np.ndarray, image_id: int, category_id: int,
                      scores: np.ndarray | None = None) -> list[dict]:
     """One annotation per instance of a label map (JSON-ready compressed RLE); with `scores`,
     detections, without, ground truth (IGNORE pixels become one crowd region)."""
+    mask_utils = mask_api()
     entries = []
     ids = [i for i in np.unique(labels) if i > 0] + ([IGNORE] if scores is None and (labels == IGNORE).any() else [])
     for i in ids:
@@ -112,6 +115,7 @@ def read_detections(path: Path, gt: dict) -> tuple[list[dict], set[int] | None]:
 
 
 def _checked_detections(data: list, gt: dict, shown: str) -> list[dict]:
+    mask_utils = mask_api()
     sizes = {image["id"]: (image["height"], image["width"]) for image in gt["images"]}
     detections = []
     for index, det in enumerate(data):
@@ -131,6 +135,8 @@ def _checked_detections(data: list, gt: dict, shown: str) -> list[dict]:
 
 
 def _index(dataset: dict) -> COCO:
+    from pycocotools.coco import COCO
+
     coco = COCO()
     coco.dataset = dataset
     coco.createIndex()
@@ -144,6 +150,8 @@ def coco_ap(gt: dict, detections: list[dict]) -> dict[str, Any]:
     for ann in gt["annotations"] + detections:
         per_image[ann["image_id"]] = per_image.get(ann["image_id"], 0) + 1
     max_dets = max([100, *per_image.values()])
+    from pycocotools.cocoeval import COCOeval
+
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools reports progress on stdout
         results = _index({"images": gt["images"], "categories": gt["categories"], "annotations": detections})
         evaluation = COCOeval(_index(gt), results, "segm")
@@ -180,7 +188,7 @@ def paint_detections(detections: list[dict], size: tuple[int, int]) -> np.ndarra
     labels = np.zeros(size, np.int64)
     ranked = sorted(detections, key=lambda det: -det["score"])
     for value, det in reversed(list(enumerate(ranked, start=1))):
-        labels[mask_utils.decode(det["segmentation"]).astype(bool)] = value
+        labels[mask_api().decode(det["segmentation"]).astype(bool)] = value
     return labels
 
 

@@ -25,8 +25,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from instseg.io.atomic import atomic_write_bytes
 from instseg.errors import DataError
+from instseg.io.atomic import atomic_write_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LABEL_MODES = ("P", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "1")
@@ -137,6 +137,27 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             except ValueError as exc:
                 raise DataError(f"{display_path(path)}: cannot convert mode {image.mode} to RGB ({exc})") from exc
         return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def image_from_array(array: np.ndarray) -> np.ndarray:
+    """A numpy image (H x W or H x W x C with 1, 3 or 4 channels; uint8, uint16, or float in
+    [0, 1]) as `read_image` gives a file: H x W x 3 float32 RGB in [0, 1], alpha dropped."""
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or 0 in array.shape[:2]:
+        raise DataError(f"image array of shape {array.shape}: expected H x W or H x W x C with C = 1, 3 or 4")
+    array = array[..., :3] if array.shape[2] == 4 else np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    if np.issubdtype(array.dtype, np.floating):
+        image = array.astype(np.float32)
+        if not np.isfinite(image).all() or image.min() < 0 or image.max() > 1:
+            raise DataError(f"float image array: values must be finite and in [0, 1] (found "
+                            f"{np.nanmin(image):.3g}..{np.nanmax(image):.3g}); scale it first")
+        return image
+    raise DataError(f"image array of dtype {array.dtype}: expected uint8, uint16 or float in [0, 1]")
 
 
 def check_label_mode(mode: str, path: str | os.PathLike) -> None:

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from instseg.io.atomic import atomic_write_text
 from instseg.errors import ConfigError, DataError
+from instseg.io.atomic import atomic_write_text
 from instseg.io.images import read_label_map
 from instseg.io.inputs import label_files
-from instseg.metrics.scores import ImageScores, count_instances, score_image, summarize
+from instseg.metrics.scores import METRIC_LABELS, ImageScores, count_instances, score_image, summarize
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,13 @@ class Report:
     @property
     def worst(self) -> ImageRow:
         return min(self.rows, key=_worst_first)
+
+    def __str__(self) -> str:
+        """One line: the title and the headline metrics (mean ± std)."""
+        summary = self.summary
+        shown = ", ".join(f"{METRIC_LABELS[k]} {summary[k]['mean']:.3f} ± {summary[k]['std']:.3f}"
+                          for k in ("sbd", "fg_dice", "abs_dic", "ap"))
+        return f"{self.title}: {shown}"
 
     def as_dict(self) -> dict[str, Any]:
         report = {**self.source, "images": len(self.rows), "metrics": self.summary}

@@ -28,7 +28,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-
 AP_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 IGNORE = -1  # ground-truth label of pixels left out of the loss and the metrics (COCO crowd regions)
 

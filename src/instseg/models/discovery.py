@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Iterable
 
-from instseg.models.hookspecs import PROJECT
 from instseg.errors import InstsegError
+from instseg.models.hookspecs import PROJECT
 
 BUILTIN_DISTRIBUTION = "instseg"
 DISABLE_ENV = "INSTSEG_DISABLE_PLUGINS"

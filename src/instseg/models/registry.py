@@ -1,8 +1,10 @@
-"""The model registry: which backbones and models exist, and building them by name.
+"""The model registry: which backbones and models exist, discovered once and looked up by name.
+
+Building them is `models.factory`'s job; the registry only discovers and answers.
 
 Every architecture - built-in or third-party - arrives the same way: a module named in the
 `instseg` entry-point group implements `register_backbones(register)` and/or
-`register_models(register)` (`hookspecs`). Discovery (`plugin_loading`) is lazy and happens
+`register_models(register)` (`hookspecs`). Discovery (`models.discovery`) is lazy and happens
 once per process (spawned DataLoader workers and DDP ranks discover on first use), built-ins
 first. A plugin is all-or-nothing: if it fails to import, names an unknown hook, raises
 inside a hook or registers a name another plugin already owns, nothing it registered is
@@ -19,33 +21,29 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import inspect
 import threading
 from dataclasses import replace
 from importlib import metadata
-from math import lcm
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, NoReturn
+from typing import Any, Callable, Iterable, Mapping, NoReturn
 
 import pluggy
 
-from instseg.models.hookspecs import HOOK_NAMES, PROJECT, HookSpecs
+from instseg.errors import PluginError, RegistryError
 from instseg.models.discovery import (  # `_discover` is looked up here: tests patch `registry._discover`
-    PluginInfo, PluginSelection, _describe, _discover, _dist_of, _fail, install_hint, is_builtin,
-    normalize_distribution, not_installed)
+    PluginInfo,
+    PluginSelection,
+    _describe,
+    _discover,
+    _dist_of,
+    _fail,
+    install_hint,
+    is_builtin,
+    normalize_distribution,
+    not_installed,
+)
+from instseg.models.hookspecs import HOOK_NAMES, PROJECT, HookSpecs
 from instseg.models.specs import BackboneSpec, ModelSpec, Spec
-from instseg.errors import InstsegError
-
-if TYPE_CHECKING:
-    from instseg.models.interfaces import Backbone, SegmentationModel
-
-
-class PluginError(InstsegError):
-    """A plugin failed to load or register; the message names its distribution."""
-
-
-class RegistryError(InstsegError, LookupError):
-    """An unknown name, a name registered twice, or an invalid combination."""
 
 
 def _keys(item: Spec) -> list[str]:
@@ -264,85 +262,10 @@ class Registry:
         self.ensure_loaded()
         return install_hint(distribution, version, [*self._plugins.values(), *self._skipped])
 
-    # -- construction ----------------------------------------------------------------
-    def create_backbone(self, name: str, in_channels: int = 3, **kwargs: Any) -> "Backbone":
-        spec = self.backbone_spec(name)
-        _check_options(spec.factory, kwargs, f"backbone '{name}'")
-        backbone = spec.factory(in_channels=in_channels, **kwargs)
-        _check_backbone(backbone, name)
-        return backbone
-
-    def create_model(
-        self,
-        name: str,
-        *,
-        backbone: str | None = None,
-        width: int | None = None,
-        embedding_dim: int = 32,
-        max_instances: int = 20,
-        mean: tuple[float, ...] | None = None,
-        std: tuple[float, ...] | None = None,
-        position_scale: float = 0.0,
-        backbone_kwargs: Mapping[str, Any] | None = None,
-        **decoder_kwargs: Any,
-    ) -> "SegmentationModel":
-        """Build a registered model with its three heads.
-
-        `width` sets the base channel count of the network (the backbone's, or the fused
-        network's); `decoder_kwargs` reach the architecture's decoder on top of its spec's
-        defaults.
-        """
-        from instseg.models.interfaces import IMAGENET_MEAN, IMAGENET_STD, ImageInput, SegmentationModel
-
-        spec = self.model_spec(name)
-        sized = {} if width is None else {"width": width}
-        if spec.fused and backbone is not None:
-            raise RegistryError(
-                f"model '{spec.name}' has its encoder fused to its decoder; it does not take --backbone")
-        chosen = spec.backbone_for(backbone)
-        if chosen is None:  # fused: the decoder gets the image, and the width
-            encoder: Backbone = ImageInput(in_channels=3)
-            options = {**spec.defaults, **sized, **decoder_kwargs}
-        else:
-            defaults = spec.backbone_defaults if backbone in (None, spec.default_backbone) else {}
-            encoder = self.create_backbone(chosen, **{**defaults, **sized, **(backbone_kwargs or {})})
-            options = {**spec.defaults, **decoder_kwargs}
-        _check_options(spec.decoder, options, f"model '{spec.name}'")
-        decoder = spec.decoder(encoder, **options)
-        multiple = lcm(int(max(encoder.strides)), int(spec.multiple_of))
-        return SegmentationModel(
-            encoder, decoder, embedding_dim=embedding_dim, max_instances=max_instances,
-            multiple_of=multiple, mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD,
-            position_scale=position_scale)
-
 
 def _filter(names: Iterable[str], pattern: str | None) -> list[str]:
     names = sorted(names)
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
-
-
-def _check_options(factory: Callable[..., Any], options: Mapping[str, Any], what: str) -> None:
-    """An option the factory does not take is one clear error, not a TypeError from deep inside."""
-    params = inspect.signature(factory).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = [n for n, p in params.items()
-                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in ("backbone", "in_channels")]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise RegistryError(f"{what} does not take option(s) {', '.join(unknown)}; "
-                            f"it takes: {', '.join(accepted) or 'none'}")
-
-
-def _check_backbone(backbone: Any, name: str) -> None:
-    channels = getattr(backbone, "out_channels", None)
-    strides = getattr(backbone, "strides", None)
-    if not channels or not strides or len(channels) != len(strides):
-        raise RegistryError(
-            f"backbone '{name}' must define out_channels and strides of equal, non-zero length "
-            f"(got out_channels={channels!r}, strides={strides!r})")
-    if list(strides) != sorted(strides):
-        raise RegistryError(f"backbone '{name}' strides must be ascending, got {strides!r}")
 
 
 _registry: Registry | None = None
@@ -373,14 +296,6 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 def list_backbones(pattern: str | None = None) -> list[str]:
     return get_registry().list_backbones(pattern)
-
-
-def create_model(name: str, **kwargs: Any) -> "SegmentationModel":
-    return get_registry().create_model(name, **kwargs)
-
-
-def create_backbone(name: str, in_channels: int = 3, **kwargs: Any) -> "Backbone":
-    return get_registry().create_backbone(name, in_channels=in_channels, **kwargs)
 
 
 def plugin_requirements(model_name: str, backbone_name: str | None) -> dict[str, str]:

@@ -109,7 +109,7 @@ class ModelSpec:
     def backbone_for(self, requested: str | None) -> str | None:
         """The backbone this model is built on when `requested` (or nothing) is asked for.
 
-        None for a fused model, whatever was requested (`Registry.create_model` is what
+        None for a fused model, whatever was requested (`models.factory.create_model` is what
         refuses a `--backbone` for one); otherwise `requested`, or the default when it is
         None or empty.
         """

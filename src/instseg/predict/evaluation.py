@@ -8,7 +8,6 @@ on the training size. The runner may be a PyTorch model or an ONNX Runtime sessi
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -17,16 +16,16 @@ import numpy as np
 import torch
 
 from instseg.device import DeviceChoice
-from instseg.predict.torch_runner import TorchRunner
 from instseg.errors import ConfigError, DataError
 from instseg.instances.clustering import ClusterParams
 from instseg.io.coco_results import LabelMapCoco, instance_scores
 from instseg.io.images import resize_image, resize_labels, working_size, write_rgb
-from instseg.metrics.scores import count_instances, score_image, summarize
-from instseg.predict.pipeline import Failure, Prediction, Runner, Source, predict_sources
 from instseg.io.pictures import colorize, embedding_rgb, panel, read_metrics, training_curves
 from instseg.metrics.reports import ImageRow, Report
-from instseg.predict.tiling import geometry, set_tiling
+from instseg.metrics.scores import count_instances, score_image, summarize
+from instseg.predict.pipeline import Failure, Prediction, Runner, Source, predict_sources
+from instseg.predict.tiling import geometry
+from instseg.predict.torch_runner import TorchRunner
 
 
 @dataclass
@@ -112,18 +111,6 @@ class EvalData:
     val_size: int | None = None  # synthetic data: validation images
 
 
-def open_runner(path: str | os.PathLike, device: str = "auto") -> tuple[Runner, dict[str, Any], str]:
-    """A checkpoint / run directory (PyTorch) or an exported `.onnx` file (ONNX Runtime) as a
-    runner, with the training options it records (none for ONNX) and where it runs."""
-    if Path(path).suffix.lower() == ".onnx":
-        from instseg.runtime import OnnxRunner
-
-        runner = OnnxRunner.open(path, "cpu" if device == "cpu" else "auto")
-        return runner, {}, runner.providers.describe()
-    runner = TorchRunner.from_checkpoint(path, device)
-    return runner, runner.config, runner.device.describe()
-
-
 def run_datasets(spec: str, config: Mapping[str, Any], data: EvalData, image_size: int,
                  train_size: int = 1) -> tuple[Sequence[dict[str, Any]], Sequence[dict[str, Any]]]:
     """The un-augmented train and validation sets of `spec` split as a run's `config` says,
@@ -136,30 +123,25 @@ def run_datasets(spec: str, config: Mapping[str, Any], data: EvalData, image_siz
         val_split=data.val_split or config.get("val_split", 0.2), val_list=data.val_list or config.get("val_list"))
 
 
-def evaluate_model(path: str | os.PathLike, data: EvalData = EvalData(), *, image_size: int | None = None,
-                   cluster: Mapping[str, Any] | None = None, batch_size: int = 8, device: str = "auto",
-                   on_start: Callable[[str], None] | None = None,
-                   tile: int | None = None, tile_overlap: int | None = None) -> Report:
-    """Score a trained model (checkpoint or ONNX file) on a labelled dataset's validation split,
-    clustering with the model's defaults changed by `cluster` (ClusterParams fields; None keeps).
-    `tile`, `tile_overlap`: fixed-scale runs' tiles (None: the runner's defaults)."""
-    runner, config, where = open_runner(path, device)
+def evaluate_runner_on(runner: Runner, config: Mapping[str, Any], data: EvalData, *, source: str, where: str,
+                       params: ClusterParams, image_size: int | None = None, batch_size: int = 8,
+                       on_start: Callable[[str], None] | None = None) -> Report:
+    """Score a loaded model (`instseg.load`'s runner; `config`: its run's options, empty for an
+    ONNX file) on a labelled dataset's validation split: what `Predictor.evaluate` does."""
     spec = data.data or config.get("data")
     if spec is None:
-        raise ConfigError(f"{path}: an ONNX file does not record its training data: give --data (and --val-list)")
+        raise ConfigError(f"{source}: an ONNX file does not record its training data: give --data (and --val-list)")
     if image_size:
         runner.image_size = image_size
-    set_tiling(runner, tile, tile_overlap)
-    params = runner.cluster.override(**(cluster or {}))
     _, val_set = run_datasets(spec, config, data, runner.image_size)
     if on_start is not None:
         on_start(f"evaluating {runner.description} on {spec} ({len(val_set)} images, {geometry(runner)}) "
                  f"on {where}; {params.method} clustering")
     result = evaluate_runner(runner, val_set, batch_size=batch_size, params=params, coco=True)
-    source = {"model": str(path), "data": spec, "image_size": runner.image_size, "cluster": asdict(params)}
+    record = {"model": source, "data": spec, "image_size": runner.image_size, "cluster": asdict(params)}
     if config:
-        source.update(checkpoint=runner.checkpoint_path, epoch=runner.epoch)
-    return Report(f"{runner.description} on {spec} ({len(result.rows)} images)", result.rows, source, result.coco)
+        record.update(checkpoint=runner.checkpoint_path, epoch=runner.epoch)
+    return Report(f"{runner.description} on {spec} ({len(result.rows)} images)", result.rows, record, result.coco)
 
 
 @torch.no_grad()

@@ -12,12 +12,12 @@ import numpy as np
 from instseg.errors import ConfigError, DataError
 from instseg.instances.clustering import ClusterParams
 from instseg.io.coco import CocoLabels
-from instseg.io.images import read_label_map, write_label_map, write_rgb, prediction_output_kind
+from instseg.io.images import prediction_output_kind, read_label_map, write_label_map, write_rgb
 from instseg.io.inputs import match_key, output_names
+from instseg.io.pictures import colorize, embedding_rgb, overlay, panel
 from instseg.metrics.scores import count_instances
 from instseg.predict.pipeline import Failure, Prediction, Runner
 from instseg.predict.stages import StageTimes, default_workers, predict_overlapped
-from instseg.io.pictures import colorize, embedding_rgb, overlay, panel
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,20 @@ class OutputOptions:
     embeddings: bool = False  # PCA picture of the embedding map
     gt_files: dict[str, Path | CocoLabels] = field(default_factory=dict)  # match key -> label PNG or COCO annotations
     overwrite: bool = False  # replace existing files of the same names (never done unasked)
-    resume: bool = False  # skip inputs whose label map is already in the output folder
+    skip_existing: bool = False  # skip inputs whose label map is already in the output folder
+
+
+def ground_truth_files(gt: Path | None) -> dict[str, Path | CocoLabels]:
+    """`--gt`: a COCO file's images, or a folder's label maps, by match key (none: {})."""
+    from instseg.io.coco import load_coco
+    from instseg.io.inputs import label_files
+
+    if gt is None:
+        return {}
+    if gt.suffix.lower() == ".json":
+        coco = load_coco(gt).require_usable()
+        return {match_key(image.file_name): coco.labels(image) for image in coco.images}
+    return label_files(gt)
 
 
 def _ground_truth(prediction: Prediction, gt_files: dict[str, Path]) -> np.ndarray | None:
@@ -84,7 +97,7 @@ def write_prediction(prediction: Prediction, out_dir: Path, options: OutputOptio
 class FolderResult:
     """What `predict_folder` did: instances per written image, one line per failed input, and
     the inputs skipped because they are outputs of an earlier run in the output folder, or
-    (with `resume`) because their outputs are there already."""
+    (with `skip_existing`) because their outputs are there already."""
 
     instances: list[int] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -109,16 +122,16 @@ def make_folder(folder: Path) -> None:
 def predict_folder(paths: Sequence[Path], runner: Runner, out_dir: Path, params: ClusterParams | None = None,
                    batch_size: int = 4, options: OutputOptions = OutputOptions(),
                    on_result: Callable[[Prediction | Failure], None] | None = None,
-                   workers: int | None = None) -> FolderResult:
+                   threads: int | None = None) -> FolderResult:
     """Predict every input and write its files to `out_dir`; a failed input (unreadable, NaN
     outputs, unwritable) is recorded and the others go on. Reading, the network, clustering
-    and writing overlap (`predict.stages`, `workers` threads per CPU stage); `on_result`
+    and writing overlap (`predict.stages`, `threads` per CPU stage); `on_result`
     sees each result in `pipeline.predict`'s order (progress bars)."""
     make_folder(out_dir)
     result = FolderResult(skipped=earlier_outputs(paths, out_dir))
     skipped = set(result.skipped)
     todo = [(path, name) for path, name in zip(paths, output_names(paths)) if path not in skipped]
-    if options.resume:  # names come from the whole input list, so they do not shift between runs
+    if options.skip_existing:  # names come from the whole input list, so they do not shift between runs
         finished = [(out_dir / f"{name}_label.png").exists() for _, name in todo]
         result.done = [path for (path, _), done in zip(todo, finished) if done]
         todo = [pair for pair, done in zip(todo, finished) if not done]
@@ -134,7 +147,7 @@ def predict_folder(paths: Sequence[Path], runner: Runner, out_dir: Path, params:
 
     for item, failure in predict_overlapped([path for path, _ in todo], [name for _, name in todo], runner,
                                             params or runner.cluster, batch_size, write,
-                                            workers or default_workers(), result.stage_times):
+                                            threads or default_workers(), result.stage_times):
         if failure is None:
             result.instances.append(int(item.labels.max(initial=0)))
         else:

@@ -24,8 +24,20 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 from threadpoolctl import threadpool_limits
 
 from instseg.instances.clustering import ClusterParams
-from instseg.predict.pipeline import (Batch, Failure, Outputs, Prediction, Runner, Source, Tiled, batches,
-                                        cluster_outputs, predict_tiled, read_source, run_network)
+from instseg.predict.pipeline import (
+    Batch,
+    Failure,
+    Outputs,
+    Prediction,
+    Runner,
+    Source,
+    Tiled,
+    batches,
+    cluster_outputs,
+    predict_tiled,
+    read_source,
+    run_network,
+)
 
 In = TypeVar("In")
 Out = TypeVar("Out")

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import torch
 
-from instseg.checkpoint import load_trained
+from instseg.checkpoint import Checkpoint
 from instseg.device import DeviceChoice, resolve_device
 from instseg.instances.clustering import ClusterParams
 from instseg.predict.tiling import default_tiling
@@ -25,7 +25,7 @@ class TorchRunner:
     static_size = None
 
     def __init__(self, model: torch.nn.Module, device: DeviceChoice, image_size: int, cluster: ClusterParams,
-                 description: str = "", checkpoint: dict | None = None, scale: float | None = None) -> None:
+                 description: str = "", checkpoint: Checkpoint | None = None, scale: float | None = None) -> None:
         self.model = model.to(device.device).eval()
         self.device = device
         self.image_size = image_size
@@ -34,13 +34,14 @@ class TorchRunner:
         self.cluster = cluster
         self.max_instances = model.max_instances
         self.description = description
-        checkpoint = checkpoint or {}
-        self.config: dict = checkpoint.get("config", {})  # the run's training options, when from a checkpoint
-        self.checkpoint_path: str | None = checkpoint.get("path")
-        self.epoch: int | None = checkpoint.get("epoch")
+        self.config: dict = checkpoint.config if checkpoint else {}  # the run's training options
+        self.checkpoint_path: str | None = checkpoint.path if checkpoint else None
+        self.epoch: int | None = checkpoint.epoch if checkpoint else None
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto") -> "TorchRunner":
+        from instseg.models.factory import load_trained
+
         trained = load_trained(path)
         return cls(trained.model, resolve_device(device), trained.image_size, trained.cluster, trained.description,
                    trained.checkpoint, trained.scale)

@@ -16,8 +16,9 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
-from instseg.instances.clustering import ClusterParams
+from instseg import limits
 from instseg.errors import CheckpointError, ConfigError
+from instseg.instances.clustering import ClusterParams
 
 FORMAT_KEY = "instseg.format"
 FORMAT_VERSION = 1
@@ -79,7 +80,7 @@ class ModelInfo:
             "instseg.model": self.model,
             "instseg.backbone": self.backbone or "",
             "instseg.version": self.instseg_version,
-            "instseg.models.architectures": json.dumps(dict(self.plugins), sort_keys=True),
+            "instseg.plugins": json.dumps(dict(self.plugins), sort_keys=True),
             "instseg.exporter": self.exporter,
             "instseg.torch": self.torch_version,
             "instseg.opset": str(self.opset),
@@ -110,7 +111,7 @@ class ModelInfo:
             raise CheckpointError(f"{where}: an ONNX model without instseg metadata (not written by "
                                   "`instseg export`); export a run with `instseg export RUN --onnx`")
         reader = _Reader(props, where)
-        version = reader.integer(FORMAT_KEY)
+        version = reader.integer(FORMAT_KEY, (1, 10**6))
         if version > FORMAT_VERSION:
             raise CheckpointError(f"{where}: instseg ONNX format {version} is newer than this instseg understands "
                                   f"({FORMAT_VERSION}); upgrade instseg")
@@ -124,17 +125,17 @@ class ModelInfo:
             model=reader.text("instseg.model"),
             backbone=reader.text("instseg.backbone") or None,
             instseg_version=reader.text("instseg.version"),
-            plugins=reader.json("instseg.models.architectures", dict),
+            plugins=reader.json("instseg.plugins", dict),
             exporter=reader.text("instseg.exporter"),
             torch_version=reader.text("instseg.torch"),
-            opset=reader.integer("instseg.opset", 1, 1000),
+            opset=reader.integer("instseg.opset", (1, 1000)),
             precision=precision,
             exported=reader.text("instseg.exported"),
             source=reader.text("instseg.source"),
-            embedding_dim=reader.integer("instseg.embedding_dim", 1, 4096),
-            max_instances=reader.integer("instseg.max_instances", 1, 2**16 - 1),
-            image_size=reader.integer("instseg.image_size", 16, 4096),
-            multiple_of=reader.integer("instseg.multiple_of", 1, 1024),
+            embedding_dim=reader.integer("instseg.embedding_dim", limits.EMBEDDING_DIM),
+            max_instances=reader.integer("instseg.max_instances", limits.MAX_INSTANCES),
+            image_size=reader.integer("instseg.image_size", limits.IMAGE_SIZE),
+            multiple_of=reader.integer("instseg.multiple_of", limits.MULTIPLE_OF),
             static_size=_parse_size(static, where) if static else None,
             dynamic_batch=bool(dynamic.get("batch", False)),
             mean=reader.channels("instseg.mean", positive=False),
@@ -156,15 +157,15 @@ class _Reader:
             raise CheckpointError(f"{self.where}: instseg metadata lacks '{key}' (a damaged or hand-edited file?)")
         return self.props[key]
 
-    def integer(self, key: str, low: int | None = None, high: int | None = None) -> int:
-        """An integer value, within [low, high] when given."""
+    def integer(self, key: str, bounds: tuple[int, int]) -> int:
+        """An integer value within `bounds` (inclusive)."""
         value = self.text(key)
         try:
             number = int(value)
         except ValueError:
             raise CheckpointError(f"{self.where}: metadata {key} is {value!r}, expected an integer") from None
-        if (low is not None and number < low) or (high is not None and number > high):
-            raise CheckpointError(f"{self.where}: metadata {key} is {number}, expected {low}..{high}")
+        if not limits.is_int_in(number, bounds):
+            raise CheckpointError(f"{self.where}: metadata {key} is {number}, expected {limits.describe(bounds)}")
         return number
 
     def scale(self, key: str) -> float | None:
@@ -176,8 +177,9 @@ class _Reader:
             number = float(value)
         except ValueError:
             number = math.nan
-        if not 1 / 64 <= number <= 64:
-            raise CheckpointError(f"{self.where}: metadata {key} is {value!r}, expected a number in 1/64..64")
+        if not limits.is_number_in(number, limits.SCALE):
+            raise CheckpointError(f"{self.where}: metadata {key} is {value!r}, expected a number in "
+                                  f"{limits.describe(limits.SCALE)}")
         return number
 
     def channels(self, key: str, positive: bool) -> tuple[float, ...]:

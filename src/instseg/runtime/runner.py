@@ -11,15 +11,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
-from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
 from instseg.errors import CheckpointError, DataError
+from instseg.predict.tiling import default_tiling
+from instseg.runtime.builds import ort, pybind  # one line, not a traceback, where onnxruntime is missing
 from instseg.runtime.metadata import INPUT_NAME, OUTPUT_NAMES, ModelInfo
 from instseg.runtime.session import ProviderReport, open_session
-from instseg.predict.tiling import default_tiling
 
-RUN_ERRORS = (Fail, InvalidArgument, RuntimeException)
+RUN_ERRORS = (pybind.Fail, pybind.InvalidArgument, pybind.RuntimeException)
 
 
 class OnnxRunner:

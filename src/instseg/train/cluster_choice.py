@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from instseg.io.atomic import atomic_write_text
-from instseg.checkpoint import load_weights_only, save_checkpoint
-from instseg.train.config import TrainConfig
-from instseg.predict.evaluation import evaluate_dataset
+from instseg.checkpoint import load_checkpoint, save_checkpoint
 from instseg.instances.clustering import ClusterParams
+from instseg.io.atomic import atomic_write_text
 from instseg.metrics.scores import summarize
+from instseg.predict.evaluation import evaluate_dataset
+from instseg.train.config import TrainConfig
 
 CANDIDATES = ("kmeans", "regions")
 
@@ -44,7 +45,7 @@ def choose_for_run(run_dir: Path, model: torch.nn.Module, dataset: Sequence[dict
     """best.pt's weights in a copy of `model` (the trainer's own model stays as trained, the same
     on every process), scored with each method; the winner recorded in the run."""
     best = copy.deepcopy(model)
-    best.load_state_dict(load_weights_only(run_dir / "best.pt")["state_dict"])
+    best.load_state_dict(load_checkpoint(run_dir / "best.pt").state_dict)
     method, scores = choose_method(best, dataset, device, params, config.image_size, config.scale, config.batch_size)
     record_method(run_dir, method, scores)
     return method, scores
@@ -55,10 +56,8 @@ def record_method(run_dir: Path, method: str, scores: dict[str, float]) -> None:
     for name in ("best.pt", "last.pt"):
         path = run_dir / name
         if path.exists():
-            payload = load_weights_only(path)
-            payload["config"]["cluster"] = method
-            payload["cluster_scores"] = scores
-            save_checkpoint(path, {k: v for k, v in payload.items() if k not in ("format", "format_version")})
+            checkpoint = replace(load_checkpoint(path).with_config(cluster=method), cluster_scores=scores)
+            save_checkpoint(path, checkpoint)
     config_path = run_dir / "config.json"
     record = json.loads(config_path.read_text())
     record["config"]["cluster"] = method

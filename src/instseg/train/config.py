@@ -6,10 +6,14 @@ import importlib.util
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from instseg.instances.clustering import AUTO, CLUSTER_METHODS
+from instseg import limits
 from instseg.errors import CheckpointError, ConfigError
+from instseg.instances.clustering import AUTO, CLUSTER_METHODS
+
+if TYPE_CHECKING:
+    from instseg.checkpoint import Checkpoint
 
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW"}  # --optimizer -> torch.optim class
 SCHEDULERS = ("cosine", "constant")
@@ -17,7 +21,10 @@ RESUME_OVERRIDES = ("device", "workers", "compile", "max_nonfinite", "accumulate
 
 
 def _default_loss_weights() -> dict[str, float]:
-    return {"discriminative": 1.0, "cross_entropy": 1.0, "dice": 1.0, "count": 1.0}
+    return {"discriminative": 1.0, "cross_entropy": 1.0, "dice": 1.0, "count": 1.0, "instance": 0.0}
+
+
+LOSS_TERMS = tuple(_default_loss_weights())  # what --loss-weight NAME=VALUE may name
 
 
 @dataclass
@@ -41,6 +48,7 @@ class TrainConfig:
     val_split: float = 0.2  # file datasets: seeded fraction of images for validation
     val_list: str | None = None  # file datasets: stems of the validation images (overrides val_split)
     augment: bool = True  # file datasets: paired flips, rotations, zoom, color jitter, blur
+    zoom: tuple[float, float] = (0.75, 1.33)  # file datasets: random zoom range, log-uniform, around the working scale
     epochs: int = 6
     batch_size: int = 8  # per process; the global batch is batch_size x accumulate x processes
     accumulate: int = 1  # micro-batches whose gradients add up to one optimizer step
@@ -69,18 +77,18 @@ class TrainConfig:
         checks = {
             "epochs": self.epochs >= 1,
             "batch_size": self.batch_size >= 1,
-            "image_size": 16 <= self.image_size <= 4096,
-            "scale": self.scale is None or (math.isfinite(self.scale) and 1 / 64 <= self.scale <= 64),
+            "image_size": limits.is_int_in(self.image_size, limits.IMAGE_SIZE),
+            "scale": self.scale is None or limits.is_number_in(self.scale, limits.SCALE),
             "lr": math.isfinite(self.lr) and self.lr > 0,
             "weight_decay": math.isfinite(self.weight_decay) and self.weight_decay >= 0,
             "warmup_epochs": math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0,
             "delta_v": math.isfinite(self.delta_v) and self.delta_v > 0,
             "delta_d": math.isfinite(self.delta_d) and self.delta_d > 0,
-            "embedding_dim": 1 <= self.embedding_dim <= 4096,
+            "embedding_dim": limits.is_int_in(self.embedding_dim, limits.EMBEDDING_DIM),
             "position_scale": math.isfinite(self.position_scale) and self.position_scale >= 0
                               and (not self.position_scale or self.embedding_dim >= 2),
-            "max_instances": 1 <= self.max_instances <= 2**16 - 1,
-            "width": self.width is None or 1 <= self.width <= 1024,
+            "max_instances": limits.is_int_in(self.max_instances, limits.MAX_INSTANCES),
+            "width": self.width is None or limits.is_int_in(self.width, limits.WIDTH),
             "train_size": self.train_size >= 1,
             "val_size": self.val_size >= 1,
             "workers": self.workers >= 0,
@@ -88,6 +96,10 @@ class TrainConfig:
             "val_split": 0 < self.val_split < 1,
             "accumulate": self.accumulate >= 1,
             "max_nonfinite": self.max_nonfinite >= 1,
+            "zoom": len(self.zoom) == 2 and all(math.isfinite(z) and 1 / 16 <= z <= 16 for z in self.zoom)
+                    and self.zoom[0] <= self.zoom[1],
+            "loss_weights": set(self.loss_weights) <= set(LOSS_TERMS)
+                            and all(math.isfinite(v) and v >= 0 for v in self.loss_weights.values()),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -142,7 +154,33 @@ def parse_model_options(items: list[str]) -> dict[str, Any]:
     return options
 
 
-def resume_config(checkpoint: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
+def parse_loss_weights(items: list[str]) -> dict[str, float]:
+    """`NAME=VALUE` items (`--loss-weight instance=1`) on top of the default weights."""
+    weights = _default_loss_weights()
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not sep or name.strip() not in LOSS_TERMS or not math.isfinite(number) or number < 0:
+            raise ConfigError(f"--loss-weight {item!r}: expected NAME=VALUE with NAME one of {', '.join(LOSS_TERMS)} "
+                              "and VALUE a number >= 0")
+        weights[name.strip()] = number
+    return weights
+
+
+def parse_zoom(text: str) -> tuple[float, float]:
+    """`--zoom MIN,MAX` (e.g. 0.5,2)."""
+    parts = text.split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"--zoom {text!r}: expected MIN,MAX, e.g. 0.5,2") from None
+    return low, high
+
+
+def resume_config(checkpoint: "Checkpoint", overrides: dict[str, Any]) -> TrainConfig:
     """The configuration a run resumes with: its saved one, changed only in how it runs.
 
     Options that change what is computed (learning rate, epochs, data, ...) would make the
@@ -152,11 +190,11 @@ def resume_config(checkpoint: dict[str, Any], overrides: dict[str, Any]) -> Trai
     if refused:
         allowed = ", ".join(f"--{name.replace('_', '-')}" for name in RESUME_OVERRIDES)
         given = ", ".join(f"--{name.replace('_', '-')}" for name in refused)
-        raise ConfigError(f"--resume continues {Path(checkpoint['path']).parent} with its saved options; "
+        raise ConfigError(f"--resume continues {Path(checkpoint.path).parent} with its saved options; "
                           f"only {allowed} may change (given: {given})")
     try:
-        config = TrainConfig(**{**checkpoint["config"], **overrides})
+        config = TrainConfig(**{**checkpoint.config, **overrides})
     except TypeError as exc:
-        raise CheckpointError(f"{checkpoint['path']}: its saved options do not fit this instseg ({exc})") from exc
+        raise CheckpointError(f"{checkpoint.path}: its saved options do not fit this instseg ({exc})") from exc
     config.validate()
     return config

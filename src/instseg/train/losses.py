@@ -1,4 +1,5 @@
-"""Losses: the discriminative loss (De Brabandere et al. 2017), dice + CE, count MSE.
+"""Losses: the discriminative loss (De Brabandere et al. 2017), an instance-level Dice term
+(SPOCO, Wolny et al. 2022), dice + CE, count MSE.
 
 All targets come from one instance label map per image (int64, 0 = background, IGNORE = -1
 for pixels no term sees, e.g. COCO crowd regions), never from zero-padded one-hot stacks. Cluster statistics are computed with `index_add_` over global
@@ -8,14 +9,15 @@ instances.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from instseg.models.interfaces import SegOutput
 from instseg.metrics.scores import IGNORE
+from instseg.models.interfaces import SegOutput
 
 _EPS = 1e-12
 
@@ -108,6 +110,39 @@ def discriminative_loss(
     return DiscriminativeTerms(total, variance, distance, regularization)
 
 
+def instance_dice_loss(embedding: Tensor, labels: Tensor, *, delta_v: float = 0.5) -> Tensor:
+    """1 - Dice between each instance's soft mask and its true mask, averaged over instances.
+
+    The soft mask of instance c is exp(-||x_i - mu_c||^2 / (2 sigma^2)) over every pixel of its
+    image, with sigma chosen so that a pixel at the pull margin `delta_v` from the mean scores
+    0.5 (SPOCO's kernel): unlike pull / push, which see pixels one by one, it scores the mask
+    that clustering will cut, so stray pixels of a neighbour and missed pixels both count.
+    Distances come from one batched matrix product (||x||^2 + ||mu||^2 - 2 x.mu): memory
+    B x K x H x W, no loop over instances. IGNORE pixels belong to no mask and are left out.
+    """
+    batch, dim = embedding.shape[:2]
+    embedding = embedding.float()
+    labels = labels.long()
+    k = int(labels.max().clamp_min(0).item()) + 1 if labels.numel() else 1
+    pixels = embedding.flatten(2).transpose(1, 2)  # B x HW x D
+    flat = labels.reshape(batch, -1)
+    one_hot = torch.zeros(batch, flat.shape[1], k, device=embedding.device)
+    one_hot.scatter_(2, flat.clamp_min(0).unsqueeze(2), 1.0)
+    masks = one_hot[..., 1:]  # B x HW x (K-1): instance ids 1..K-1
+    sizes = masks.sum(dim=1)  # B x (K-1)
+    means = masks.transpose(1, 2) @ pixels / sizes.clamp_min(1).unsqueeze(2)  # B x (K-1) x D
+    squared = (pixels.pow(2).sum(2, keepdim=True) + means.pow(2).sum(2).unsqueeze(1)
+               - 2 * pixels @ means.transpose(1, 2)).clamp_min(0)  # B x HW x (K-1)
+    sigma2 = delta_v ** 2 / (2 * math.log(2))  # exp(-delta_v^2 / (2 sigma^2)) = 0.5
+    soft = torch.exp(-squared / (2 * sigma2)) * (flat >= 0).unsqueeze(2)
+    inter = (soft * masks).sum(dim=1)
+    dice = 2 * inter / (soft.pow(2).sum(dim=1) + masks.sum(dim=1)).clamp_min(_EPS)
+    present = sizes > 0
+    if not bool(present.any()):
+        return embedding.sum() * 0.0
+    return ((1 - dice) * present).sum() / present.sum()
+
+
 def soft_dice_loss(logits: Tensor, foreground: Tensor, valid: Tensor | None = None) -> Tensor:
     """1 - Dice between the foreground probability and the foreground mask, per image, averaged
     (over the `valid` pixels only, when given)."""
@@ -126,6 +161,7 @@ class LossWeights:
     cross_entropy: float = 1.0
     dice: float = 1.0
     count: float = 1.0
+    instance: float = 0.0  # the instance-level Dice term (off unless a recipe or --loss-weight sets it)
 
 
 class MultiTaskLoss(nn.Module):
@@ -155,6 +191,10 @@ class MultiTaskLoss(nn.Module):
         count = F.mse_loss(output.count.float().view(-1), target)
         w = self.weights
         total = w.discriminative * disc.total + w.cross_entropy * ce + w.dice * dice + w.count * count
+        terms = {}
+        if w.instance:
+            terms["instance"] = instance_dice_loss(output.embedding, labels, delta_v=self.delta_v)
+            total = total + w.instance * terms["instance"]
         return {
             "loss": total,
             "disc": disc.total,
@@ -164,4 +204,5 @@ class MultiTaskLoss(nn.Module):
             "ce": ce,
             "dice": dice,
             "count": count,
+            **terms,
         }

@@ -8,9 +8,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress, TextColumn
 
+from instseg.terminal import progress_bar, shown
 from instseg.train.config import TrainConfig
-from instseg.terminal import progress_bar
-from instseg.terminal import shown
 
 
 class TrainingReporter:

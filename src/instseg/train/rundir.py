@@ -11,9 +11,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from instseg.io.atomic import atomic_write_bytes, atomic_write_text
-from instseg.checkpoint import save_checkpoint
+from instseg.checkpoint import Checkpoint, save_checkpoint
 from instseg.errors import ConfigError, TrainingError
+from instseg.io.atomic import atomic_write_bytes, atomic_write_text
 from instseg.version import __version__
 
 OPTIMIZER_SLOTS = 2  # Adam(W) keeps two tensors per parameter, so a checkpoint is ~3x the weights
@@ -102,12 +102,12 @@ class RunDirectory:
         if len(kept) != len(lines):
             atomic_write_text(path, "".join(line + "\n" for line in kept))
 
-    def save_checkpoints(self, payload: dict[str, Any], best: bool) -> None:
+    def save_checkpoints(self, checkpoint: Checkpoint, best: bool) -> None:
         """last.pt, and best.pt too when `best`; a failed write leaves the previous file intact."""
         for name in ["last.pt", "best.pt"] if best else ["last.pt"]:
             path = self.path / name
             try:
-                save_checkpoint(path, payload)
+                save_checkpoint(path, checkpoint)
             except OSError as exc:
                 raise TrainingError(f"could not write {path} ({exc.strerror or exc}); "
                                     f"the previous {name}, if any, is intact") from exc

@@ -1,19 +1,9 @@
-"""What a training checkpoint holds, in one place: the typed state of a run and its symmetric
-`payload()` / `restore()`.
+"""The typed state of a training run, and its symmetric `checkpoint()` / `restore()`.
 
-A checkpoint (`last.pt`, `best.pt`) is a dict of tensors and plain data, loaded with
-`torch.load(weights_only=True)`:
-
-    instseg_version, format, format_version    who wrote it (format: `checkpoint.save_checkpoint`)
-    model        how to rebuild the model (name, backbone, width, embedding_dim, max_instances,
-                 mean, std, kwargs) - `checkpoint.build_model`
-    plugins      the plugin distributions the model comes from {name: version}
-    state_dict   the weights
-    config       every training option (`TrainConfig` as a dict)
-    epoch, step, best_sbd, metrics    where the run was and its last validation
-    optimizer, scheduler              their state dicts
-    training     what `--resume` needs beyond that: the position in the epoch, the batch
-                 layout, running epoch sums, best epoch, wall time, grad scaler and RNG states
+What a checkpoint file holds is `instseg.checkpoint.Checkpoint`; this module owns its
+`training` entry: the position in the epoch, the batch layout, running epoch sums, best
+epoch, wall time, grad scaler and RNG states - what `--resume` needs beyond the weights and
+the optimizer.
 """
 
 from __future__ import annotations
@@ -22,9 +12,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from instseg.train.distributed import DistContext
+from instseg.checkpoint import Checkpoint, ModelRecord
 from instseg.errors import CheckpointError, ConfigError
-from instseg.version import __version__
+from instseg.train.distributed import DistContext
 
 
 @dataclass
@@ -128,60 +118,50 @@ class TrainingState:
         self.epoch_done = True
         return improved
 
-    def payload(self, *, layout: BatchLayout, model: dict[str, Any], plugins: dict[str, str],
-                config: dict[str, Any], weights: dict[str, Any], optimizer: dict[str, Any],
-                scheduler: dict[str, Any], scaler: dict[str, Any], rng: list[dict[str, Any]]) -> dict[str, Any]:
-        """The checkpoint dict (see the module docstring); `restore` reads exactly this."""
-        return {
-            "instseg_version": __version__,
-            "model": model,
-            "plugins": plugins,
-            "state_dict": weights,
-            "config": config,
-            "epoch": self.epoch,
-            "step": self.step,
-            "best_sbd": self.best_sbd,
-            "metrics": self.last,
-            "optimizer": optimizer,
-            "scheduler": scheduler,
-            "training": {
-                "epoch_step": self.epoch_step,
-                "epoch_done": self.epoch_done,
-                "steps_per_epoch": layout.steps_per_epoch,
-                "world_size": layout.world_size,
-                "accumulate": layout.accumulate,
-                "batch_size": layout.batch_size,
-                "epoch_stats": asdict(self.stats),
-                "nonfinite_streak": self.nonfinite_streak,
-                "best_epoch": self.best_epoch,
-                "best": self.best,
-                "seconds": self.seconds,
-                "scaler": scaler,
-                "rng": rng,
-            },
+    def checkpoint(self, *, layout: BatchLayout, model: ModelRecord, plugins: dict[str, str],
+                   config: dict[str, Any], weights: dict[str, Any], optimizer: dict[str, Any],
+                   scheduler: dict[str, Any], scaler: dict[str, Any], rng: list[dict[str, Any]]) -> Checkpoint:
+        """The run's checkpoint; `restore` reads exactly this back."""
+        training = {
+            "epoch_step": self.epoch_step,
+            "epoch_done": self.epoch_done,
+            "steps_per_epoch": layout.steps_per_epoch,
+            "world_size": layout.world_size,
+            "accumulate": layout.accumulate,
+            "batch_size": layout.batch_size,
+            "epoch_stats": asdict(self.stats),
+            "nonfinite_streak": self.nonfinite_streak,
+            "best_epoch": self.best_epoch,
+            "best": self.best,
+            "seconds": self.seconds,
+            "scaler": scaler,
+            "rng": rng,
         }
+        return Checkpoint(model=model, state_dict=weights, config=config, plugins=plugins, epoch=self.epoch,
+                          step=self.step, best_sbd=self.best_sbd, metrics=self.last, optimizer=optimizer,
+                          scheduler=scheduler, training=training)
 
     @staticmethod
-    def finished(checkpoint: dict[str, Any]) -> bool:
+    def finished(checkpoint: Checkpoint) -> bool:
         """Whether a checkpoint ends its run: the last epoch validated and saved."""
-        training = checkpoint.get("training", {})
-        return bool(training.get("epoch_done")) and checkpoint.get("epoch") == checkpoint["config"].get("epochs")
+        training = checkpoint.training or {}
+        return bool(training.get("epoch_done")) and checkpoint.epoch == checkpoint.config.get("epochs")
 
     @classmethod
-    def restore(cls, checkpoint: dict[str, Any]) -> tuple["TrainingState", BatchLayout, dict[str, Any]]:
+    def restore(cls, checkpoint: Checkpoint) -> tuple["TrainingState", BatchLayout, dict[str, Any]]:
         """The state, batch layout and scaler / RNG states a `payload` holds; a finished epoch
         resumes at the start of the next one."""
         try:
-            training = checkpoint["training"]
-            state = cls(epoch=checkpoint["epoch"], epoch_step=training["epoch_step"], step=checkpoint["step"],
+            training = checkpoint.training
+            state = cls(epoch=checkpoint.epoch, epoch_step=training["epoch_step"], step=checkpoint.step,
                         epoch_done=training["epoch_done"], stats=EpochStats(**training["epoch_stats"]),
-                        nonfinite_streak=training["nonfinite_streak"], best_sbd=checkpoint["best_sbd"],
-                        best_epoch=training["best_epoch"], best=training["best"], last=checkpoint["metrics"],
+                        nonfinite_streak=training["nonfinite_streak"], best_sbd=checkpoint.best_sbd,
+                        best_epoch=training["best_epoch"], best=training["best"], last=checkpoint.metrics,
                         seconds=training["seconds"])
             layout = BatchLayout(training["world_size"], training["accumulate"], training["batch_size"],
                                  training["steps_per_epoch"])
         except (KeyError, TypeError) as exc:
-            raise CheckpointError(f"{checkpoint.get('path', 'checkpoint')}: its training state is incomplete "
+            raise CheckpointError(f"{checkpoint.path or 'checkpoint'}: its training state is incomplete "
                                   f"({type(exc).__name__}: {exc})") from exc
         if state.epoch_done:
             state.next_epoch()

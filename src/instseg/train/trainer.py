@@ -20,7 +20,7 @@ import math
 import time
 import warnings
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -31,26 +31,27 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from instseg.checkpoint import capture_rng_state, model_from_record, model_record, restore_rng_state
-from instseg.train.cluster_choice import choose_for_run
-from instseg.train.config import TrainConfig, resume_config
+from instseg.checkpoint import Checkpoint, ModelRecord
 from instseg.data import build_datasets, estimate_mean_std
 from instseg.device import DeviceChoice, check_training_device, resolve_device
-from instseg.train.distributed import DistContext, GlobalBatchSampler
-from instseg.predict.evaluation import evaluate_dataset, save_epoch_pictures
-from instseg.train.losses import LossWeights, MultiTaskLoss
-from instseg.models.registry import get_registry, plugin_requirements
-from instseg.models.weights import load_weights
-from instseg.train.reporting import TrainingReporter
-from instseg.train.optim import build_optimizer, build_scheduler
-from instseg.train.rundir import RunDirectory, config_record
-from instseg.train.seeding import seed_everything, seed_worker, stream_seed
-from instseg.train.signals import GracefulStop
-from instseg.train.state import BatchLayout, StepResult, TrainingState, TrainResult
-from instseg.train.tensorboard import TensorBoardLog
 from instseg.errors import CheckpointError, ConfigError, TrainingError
 from instseg.instances.clustering import AUTO, ClusterParams
 from instseg.metrics.scores import summarize
+from instseg.models.factory import model_from_record
+from instseg.models.registry import get_registry, plugin_requirements
+from instseg.models.weights import load_weights
+from instseg.predict.evaluation import evaluate_dataset, save_epoch_pictures
+from instseg.train.cluster_choice import choose_for_run
+from instseg.train.config import TrainConfig, resume_config
+from instseg.train.distributed import DistContext, GlobalBatchSampler
+from instseg.train.losses import LossWeights, MultiTaskLoss
+from instseg.train.optim import build_optimizer, build_scheduler
+from instseg.train.reporting import TrainingReporter
+from instseg.train.rundir import RunDirectory, config_record
+from instseg.train.seeding import capture_rng_state, restore_rng_state, seed_everything, seed_worker, stream_seed
+from instseg.train.signals import GracefulStop
+from instseg.train.state import BatchLayout, StepResult, TrainingState, TrainResult
+from instseg.train.tensorboard import TensorBoardLog
 
 __all__ = ["GracefulStop", "TrainResult", "Trainer", "resume_config", "seed_worker"]
 
@@ -66,7 +67,7 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, console: Console | None = None, *,
-                 dist: DistContext | None = None, resume: dict[str, Any] | None = None) -> None:
+                 dist: DistContext | None = None, resume: Checkpoint | None = None) -> None:
         config.validate()
         self.config = config
         self.dist = dist or DistContext.from_env()
@@ -90,7 +91,7 @@ class Trainer:
         if resume is None:
             self.run = RunDirectory(self.dist.run_on_main(self._new_run_dir))
         else:
-            self.run = RunDirectory(Path(resume["path"]).parent)
+            self.run = RunDirectory(Path(resume.path).parent)
             self._restore(resume)
         weight_bytes = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
         self.dist.run_on_main(lambda: self.run.check_disk(weight_bytes))
@@ -110,7 +111,8 @@ class Trainer:
         cfg = self.config
         self.train_set, self.val_set = build_datasets(
             cfg.data, image_size=cfg.image_size, seed=cfg.seed, train_size=cfg.train_size, val_size=cfg.val_size,
-            val_split=cfg.val_split, val_list=cfg.val_list, augment=cfg.augment, scale=cfg.scale)
+            val_split=cfg.val_split, val_list=cfg.val_list, augment=cfg.augment, scale=cfg.scale,
+            zoom=tuple(cfg.zoom))
         largest = max(dataset.verify() for dataset in (self.train_set, self.val_set))
         if largest > cfg.max_instances:  # the count target is normalised by it, never clipped
             self.report.note(f"--max-instances raised from {cfg.max_instances} to {largest}: the largest count in the data")
@@ -123,9 +125,9 @@ class Trainer:
         `initial_weights`: start from the `--weights` file."""
         cfg = self.config
         spec = get_registry().model_spec(cfg.model)
-        self.model_init = {**model_record(cfg, self.mean, self.std), "name": spec.name}  # an alias resolved
+        self.model_record = replace(ModelRecord.from_config(cfg, self.mean, self.std), name=spec.name)  # alias resolved
         try:
-            model = model_from_record(self.model_init).to(self.device.device)
+            model = model_from_record(self.model_record).to(self.device.device)
         except (ValueError, TypeError, RuntimeError) as exc:  # option values the architecture refuses
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ConfigError(f"--model {spec.name}: cannot be built with these options ({first})") from exc
@@ -172,18 +174,18 @@ class Trainer:
         return BatchLayout(self.dist.world_size, self.config.accumulate, self.config.batch_size, self.steps_per_epoch)
 
     def _new_run_dir(self) -> Path:
-        return RunDirectory.create(self.config.out, self.model_init["name"], self.config.name,
+        return RunDirectory.create(self.config.out, self.model_record.name, self.config.name,
                                    self._config_record()).path
 
-    def _restore(self, checkpoint: dict[str, Any]) -> None:
+    def _restore(self, checkpoint: Checkpoint) -> None:
         """Load everything last.pt holds, so the run continues as if it had never stopped."""
-        path = checkpoint["path"]
+        path = checkpoint.path
         state, saved_layout, extra = TrainingState.restore(checkpoint)
         self.layout.check_resumable(saved_layout, path)
         try:
-            self.model.load_state_dict(checkpoint["state_dict"])
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-            self.scheduler.load_state_dict(checkpoint["scheduler"])
+            self.model.load_state_dict(checkpoint.state_dict)
+            self.optimizer.load_state_dict(checkpoint.optimizer)
+            self.scheduler.load_state_dict(checkpoint.scheduler)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{path}: does not fit this model and optimizer ({str(exc).splitlines()[0]})") from exc
         if self.scaler.is_enabled() and extra["scaler"]:
@@ -385,7 +387,7 @@ class Trainer:
 
     # -- files -----------------------------------------------------------------------
     def _config_record(self) -> dict[str, Any]:
-        return config_record(asdict(self.config), self.model_init, self.plugins, self.device.describe(),
+        return config_record(asdict(self.config), self.model_record.to_payload(), self.plugins, self.device.describe(),
                              self.dist.world_size)
 
     def _save(self, best: bool = False) -> None:
@@ -393,12 +395,12 @@ class Trainer:
         rng = self.dist.gather(capture_rng_state())
         self.state.seconds = self._elapsed()
         self._clock = time.perf_counter()
-        payload = lambda: self.state.payload(  # noqa: E731 - built on rank 0 only
-            layout=self.layout, model=self.model_init, plugins=self.plugins, config=asdict(self.config),
+        checkpoint = lambda: self.state.checkpoint(  # noqa: E731 - built on rank 0 only
+            layout=self.layout, model=self.model_record, plugins=self.plugins, config=asdict(self.config),
             weights={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict(), rng=rng)
-        self.dist.run_on_main(lambda: self.run.save_checkpoints(payload(), best))
+        self.dist.run_on_main(lambda: self.run.save_checkpoints(checkpoint(), best))
 
     # -- console ---------------------------------------------------------------------
     def _announce(self) -> None:

@@ -1,0 +1,16 @@
+"""Shared by the CLI lane: `instseg` invoked in-process, and the synthetic images that the
+trained tiny run of tests/cli/conftest.py is tried on."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from instseg.cli.main import app
+
+cli = CliRunner()
+SIZES = [(70, 90), (64, 64), (100, 80)]  # working sizes 64x82, 64x64, 80x64: padded to 16 by infer
+
+
+def invoke(*args):
+    """`instseg ARGS...` in this process (arguments may be paths or numbers)."""
+    return cli.invoke(app, [str(a) for a in args])
