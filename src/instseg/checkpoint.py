@@ -59,6 +59,7 @@ MODEL_FIELDS = {  # what each field of a "model" record must be
     "std": lambda v: _channels(v, positive=True),
     "position_scale": lambda v: v is None or limits.is_number_in(v, (0, math.inf)),
     "kwargs": lambda v: isinstance(v, dict),
+    "object_size": lambda v: v is None or limits.is_number_in(v, limits.OBJECT_SIZE),
 }
 
 
@@ -75,18 +76,21 @@ class ModelRecord:
     width: int | None = None
     position_scale: float = 0.0
     kwargs: dict[str, Any] = field(default_factory=dict)
+    object_size: float | None = None  # its training objects' typical size at the working scale (instances.size)
 
     @classmethod
-    def from_config(cls, config: Any, mean: tuple[float, ...], std: tuple[float, ...]) -> "ModelRecord":
-        """The record of a run (`config`: its TrainConfig; mean / std: its data's)."""
+    def from_config(cls, config: Any, mean: tuple[float, ...], std: tuple[float, ...],
+                    object_size: float | None = None) -> "ModelRecord":
+        """The record of a run (`config`: its TrainConfig; mean / std / object size: its data's)."""
         return cls(name=config.model, embedding_dim=config.embedding_dim, max_instances=config.max_instances,
                    mean=tuple(mean), std=tuple(std), backbone=config.backbone, width=config.width,
-                   position_scale=config.position_scale, kwargs=dict(config.model_kwargs))
+                   position_scale=config.position_scale, kwargs=dict(config.model_kwargs), object_size=object_size)
 
     def to_payload(self) -> dict[str, Any]:
         return {"name": self.name, "backbone": self.backbone, "width": self.width,
                 "embedding_dim": self.embedding_dim, "max_instances": self.max_instances, "mean": list(self.mean),
-                "std": list(self.std), "position_scale": self.position_scale, "kwargs": dict(self.kwargs)}
+                "std": list(self.std), "position_scale": self.position_scale, "kwargs": dict(self.kwargs),
+                "object_size": self.object_size}
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any], where: str | os.PathLike = "checkpoint") -> "ModelRecord":
@@ -98,7 +102,7 @@ class ModelRecord:
                    max_instances=payload["max_instances"], mean=tuple(payload["mean"]), std=tuple(payload["std"]),
                    backbone=payload.get("backbone"), width=payload.get("width"),
                    position_scale=float(payload.get("position_scale") or 0.0),  # absent before it existed
-                   kwargs=dict(payload["kwargs"]))
+                   kwargs=dict(payload["kwargs"]), object_size=payload.get("object_size"))  # absent before
 
 
 @dataclass

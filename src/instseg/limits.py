@@ -17,6 +17,7 @@ WIDTH = (1, 1024)  # a network's base channel count
 MULTIPLE_OF = (1, 1024)  # the padding multiple a network needs
 SCALE = (1 / 64, 64)  # a run's fixed resize factor (microscopy)
 EPOCH = (0, 10**9)
+OBJECT_SIZE = (0.5, 10**5)  # pixels: a typical object's side (instances.size)
 
 
 def is_int_in(value: Any, bounds: tuple[int, int]) -> bool:

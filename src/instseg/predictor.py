@@ -24,7 +24,8 @@ from instseg.errors import ConfigError, DataError
 from instseg.instances.clustering import ClusterParams
 from instseg.io.images import image_from_array, read_image
 from instseg.io.inputs import gather_inputs
-from instseg.predict.pipeline import Failure, Prediction, Runner, Source, predict_sources
+from instseg.predict.pipeline import Failure, Prediction, Runner, Source
+from instseg.predict.sizing import predict_sized
 from instseg.predict.tiling import geometry, set_tiling
 
 if TYPE_CHECKING:
@@ -58,19 +59,26 @@ class Predictor:
         """The model's clustering defaults changed by `cluster` (ClusterParams fields; None keeps)."""
         return self.runner.cluster.override(**(cluster or {}))
 
+    def describe_object_size(self, object_size: float | str | None) -> str:
+        """What `object_size` does to this model's inputs, in one line ("" for None)."""
+        from instseg.predict.sizing import describe
+
+        return describe(self.runner, object_size)
+
     def set_tiling(self, tile: int | None = None, tile_overlap: int | None = None) -> None:
         """Tiles for runs at a fixed scale (None keeps the model's defaults)."""
         set_tiling(self.runner, tile, tile_overlap)
 
-    def segment(self, image: np.ndarray | str | os.PathLike, *,
-                cluster: Mapping[str, Any] | None = None) -> np.ndarray:
+    def segment(self, image: np.ndarray | str | os.PathLike, *, cluster: Mapping[str, Any] | None = None,
+                object_size: float | str | None = None) -> np.ndarray:
         """An instance label map (H x W int32, 0 = background) for one image: a numpy array
-        (H x W or H x W x C; uint8, uint16 or float in [0, 1]) or an image file."""
+        (H x W or H x W x C; uint8, uint16 or float in [0, 1]) or an image file. `object_size`:
+        its objects' size in pixels, or "auto" (`predict.sizing`); None: the run's geometry."""
         if isinstance(image, np.ndarray):
             source = Source(Path("<array>"), "array", image_from_array(image))
         else:
             source = Source(Path(image), Path(image).stem, read_image(image))
-        result = next(predict_sources([source], self.runner, self.cluster_params(cluster), batch_size=1))
+        result = next(predict_sized([source], self.runner, self.cluster_params(cluster), 1, object_size))
         if isinstance(result, Failure):
             raise DataError(result.message)
         return result.labels
@@ -79,6 +87,7 @@ class Predictor:
                        cluster: Mapping[str, Any] | None = None, batch_size: int = 4, overlay: bool = True,
                        panels: bool = False, embeddings: bool = False, gt: str | os.PathLike | None = None,
                        overwrite: bool = False, skip_existing: bool = False, threads: int | None = None,
+                       object_size: float | str | None = None,
                        on_result: Callable[[Prediction | Failure], None] | None = None) -> "FolderResult":
         """Label map (+ overlay, panels, embedding pictures) per image of `inputs` (files,
         folders, globs, or a list of them) written to the folder `out`; what `instseg predict`
@@ -93,18 +102,20 @@ class Predictor:
                                 gt_files=ground_truth_files(None if gt is None else Path(gt)),
                                 overwrite=overwrite, skip_existing=skip_existing)
         return predict_folder(paths, self.runner, Path(out), self.cluster_params(cluster), batch_size, options,
-                              on_result=on_result, threads=threads)
+                              on_result=on_result, threads=threads, object_size=object_size)
 
     def evaluate(self, data: str | None = None, *, val_list: str | None = None, val_split: float | None = None,
                  val_size: int | None = None, cluster: Mapping[str, Any] | None = None, batch_size: int = 8,
-                 image_size: int | None = None, on_start: Callable[[str], None] | None = None) -> "Report":
+                 image_size: int | None = None, object_size: float | str | None = None,
+                 on_start: Callable[[str], None] | None = None) -> "Report":
         """The CVPPP metrics, AP and COCO mask AP on a labelled dataset's validation split
         (`data`: a `--data` spec; None: the run's own). What `instseg evaluate` does."""
         from instseg.predict.evaluation import EvalData, evaluate_runner_on
 
         return evaluate_runner_on(self.runner, self.config, EvalData(data, val_list, val_split, val_size),
                                   source=self.path, where=self.where, image_size=image_size,
-                                  params=self.cluster_params(cluster), batch_size=batch_size, on_start=on_start)
+                                  params=self.cluster_params(cluster), batch_size=batch_size, on_start=on_start,
+                                  object_size=object_size)
 
 
 def load(path: str | os.PathLike, *, device: str = "auto", provider: str = "auto",

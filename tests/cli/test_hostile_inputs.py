@@ -152,11 +152,19 @@ def onnx_props(**changes: str) -> dict[str, str]:
     ("instseg.embedding_dim", "-3", "instseg.embedding_dim is -3"),
     ("instseg.std", "[0.2, 0, 0.2]", "instseg.std is [0.2, 0, 0.2], expected three finite positive numbers"),
     ("instseg.mean", "[0.5]", "instseg.mean is [0.5]"),
+    ("instseg.object_size", "-1", "instseg.object_size is '-1', expected a number in 1/2..100000"),
 ])
 def test_broken_onnx_metadata_is_refused_by_key(key, value, message):
     assert ModelInfo.from_props(onnx_props(), "m.onnx").multiple_of == 16
     with pytest.raises(CheckpointError, match=message.replace("[", r"\[").replace("]", r"\]")):
         ModelInfo.from_props(onnx_props(**{key: value}), "m.onnx")
+
+
+def test_the_object_size_round_trips_and_older_files_have_none():
+    props = onnx_props(**{"instseg.object_size": "12.5"})
+    assert ModelInfo.from_props(props, "m.onnx").object_size == 12.5
+    del props["instseg.object_size"]
+    assert ModelInfo.from_props(props, "m.onnx").object_size is None
 
 
 class ConstantRunner:

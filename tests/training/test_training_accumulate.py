@@ -4,10 +4,13 @@ With BatchNorm they cannot: each micro-batch is normalised with its own statisti
 each DDP process normalises its own batch - test_training_ddp.py checks that equivalence on the
 real model). So this test builds the same architecture with GroupNorm(1, C) in place of every
 BatchNorm2d - per-image normalisation, independent of the batch - and then the only difference
-left is the order in which float gradients are summed. Tolerance 1e-5 on the weights after two
-Adam steps at lr 2e-3: Adam divides each gradient by its own magnitude, so rounding of nearly
-cancelling gradients shows up as ~1e-3 x lr (measured: 2.1e-6); a wrong 1/K scale or a lost
-micro-batch moves weights by ~lr.
+left is the order in which float gradients are summed. The gradients of the first step are
+compared (relative 1e-4 of each, absolute 1e-6 of the largest): a wrong 1/K scale or a lost
+micro-batch changes them by half or more. The weights after that one Adam step are compared too,
+but only as `assert_same_training` does: Adam divides each gradient by its own magnitude, so on
+some CPUs the rounding of gradients that are zero but for rounding (dead channels of the tiny
+network's deepest level) moves those weights by a whole step; after two steps, 21% of the
+weights differed that way on an AMD EPYC (AVX-512, no AMX) although every gradient matched.
 """
 
 from __future__ import annotations
@@ -34,15 +37,19 @@ def test_two_micro_batches_of_four_match_one_batch_of_eight(tmp_path, group_norm
     accumulated = trainer(tmp_path, "k2", accumulate=2, batch_size=4)
     whole = trainer(tmp_path, "k1", accumulate=1, batch_size=8)
     assert not any(isinstance(m, BatchNorm2d) for m in whole.model.modules())
-    initial = parameters(whole.model.state_dict(), whole.model)
-    initial = {k: v.clone() for k, v in initial.items()}
-    accumulated.fit()
-    whole.fit()
-    assert accumulated.steps_per_epoch == whole.steps_per_epoch == 2 and accumulated.step == whole.step == 2
+    assert accumulated.steps_per_epoch == whole.steps_per_epoch == 2
+    micro = list(accumulated.train_loader)[:2]
+    [batch] = list(whole.train_loader)[:1]
+    assert torch.equal(torch.cat([m["image"] for m in micro]), batch["image"])  # the same 8 images, in order
+    accumulated.train_step(micro)
+    whole.train_step([batch])
+    grads = {n: p.grad for n, p in whole.model.named_parameters()}
+    largest = max(g.abs().max().item() for g in grads.values())
+    for name, p in accumulated.model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-6 * largest, msg=name)
     a = parameters(accumulated.model.state_dict(), whole.model)
     b = parameters(whole.model.state_dict(), whole.model)
     assert_same_training(a, b, whole.config.lr)
-    assert max((b[k] - initial[k]).abs().max().item() for k in b) > 1e-3  # both really trained
 
 
 def test_accumulated_gradient_is_the_mean_of_the_micro_batch_gradients(tmp_path):

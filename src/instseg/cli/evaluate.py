@@ -13,7 +13,9 @@ import typer
 from rich.table import Table
 
 from instseg.cli.console import err, fmt_mean_std, out, shown
-from instseg.cli.options import Bandwidth, Cluster, Device, FillHoles, MinSize, Tile, TileOverlap, plain
+from instseg.cli.options import (Bandwidth, Cluster, Device, FillHoles, MinSize, ObjectSize, Tile, TileOverlap,
+                                 plain)
+from instseg.instances.size import parse_object_size
 from instseg.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ def evaluate(
     bandwidth: Bandwidth = None,
     tile: Tile = None,
     tile_overlap: TileOverlap = None,
+    object_size: ObjectSize = None,
     out_dir: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Where metrics.json and per_image.csv go (default: <run>/eval or <pred>/eval).")
     ] = None,
@@ -60,7 +63,8 @@ def evaluate(
     else:
         overrides = {"method": plain(cluster), "min_size": min_size, "fill_holes": fill_holes, "bandwidth": bandwidth}
         report = _score_model(checkpoint, EvalData(data, str(val_list) if val_list else None, val_size=val_size),
-                              image_size, batch_size, device, overrides, (tile, tile_overlap))
+                              image_size, batch_size, device, overrides, (tile, tile_overlap),
+                              parse_object_size(object_size))
         model_file = Path(report.source.get("checkpoint") or checkpoint)
         target = out_dir or model_file.parent / "eval"
     _print(report)
@@ -103,14 +107,17 @@ def _score_coco(coco_gt: Path, pred: Path) -> Report:
 
 
 def _score_model(path: Path, selection: EvalData, image_size: int | None, batch_size: int, device: str,
-                 cluster_options: dict, tiling: tuple[int | None, int | None]) -> Report:
+                 cluster_options: dict, tiling: tuple[int | None, int | None],
+                 object_size: float | str | None = None) -> Report:
     from instseg.predictor import load
 
     model = load(path, device=device, provider="cpu" if device == "cpu" else "auto")
     model.set_tiling(*tiling)
+    if object_size is not None:
+        err.print(f"note: {shown(model.describe_object_size(object_size))}", highlight=False, soft_wrap=True)
     return model.evaluate(selection.data, val_list=selection.val_list, val_split=selection.val_split,
                           val_size=selection.val_size, cluster=cluster_options, batch_size=batch_size,
-                          image_size=image_size, on_start=lambda line: err.print(shown(line), highlight=False,
+                          image_size=image_size, object_size=object_size, on_start=lambda line: err.print(shown(line), highlight=False,
                                                                                  soft_wrap=True))
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterable, Optional
 import typer
 
 from instseg.errors import ConfigError
+from instseg.instances.size import parse_object_size
 from instseg.instances.clustering import AUTO, CLUSTER_METHODS, DEFAULT_METHOD
 
 if TYPE_CHECKING:
@@ -67,6 +68,11 @@ Bandwidth = Annotated[Optional[float], typer.Option(
     "--bandwidth", help="meanshift radius in embedding space (default: the run's delta_d).")]
 
 
+ObjectSize = Annotated[Optional[str], typer.Option(
+    "--object-size", metavar="PIXELS|auto",
+    help="The objects' typical size in the input images (the side of a square of their area): images are "
+         "resized so that they match the training objects; auto: measured on each image (segmented until its "
+         "scale settles). Default: the run's own geometry.")]
 Tile = Annotated[Optional[int], typer.Option(
     "--tile", help="Runs at a fixed --scale: images larger than this (pixels at that scale) are predicted "
                    "tile by tile and stitched (default: the run's training crop size).")]
@@ -156,6 +162,7 @@ class PredictOptions:
     tile_overlap: TileOverlap = None
     coco: CocoResults = None
     threads: Threads = None
+    object_size: ObjectSize = None
 
     def check(self) -> None:
         if self.batch_size < 1:
@@ -179,7 +186,8 @@ class PredictOptions:
         """`Predictor.predict_folder`'s keywords for what to write, and how."""
         return {"batch_size": self.batch_size, "overlay": self.overlays, "panels": self.panels,
                 "embeddings": self.embeddings, "gt": self.gt, "overwrite": self.overwrite,
-                "skip_existing": self.skip_existing, "threads": self.threads, "cluster": self.cluster_overrides()}
+                "skip_existing": self.skip_existing, "threads": self.threads, "cluster": self.cluster_overrides(),
+                "object_size": parse_object_size(self.object_size)}
 
 
 def with_predict_options(command: Callable[..., None]) -> Callable[..., None]:

@@ -48,6 +48,9 @@ def predict_to_folder(model: Predictor, options: PredictOptions) -> None:
     method = model.cluster_params(options.cluster_overrides()).method
     err.print(f"predicting {len(paths)} image(s) with {shown(model.description)}; "
               f"{method} clustering, {model.geometry} -> {shown(str(out_dir))}", highlight=False, soft_wrap=True)
+    sizing = model.describe_object_size(options.write_options()["object_size"])
+    if sizing:
+        err.print(f"note: {sizing}", highlight=False, soft_wrap=True)
     with progress_bar("predict", err) as progress:
         task = progress.add_task("predict", total=len(paths))
 

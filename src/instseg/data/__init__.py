@@ -14,6 +14,7 @@ _LAZY = {
     "SyntheticLeaves": "instseg.data.datasets",
     "build_datasets": "instseg.data.datasets",
     "estimate_mean_std": "instseg.data.datasets",
+    "estimate_object_size": "instseg.data.datasets",
     "parse_data_spec": "instseg.data.layouts",
 }
 

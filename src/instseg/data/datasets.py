@@ -167,6 +167,22 @@ def build_datasets(
     return LabelledImages(train, transform), LabelledImages(val, None)
 
 
+def estimate_object_size(dataset: ItemDataset, image_size: int, scale: float | None = None,
+                         max_images: int = 64) -> float | None:
+    """The typical object size (`instances.size`) of (up to) `max_images` evenly spaced
+    images, each measured at its working scale: what the network sees, un-augmented."""
+    from instseg.instances.size import object_size, run_object_size
+
+    indices = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), max_images)).round().astype(int))
+    sizes = []
+    for i in indices:
+        labels = dataset.read(int(i))["labels"].numpy()
+        size = object_size(labels)
+        factor = scale if scale is not None else image_size / min(labels.shape)
+        sizes.append(None if size is None else size * factor)
+    return run_object_size(sizes)
+
+
 def estimate_mean_std(dataset: ItemDataset, max_images: int = 32) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of (up to) `max_images` evenly spaced, un-augmented images."""
     indices = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), max_images)).round().astype(int))

@@ -100,6 +100,7 @@ class ExportRequest:
     static_size: tuple[int, int] | None = None  # force a static graph of this H x W
     fp16: bool = False
     scale: float | None = None  # the run's fixed resize factor (None: shorter side -> image_size)
+    object_size: float | None = None  # the run's training objects' size at the working scale
     run_config: Mapping[str, Any] = field(default_factory=dict)  # the run's training options (data, split)
 
 
@@ -275,7 +276,7 @@ def model_info(request: ExportRequest, plan: ExportPlan) -> ModelInfo:
         embedding_dim=model.embedding_dim, max_instances=model.max_instances, image_size=request.image_size,
         multiple_of=model.multiple_of, static_size=plan.static_size, dynamic_batch=plan.dynamic_batch,
         mean=tuple(model.normalize.mean.flatten().tolist()), std=tuple(model.normalize.std.flatten().tolist()),
-        cluster=request.cluster, scale=request.scale)
+        cluster=request.cluster, scale=request.scale, object_size=request.object_size)
 
 
 def with_metadata(proto: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
@@ -383,4 +384,5 @@ def request_from_checkpoint(path: str | os.PathLike, opset: int = DEFAULT_OPSET,
     return ExportRequest(
         model=trained.model, name=spec.name, backbone=backbone, caps=spec.export, image_size=trained.image_size,
         cluster=trained.cluster, plugins=plugin_requirements(spec.name, backbone), source=trained.checkpoint.source,
-        opset=opset, static_size=static_size, fp16=fp16, scale=trained.scale, run_config=trained.checkpoint.config)
+        opset=opset, static_size=static_size, fp16=fp16, scale=trained.scale,
+        object_size=trained.checkpoint.model.object_size, run_config=trained.checkpoint.config)

@@ -24,6 +24,7 @@ from instseg.io.pictures import colorize, embedding_rgb, panel, read_metrics, tr
 from instseg.metrics.reports import ImageRow, Report
 from instseg.metrics.scores import count_instances, score_image, summarize
 from instseg.predict.pipeline import Failure, Prediction, Runner, Source, predict_sources
+from instseg.predict.sizing import ObjectSize, predict_sized
 from instseg.predict.tiling import geometry
 from instseg.predict.torch_runner import TorchRunner
 
@@ -61,7 +62,7 @@ def model_runner(model: torch.nn.Module, device: torch.device | str, image_size:
 
 def evaluate_runner(runner: Runner, dataset: Sequence[dict[str, Any]], *, batch_size: int = 8,
                     params: ClusterParams | None = None, keep_predictions: int = 0,
-                    coco: bool = False) -> EvalResult:
+                    coco: bool = False, object_size: ObjectSize = None) -> EvalResult:
     """Predict and score every image of a labelled dataset; keep the first label maps asked for;
     with `coco`, also the COCO mask AP (instances scored by `cocoresults.instance_scores`)."""
     truth: dict[int, np.ndarray] = {}
@@ -72,7 +73,7 @@ def evaluate_runner(runner: Runner, dataset: Sequence[dict[str, Any]], *, batch_
             yield source
 
     by_index: dict[int, Prediction] = {}
-    for result in predict_sources(sources(), runner, params, batch_size):
+    for result in predict_sized(sources(), runner, params, batch_size, object_size):
         if isinstance(result, Failure):
             raise DataError(result.message)
         by_index[result.index] = result
@@ -125,7 +126,7 @@ def run_datasets(spec: str, config: Mapping[str, Any], data: EvalData, image_siz
 
 def evaluate_runner_on(runner: Runner, config: Mapping[str, Any], data: EvalData, *, source: str, where: str,
                        params: ClusterParams, image_size: int | None = None, batch_size: int = 8,
-                       on_start: Callable[[str], None] | None = None) -> Report:
+                       on_start: Callable[[str], None] | None = None, object_size: ObjectSize = None) -> Report:
     """Score a loaded model (`instseg.load`'s runner; `config`: its run's options, empty for an
     ONNX file) on a labelled dataset's validation split: what `Predictor.evaluate` does."""
     spec = data.data or config.get("data")
@@ -137,8 +138,9 @@ def evaluate_runner_on(runner: Runner, config: Mapping[str, Any], data: EvalData
     if on_start is not None:
         on_start(f"evaluating {runner.description} on {spec} ({len(val_set)} images, {geometry(runner)}) "
                  f"on {where}; {params.method} clustering")
-    result = evaluate_runner(runner, val_set, batch_size=batch_size, params=params, coco=True)
-    record = {"model": source, "data": spec, "image_size": runner.image_size, "cluster": asdict(params)}
+    result = evaluate_runner(runner, val_set, batch_size=batch_size, params=params, coco=True, object_size=object_size)
+    record = {"model": source, "data": spec, "image_size": runner.image_size, "cluster": asdict(params),
+              "object_size": object_size}
     if config:
         record.update(checkpoint=runner.checkpoint_path, epoch=runner.epoch)
     return Report(f"{runner.description} on {spec} ({len(result.rows)} images)", result.rows, record, result.coco)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -16,7 +16,9 @@ from instseg.io.images import prediction_output_kind, read_label_map, write_labe
 from instseg.io.inputs import match_key, output_names
 from instseg.io.pictures import colorize, embedding_rgb, overlay, panel
 from instseg.metrics.scores import count_instances
-from instseg.predict.pipeline import Failure, Prediction, Runner
+from instseg.instances.size import AUTO
+from instseg.predict.pipeline import Failure, Prediction, Runner, read_sources
+from instseg.predict.sizing import ObjectSize, predict_sized, run_size, scaled
 from instseg.predict.stages import StageTimes, default_workers, predict_overlapped
 
 
@@ -119,14 +121,21 @@ def make_folder(folder: Path) -> None:
         raise ConfigError(f"--out {folder}: cannot create folder ({exc.strerror or exc})") from exc
 
 
+def _overlapped(runner: Runner, scale: float | None, *args: Any) -> Iterator[Any]:
+    """`stages.predict_overlapped(*args)` with the runner at fixed `scale` (None: its own)."""
+    with scaled(runner, scale):
+        yield from predict_overlapped(args[0], args[1], runner, *args[2:])
+
+
 def predict_folder(paths: Sequence[Path], runner: Runner, out_dir: Path, params: ClusterParams | None = None,
                    batch_size: int = 4, options: OutputOptions = OutputOptions(),
                    on_result: Callable[[Prediction | Failure], None] | None = None,
-                   threads: int | None = None) -> FolderResult:
+                   threads: int | None = None, object_size: ObjectSize = None) -> FolderResult:
     """Predict every input and write its files to `out_dir`; a failed input (unreadable, NaN
     outputs, unwritable) is recorded and the others go on. Reading, the network, clustering
-    and writing overlap (`predict.stages`, `threads` per CPU stage); `on_result`
-    sees each result in `pipeline.predict`'s order (progress bars)."""
+    and writing overlap (`predict.stages`, `threads` per CPU stage), except with
+    `object_size` auto, which segments each image until its scale settles (`predict.sizing`);
+    `on_result` sees each result in `pipeline.predict`'s order (progress bars)."""
     make_folder(out_dir)
     result = FolderResult(skipped=earlier_outputs(paths, out_dir))
     skipped = set(result.skipped)
@@ -145,9 +154,16 @@ def predict_folder(paths: Sequence[Path], runner: Runner, out_dir: Path, params:
             return item, str(exc)
         return item, None
 
-    for item, failure in predict_overlapped([path for path, _ in todo], [name for _, name in todo], runner,
-                                            params or runner.cluster, batch_size, write,
-                                            threads or default_workers(), result.stage_times):
+    paths_todo, names_todo = [path for path, _ in todo], [name for _, name in todo]
+    params = params or runner.cluster
+    if object_size == AUTO:
+        written = (write(item) for item in predict_sized(read_sources(paths_todo, names_todo), runner, params,
+                                                         batch_size, AUTO))
+    else:
+        fixed = None if object_size is None else run_size(runner) / float(object_size)
+        written = _overlapped(runner, fixed, paths_todo, names_todo, params, batch_size, write,
+                              threads or default_workers(), result.stage_times)
+    for item, failure in written:
         if failure is None:
             result.instances.append(int(item.labels.max(initial=0)))
         else:

@@ -37,6 +37,7 @@ class TorchRunner:
         self.config: dict = checkpoint.config if checkpoint else {}  # the run's training options
         self.checkpoint_path: str | None = checkpoint.path if checkpoint else None
         self.epoch: int | None = checkpoint.epoch if checkpoint else None
+        self.object_size: float | None = checkpoint.model.object_size if checkpoint else None
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto") -> "TorchRunner":

@@ -59,6 +59,7 @@ class ModelInfo:
     std: tuple[float, ...]
     cluster: ClusterParams = field(default_factory=ClusterParams)
     scale: float | None = None  # fixed resize factor instead of shorter side -> image_size
+    object_size: float | None = None  # training objects' typical size at the working scale (instances.size)
 
     @property
     def dynamic_hw(self) -> bool:
@@ -98,6 +99,7 @@ class ModelInfo:
             "instseg.max_instances": str(self.max_instances),
             "instseg.image_size": str(self.image_size),
             "instseg.scale": "" if self.scale is None else repr(self.scale),
+            "instseg.object_size": "" if self.object_size is None else repr(self.object_size),
             "instseg.mean": json.dumps(list(self.mean)),
             "instseg.std": json.dumps(list(self.std)),
             "instseg.cluster": json.dumps(asdict(self.cluster), sort_keys=True),
@@ -142,6 +144,7 @@ class ModelInfo:
             std=reader.channels("instseg.std", positive=True),
             cluster=_cluster(reader.json("instseg.cluster", dict), where),
             scale=reader.scale("instseg.scale"),
+            object_size=reader.optional_number("instseg.object_size", limits.OBJECT_SIZE),  # absent before
         )
 
 
@@ -168,8 +171,8 @@ class _Reader:
             raise CheckpointError(f"{self.where}: metadata {key} is {number}, expected {limits.describe(bounds)}")
         return number
 
-    def scale(self, key: str) -> float | None:
-        """An optional resize factor in [1/64, 64]: absent or empty (files before it) is None."""
+    def optional_number(self, key: str, bounds: tuple[float, float]) -> float | None:
+        """An optional number within `bounds`: absent or empty (files before it) is None."""
         value = self.props.get(key, "")
         if not value:
             return None
@@ -177,10 +180,14 @@ class _Reader:
             number = float(value)
         except ValueError:
             number = math.nan
-        if not limits.is_number_in(number, limits.SCALE):
+        if not limits.is_number_in(number, bounds):
             raise CheckpointError(f"{self.where}: metadata {key} is {value!r}, expected a number in "
-                                  f"{limits.describe(limits.SCALE)}")
+                                  f"{limits.describe(bounds)}")
         return number
+
+    def scale(self, key: str) -> float | None:
+        """An optional resize factor in [1/64, 64]: absent or empty (files before it) is None."""
+        return self.optional_number(key, limits.SCALE)
 
     def channels(self, key: str, positive: bool) -> tuple[float, ...]:
         """Three finite per-channel numbers (positive ones for a std)."""

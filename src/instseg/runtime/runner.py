@@ -40,6 +40,7 @@ class OnnxRunner:
         self.image_size = info.image_size
         self.tile, self.tile_overlap = default_tiling(self.image_size)
         self.scale = info.scale
+        self.object_size = info.object_size
         self.cluster = info.cluster
         self.static_size = info.static_size
         self.multiple_of = 1 if info.static_size is not None else info.multiple_of

@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 from instseg.checkpoint import Checkpoint, ModelRecord
-from instseg.data import build_datasets, estimate_mean_std
+from instseg.data import build_datasets, estimate_mean_std, estimate_object_size
 from instseg.device import DeviceChoice, check_training_device, resolve_device
 from instseg.errors import CheckpointError, ConfigError, TrainingError
 from instseg.instances.clustering import AUTO, ClusterParams
@@ -118,6 +118,7 @@ class Trainer:
             self.report.note(f"--max-instances raised from {cfg.max_instances} to {largest}: the largest count in the data")
             cfg.max_instances = largest
         self.mean, self.std = estimate_mean_std(self.train_set)
+        self.object_size = estimate_object_size(self.train_set, cfg.image_size, cfg.scale)
 
     def _build_model(self, initial_weights: bool) -> None:
         """The model (`self.model`, what checkpoints hold) and what training calls (`self.net`):
@@ -125,7 +126,7 @@ class Trainer:
         `initial_weights`: start from the `--weights` file."""
         cfg = self.config
         spec = get_registry().model_spec(cfg.model)
-        self.model_record = replace(ModelRecord.from_config(cfg, self.mean, self.std), name=spec.name)  # alias resolved
+        self.model_record = replace(ModelRecord.from_config(cfg, self.mean, self.std, self.object_size), name=spec.name)  # alias resolved
         try:
             model = model_from_record(self.model_record).to(self.device.device)
         except (ValueError, TypeError, RuntimeError) as exc:  # option values the architecture refuses
