@@ -1,9 +1,9 @@
 """Nuclei by the hundred: train on DSB2018 stage1_train with the `nuclei` recipe and score the
 fixed 10% validation split, overall and per modality, with each clustering method.
 
-    python bench/dsb2018.py --data /tmp/dsb2018                        # train + score (~1 h on 2 cores)
-    python bench/dsb2018.py --data /tmp/dsb2018 --evaluate-only        # score the run in --out again
-    python bench/dsb2018.py --data /tmp/dsb2018 --run RUN_DIR          # score any run on the split
+    python bench/dsb2018.py --data PATH/DSB                        # train + score (~1 h on 2 cores)
+    python bench/dsb2018.py --data PATH/DSB --evaluate-only        # score the run in --out again
+    python bench/dsb2018.py --data PATH/DSB --run RUN_DIR          # score any run on the split
     python bench/dsb2018.py --cost                                     # clustering ms at 300 nuclei
     python bench/dsb2018.py --large 4000                               # predict + infer a 4000 px mosaic
 
@@ -18,7 +18,7 @@ IoU 0.5:0.05:0.95, AP@0.5, precision and recall at IoU 0.5, SBD, FG Dice, |DiC|.
 model.onnx yet) and runs `instseg predict` and `instseg infer` on it as subprocesses: wall time,
 peak memory (the child's max RSS), instances, and the SBD between the two label maps.
 
-Stage the data first (CC0):  bash ../shared/data/stage-dsb2018.sh GIT_DIR /tmp/dsb2018
+The data: DSB2018 stage1_train (BBBC038, CC0) as a folder dataset, as docs/microscopy.md shows.
 """
 
 from __future__ import annotations
@@ -167,8 +167,8 @@ def table(rows: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("/tmp/dsb2018"), help="The staged DSB2018 folder.")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/dsb-bench"), help="Runs and results.json.")
+    parser.add_argument("--data", type=Path, required=True, help="The DSB2018 folder dataset (images/, masks/).")
+    parser.add_argument("--out", type=Path, default=Path("dsb-bench"), help="Runs and results.json.")
     parser.add_argument("--name", default="unet-cbam", help="Run name in --out.")
     parser.add_argument("--run", type=Path, help="Score this run directory instead of --out/--name.")
     parser.add_argument("--train-args", default="", help="Extra `instseg train` options, e.g. \"--epochs 10\".")

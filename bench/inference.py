@@ -1,7 +1,7 @@
 """ONNX inference speed: PyTorch eager against ONNX Runtime for every model, and a trained run's
 fp32 / int8 / fp16 exports side by side, end to end as `instseg infer` runs them.
 
-    python bench/inference.py --run /tmp/cvppp-bench/unet-cbam     # precisions of a trained run (README table)
+    python bench/inference.py --run cvppp-bench/val/unet-cbam     # precisions of a trained run (README table)
     python bench/inference.py --run RUN --sizes 64 --batches 1 --images 4 --steps 1   # a smoke run
     python bench/inference.py                                       # every model, untrained: PyTorch vs ONNX Runtime
     python bench/inference.py --models unet reseg --sizes 64 --batches 1 2 --width 4 --steps 1 --images 2

@@ -42,7 +42,12 @@ def run(variant: str, model: str, data: str, epochs: int, out: Path) -> dict:
     else:
         command += ["--image-size", "256", "--train-size", "96", "--val-size", "4"]
     print("$", shlex.join(command), flush=True)
-    subprocess.run(command, check=True, env={**os.environ, "COLUMNS": "100"}, stdout=subprocess.DEVNULL)
+    done = subprocess.run(command, env={**os.environ, "COLUMNS": "100"}, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:  # one variant failing (e.g. no compiler for --compile) leaves the others
+        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"  {variant} failed (exit {done.returncode}): {last}", flush=True)
+        return {"variant": variant, "first": float("nan"), "last": float("nan"), "device": "-"}
     records = [json.loads(line) for line in (out / variant / "metrics.jsonl").read_text().splitlines()]
     device = json.loads((out / variant / "config.json").read_text())["device"]
     return {"variant": variant, "first": records[0]["images_per_second"], "last": records[-1]["images_per_second"],
@@ -59,7 +64,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         rows = [run(variant, args.model, args.data, args.epochs, Path(scratch)) for variant in args.variants]
     base = rows[0]["last"]
-    print(f"\n{args.model}, {args.data}, 256 px, {args.epochs} epochs per variant; device: {rows[0]['device']}\n")
+    device = next((row["device"] for row in rows if row["device"] != "-"), "-")
+    print(f"\n{args.model}, {args.data}, 256 px, {args.epochs} epochs per variant; device: {device}\n")
     print("| variant | options | images/s (last epoch) | vs first row | images/s (epoch 1) |")
     print("|---|---|---|---|---|")
     for row in rows:

@@ -17,6 +17,7 @@ WIDTH = (1, 1024)  # a network's base channel count
 MULTIPLE_OF = (1, 1024)  # the padding multiple a network needs
 SCALE = (1 / 64, 64)  # a run's fixed resize factor (microscopy)
 EPOCH = (0, 10**9)
+ZOOM = (1 / 16, 16)  # the training augmentation's random zoom, around the working scale
 OBJECT_SIZE = (0.5, 10**5)  # pixels: a typical object's side (instances.size)
 
 

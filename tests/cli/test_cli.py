@@ -203,3 +203,33 @@ def test_o_is_the_output_of_predict_and_export(trained_run, tmp_path):
     exported = runner.invoke(app, ["export", str(run), "--onnx", "-o", str(tmp_path / "m.onnx")])
     assert exported.exit_code == 0, exported.output
     assert (tmp_path / "m.onnx").is_file() and not (run / "model.onnx").exists()
+
+
+def test_loss_weights_margins_and_zoom_reach_the_run(tmp_path):
+    from data_fixtures import cvppp
+
+    data = cvppp(tmp_path / "A1", n=4)
+    args = ["train", "--model", "unet", "--width", "4", "--image-size", "32", "--epochs", "1", "--batch-size", "2",
+            "--data", f"cvppp:{data}", "--val-split", "0.5", "--device", "cpu", "--out", str(tmp_path / "runs"),
+            "--name", "r", "--loss-weight", "instance=0.5", "--delta-d", "2", "--zoom", "0.5,2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "runs" / "r" / "config.json").read_text())["config"]
+    assert config["loss_weights"]["instance"] == 0.5 and config["delta_d"] == 2.0 and config["zoom"] == [0.5, 2.0]
+    epoch = json.loads((tmp_path / "runs" / "r" / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0 < epoch["train"]["instance"] < 1  # the instance-level term was trained and logged
+    for bad, message in ((["--loss-weight", "push=1"], "--loss-weight 'push=1'"), (["--zoom", "2,1"], "zoom=(2.0, 1.0)")):
+        result = CliRunner().invoke(app, [*args[:-6], *bad, "--name", "bad"])
+        assert result.exit_code != 0 and message in str(result.exception), result.output
+        assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_naming_one_loss_weight_keeps_the_recipe_s_others():
+    from instseg.train.config import TrainConfig, parse_loss_weights
+    from instseg.train.presets import PRESETS
+
+    recipe = PRESETS["cvppp"]["loss_weights"]
+    assert recipe["instance"] == 1.0  # chosen on the tuning plants (docs/benchmarks.md)
+    merged = parse_loss_weights(["count=2"], recipe)
+    assert merged == {**recipe, "count": 2.0}
+    TrainConfig(loss_weights=merged).validate()

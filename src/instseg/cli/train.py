@@ -117,13 +117,14 @@ def train(
     options["data"] = str(spec.absolute())  # runs stay valid from any directory
     options["val_list"] = str(val_list.absolute()) if val_list else None
     options["model_kwargs"] = parse_model_options(model_option or [])
-    options["loss_weights"] = parse_loss_weights(loss_weight or [])
+    recipe = resolve_preset(plain(preset), spec.kind)
+    options["loss_weights"] = parse_loss_weights(loss_weight or [], PRESETS.get(recipe or "", {}).get("loss_weights"))
     options["zoom"] = parse_zoom(zoom)
     options["weights"] = str(Path(weights).absolute()) if weights else None
     checkpoint = None
     given = {CLI_TO_CONFIG.get(k, k) for k in ctx.params if k != "resume" and _given(ctx, k)}
     if resume is None:
-        config = TrainConfig(**apply_preset(options, given, resolve_preset(plain(preset), spec.kind)))
+        config = TrainConfig(**apply_preset(options, given, recipe))
     else:
         checkpoint = load_resume_checkpoint(resume)
         if TrainingState.finished(checkpoint):

@@ -1,5 +1,5 @@
-"""A generated COCO dataset, shaped like an annotation tool's export, for the README's
-walk-through ("Bring your COCO dataset"), the docs and the tests:
+"""A generated COCO dataset, shaped like an annotation tool's export, for the worked example of
+docs/coco.md and the tests:
 
     python -m instseg.data.coco_example coco-demo     # coco-demo/annotations.json, coco-demo/images/
 

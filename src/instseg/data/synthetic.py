@@ -1,4 +1,4 @@
-"""Synthetic leaves: plant-like rosettes that resemble CVPPP A1 (see shared cvppp-facts.md).
+"""Synthetic leaves: plant-like rosettes that resemble CVPPP A1 (its leaf counts, sizes and colours).
 
 Each image is a top-down rosette of 5-20 leaves: obovate/teardrop or elliptic blades on
 thin petioles radiating from a center with golden-angle phyllotaxis, older (outer, larger)

@@ -1,0 +1,1 @@
+"""Models: the contracts, what plugins register, their discovery, the registry, building models, weights."""

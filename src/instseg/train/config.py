@@ -96,7 +96,7 @@ class TrainConfig:
             "val_split": 0 < self.val_split < 1,
             "accumulate": self.accumulate >= 1,
             "max_nonfinite": self.max_nonfinite >= 1,
-            "zoom": len(self.zoom) == 2 and all(math.isfinite(z) and 1 / 16 <= z <= 16 for z in self.zoom)
+            "zoom": len(self.zoom) == 2 and all(limits.is_number_in(z, limits.ZOOM) for z in self.zoom)
                     and self.zoom[0] <= self.zoom[1],
             "loss_weights": set(self.loss_weights) <= set(LOSS_TERMS)
                             and all(math.isfinite(v) and v >= 0 for v in self.loss_weights.values()),
@@ -154,9 +154,10 @@ def parse_model_options(items: list[str]) -> dict[str, Any]:
     return options
 
 
-def parse_loss_weights(items: list[str]) -> dict[str, float]:
-    """`NAME=VALUE` items (`--loss-weight instance=1`) on top of the default weights."""
-    weights = _default_loss_weights()
+def parse_loss_weights(items: list[str], base: dict[str, float] | None = None) -> dict[str, float]:
+    """`NAME=VALUE` items (`--loss-weight instance=1`) on top of `base` (a preset's weights; None:
+    the defaults), so that naming one term keeps the recipe's others."""
+    weights = {**_default_loss_weights(), **(base or {})}
     for item in items:
         name, sep, value = item.partition("=")
         try:
