@@ -1,7 +1,7 @@
 """Real leaves: train each model on CVPPP A1 with the README's recipe and print it beside the reference table.
 
     python bench/cvppp.py --data PATH/A1 --split tune --tag dice --train-args "--loss-weight instance=1"
-    python bench/cvppp.py --data PATH/A1 --models unet-cbam                  # the reported row (~25 min)
+    python bench/cvppp.py --data PATH/A1 --models unet-cbam                  # the reported row (~40 min on 2 cores)
     python bench/cvppp.py --out cvppp-bench --table-only                      # the rows measured so far
 
 Two protocols, so that no recipe value is chosen on the plants it is reported on:

@@ -70,9 +70,14 @@ def main() -> None:
     args = parser.parse_args()
     model = instseg.load(args.model)
     names = stems(VAL_LIST)
+    # a folder dataset is split into training and validation images even when only scored: one
+    # training plant's crop fills the training side (it is never scored)
+    filler = next(p.name.split("_")[0] for p in sorted(args.data.glob("plant*_rgb.png"))
+                  if p.name.split("_")[0] not in names)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        folders = {side: write_crops(args.data, names, side, Path(scratch) / f"crops-{side}") for side in SIDES}
+        folders = {side: write_crops(args.data, [*names, filler], side, Path(scratch) / f"crops-{side}")
+                   for side in SIDES}
         for size in args.object_size:
             full = score(model, f"cvppp:{args.data}", size)
             rows.append((size, "uncropped", *full, 0.0))
