@@ -29,12 +29,13 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from instseg import limits
 from instseg.errors import CheckpointError
+from instseg.instances.clustering import AUTO, CLUSTER_METHODS
 from instseg.io.atomic import atomic_write_bytes
 from instseg.version import __version__
 
@@ -49,18 +50,51 @@ def _channels(value: Any, positive: bool) -> bool:
                     for v in value))
 
 
-MODEL_FIELDS = {  # what each field of a "model" record must be
-    "name": lambda v: isinstance(v, str) and bool(v),
-    "backbone": lambda v: v is None or isinstance(v, str),
-    "width": lambda v: v is None or limits.is_int_in(v, limits.WIDTH),
-    "embedding_dim": lambda v: limits.is_int_in(v, limits.EMBEDDING_DIM),
-    "max_instances": lambda v: limits.is_int_in(v, limits.MAX_INSTANCES),
-    "mean": lambda v: _channels(v, positive=False),
-    "std": lambda v: _channels(v, positive=True),
-    "position_scale": lambda v: v is None or limits.is_number_in(v, (0, math.inf)),
-    "kwargs": lambda v: isinstance(v, dict),
-    "object_size": lambda v: v is None or limits.is_number_in(v, limits.OBJECT_SIZE),
+def _optional(bounds: tuple[float, float]) -> Callable[[Any], bool]:
+    return lambda v: v is None or limits.is_number_in(v, bounds)
+
+
+def _integer(bounds: tuple[int, int]) -> Callable[[Any], bool]:
+    return lambda v: limits.is_int_in(v, bounds)
+
+
+Check = tuple[Callable[[Any], bool], str]  # a field's test, and what it expects in words
+
+MODEL_FIELDS: dict[str, Check] = {  # what each field of a "model" record must be
+    "name": (lambda v: isinstance(v, str) and bool(v), "a model name"),
+    "backbone": (lambda v: v is None or isinstance(v, str), "a backbone name or null"),
+    "width": (lambda v: v is None or limits.is_int_in(v, limits.WIDTH), f"null or {limits.describe(limits.WIDTH)}"),
+    "embedding_dim": (_integer(limits.EMBEDDING_DIM), limits.describe(limits.EMBEDDING_DIM)),
+    "max_instances": (_integer(limits.MAX_INSTANCES), limits.describe(limits.MAX_INSTANCES)),
+    "mean": (lambda v: _channels(v, positive=False), "three finite numbers"),
+    "std": (lambda v: _channels(v, positive=True), "three finite positive numbers"),
+    "position_scale": (_optional((0, math.inf)), "a finite number, 0 or more"),
+    "kwargs": (lambda v: isinstance(v, dict), "a mapping of architecture options"),
+    "object_size": (_optional(limits.OBJECT_SIZE), f"null or {limits.describe(limits.OBJECT_SIZE)}"),
 }
+
+
+def config_fields(config: dict[str, Any]) -> dict[str, Check]:
+    """What the "config" fields that loading a model reads must be, where present (training
+    validated them; a hand-edited file may not have been): the working size and scale, and what
+    the run's clustering defaults are made of (`instances.clustering.ClusterParams.from_config`)."""
+    size = config.get("image_size")
+    scales = limits.scale_range(size) if limits.is_int_in(size, limits.IMAGE_SIZE) else limits.SCALE
+    return {
+        "image_size": (_integer(limits.IMAGE_SIZE), f"{limits.describe(limits.IMAGE_SIZE)} pixels"),
+        "scale": (_optional(scales), f"null or {limits.describe(scales)} (at most image_size / {limits.MIN_TILE})"),
+        "max_instances": (_integer(limits.MAX_INSTANCES), limits.describe(limits.MAX_INSTANCES)),
+        "delta_d": (lambda v: limits.is_number_in(v, (0, math.inf)) and v > 0, "a finite number above 0"),
+        "seed": (_integer(limits.SEED), limits.describe(limits.SEED)),
+        "cluster": (lambda v: v in (AUTO, *CLUSTER_METHODS), f"one of {', '.join((AUTO, *CLUSTER_METHODS))}"),
+    }
+
+
+def check_field(where: str | os.PathLike, name: str, value: Any, check: Check) -> None:
+    """One CheckpointError naming the file, the field, its value and what it should be."""
+    ok, expected = check
+    if not ok(value):
+        raise CheckpointError(f"{where}: field '{name}' has an invalid value {value!r:.80} (expected {expected})")
 
 
 @dataclass(frozen=True)
@@ -95,9 +129,8 @@ class ModelRecord:
     @classmethod
     def from_payload(cls, payload: dict[str, Any], where: str | os.PathLike = "checkpoint") -> "ModelRecord":
         """Inverse of `to_payload`; every field checked first (a CheckpointError names the bad one)."""
-        for key, ok in MODEL_FIELDS.items():
-            if not ok(payload.get(key)):
-                raise CheckpointError(f"{where}: field 'model.{key}' has an invalid value {payload.get(key)!r:.80}")
+        for key, check in MODEL_FIELDS.items():
+            check_field(where, f"model.{key}", payload.get(key), check)
         return cls(name=payload["name"], embedding_dim=payload["embedding_dim"],
                    max_instances=payload["max_instances"], mean=tuple(payload["mean"]), std=tuple(payload["std"]),
                    backbone=payload.get("backbone"), width=payload.get("width"),
@@ -182,15 +215,11 @@ def _check_fields(payload: dict[str, Any], path: str | os.PathLike) -> None:
     bad = next((k for k, v in payload["state_dict"].items() if not isinstance(k, str) or not torch.is_tensor(v)), None)
     if bad is not None:
         raise CheckpointError(f"{path}: field 'state_dict' holds a non-tensor entry {bad!r:.80}")
-    if not limits.is_int_in(payload.get("epoch", 0), limits.EPOCH):
-        raise CheckpointError(f"{path}: field 'epoch' has an invalid value {payload.get('epoch')!r:.80}")
+    check_field(path, "epoch", payload.get("epoch", 0), (_integer(limits.EPOCH), limits.describe(limits.EPOCH)))
     config = payload["config"]
-    if "image_size" in config and not limits.is_int_in(config["image_size"], limits.IMAGE_SIZE):
-        raise CheckpointError(f"{path}: field 'config.image_size' has an invalid value "
-                              f"{config.get('image_size')!r:.80}")
-    scale = config.get("scale")
-    if scale is not None and not limits.is_number_in(scale, limits.SCALE):
-        raise CheckpointError(f"{path}: field 'config.scale' has an invalid value {scale!r:.80}")
+    for key, check in config_fields(config).items():
+        if key in config:
+            check_field(path, f"config.{key}", config[key], check)
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> None:

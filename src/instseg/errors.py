@@ -33,6 +33,12 @@ class RegistryError(InstsegError, LookupError):
     """An unknown name, a name registered twice, or an invalid combination."""
 
 
+class OutputError(InstsegError, OSError):
+    """An output cannot be written (read-only folder, full disk, no permission) or would replace
+    a file this run must not touch; the message names the path. Also an OSError, so callers that
+    handled write failures as OSError keep working."""
+
+
 class ExportError(InstsegError):
     """The model could not be exported, or the export does not match PyTorch."""
 

@@ -87,22 +87,31 @@ class Predictor:
                        cluster: Mapping[str, Any] | None = None, batch_size: int = 4, overlay: bool = True,
                        panels: bool = False, embeddings: bool = False, gt: str | os.PathLike | None = None,
                        overwrite: bool = False, skip_existing: bool = False, threads: int | None = None,
-                       object_size: float | str | None = None,
+                       object_size: float | str | None = None, fsync: bool = False, shard: str | None = None,
                        on_result: Callable[[Prediction | Failure], None] | None = None) -> "FolderResult":
         """Label map (+ overlay, panels, embedding pictures) per image of `inputs` (files,
         folders, globs, or a list of them) written to the folder `out`; what `instseg predict`
-        and `instseg infer` do. Existing files are replaced only with `overwrite`."""
+        and `instseg infer` do. Existing outputs are replaced only with `overwrite`, inputs never;
+        `threads` per CPU stage are at most the available CPUs; `fsync`: every file, not the
+        folder once per batch; `shard` "K/N": only the K-th of N parts of the inputs, which
+        copies given the other parts may write into `out` at the same time
+        (`predict.outputs.predict_folder`)."""
+        from instseg.io.inputs import shard as take_shard
+        from instseg.io.inputs import shard_spec
         from instseg.predict.outputs import OutputOptions, ground_truth_files, predict_folder
 
         if batch_size < 1:
             raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
         paths = inputs if isinstance(inputs, list) and all(isinstance(p, Path) for p in inputs) \
             else gather_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
+        part = shard_spec(shard)
+        if part is not None:
+            paths = take_shard(paths, *part)
         options = OutputOptions(overlay=overlay, panels=panels, embeddings=embeddings,
                                 gt_files=ground_truth_files(None if gt is None else Path(gt)),
-                                overwrite=overwrite, skip_existing=skip_existing)
+                                overwrite=overwrite, skip_existing=skip_existing, fsync=fsync)
         return predict_folder(paths, self.runner, Path(out), self.cluster_params(cluster), batch_size, options,
-                              on_result=on_result, threads=threads, object_size=object_size)
+                              on_result=on_result, threads=threads, object_size=object_size, shard=part)
 
     def evaluate(self, data: str | None = None, *, val_list: str | None = None, val_split: float | None = None,
                  val_size: int | None = None, cluster: Mapping[str, Any] | None = None, batch_size: int = 8,
@@ -131,10 +140,12 @@ def load(path: str | os.PathLike, *, device: str = "auto", provider: str = "auto
 
 
 def load_onnx(path: str | os.PathLike, *, provider: str = "auto", intra_op_threads: int = 0) -> Predictor:
-    """An exported model as a Predictor, whatever its file name (`instseg infer`): torch-free."""
+    """An exported model as a Predictor, whatever its file name (`instseg infer`): torch-free.
+    `intra_op_threads`: at most the available CPUs (0: ONNX Runtime's default)."""
+    from instseg.predict.stages import at_most_cpus
     from instseg.runtime import OnnxRunner
 
-    runner = OnnxRunner.open(path, provider, intra_op_threads)
+    runner = OnnxRunner.open(path, provider, at_most_cpus(intra_op_threads))
     return Predictor(runner, str(path), runner.providers.describe(), {})
 
 

@@ -50,6 +50,10 @@ def test_evaluate_prints_and_writes_metrics(run, tmp_path):
     # measured 0.1482 (one torch thread, as this lane runs); 0.1441 when trained and evaluated on two
     assert report["metrics"]["sbd"]["mean"] == pytest.approx(0.148, abs=0.02)
     assert "FG Dice" in result.output
+    # the same weights, images and clustering give the same figure training reported for them
+    record = json.loads((run / "config.json").read_text())
+    chosen = record["config"]["cluster"]
+    assert report["metrics"]["sbd"]["mean"] == pytest.approx(record["cluster_scores"][chosen], abs=1e-6)
 
 
 def test_seed_makes_runs_repeatable(trained_run, tmp_path):

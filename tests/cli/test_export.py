@@ -16,7 +16,7 @@ import torch
 from instseg import ExportCaps, ModelSpec, hookimpl
 from instseg.instances.clustering import ClusterParams
 from instseg.models.registry import get_registry, list_models
-from instseg.errors import ExportError
+from instseg.errors import ConfigError, ExportError
 from instseg.exporters.onnx import (TOLERANCES, ExportRequest, Tolerance, check_parity, export_graph,
                                     export_onnx, failed_path, plan_export, sample_images)
 from instseg.models.architectures.unet import UNetDecoder
@@ -124,7 +124,7 @@ def request(name="unet", **changes) -> ExportRequest:
 
 
 def test_opset_below_18_is_refused():
-    with pytest.raises(ExportError, match="--opset 17: instseg exports opset 18 or newer"):
+    with pytest.raises(ConfigError, match="--opset 17: instseg exports opset 18 or newer"):
         export_graph(tiny_model("unet"), plan_export(ExportCaps(), 16, 32), opset=17)
 
 

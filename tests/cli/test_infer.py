@@ -465,11 +465,16 @@ def test_infer_into_the_input_folder_keeps_the_users_files(exported, images, tmp
     shutil.copytree(images, folder)
     (folder / "plant0_label.png").write_bytes(b"the user's ground truth")
     result = invoke("infer", model, folder, "--out", folder, "--provider", "cpu")
-    assert result.exit_code != 0 and "plant0_label.png: exists and this run did not write it" in result.output
+    assert result.exit_code != 0  # the user's file is one of the images asked for, so never replaced:
+    assert f"{folder / 'plant0_label.png'}: is one of this run's inputs" in str(result.exception)
     assert (folder / "plant0_label.png").read_bytes() == b"the user's ground truth"
+    assert not list(folder.glob("*_overlay.png"))  # refused before anything was computed
     (folder / "plant0_label.png").unlink()
-    resumed = invoke("infer", model, folder, "--out", folder, "--provider", "cpu", "--skip-existing")  # only plant0 is left
-    assert resumed.exit_code == 0 and "wrote 1 prediction(s)" in resumed.output, resumed.output
+    first = invoke("infer", model, folder, "--out", folder, "--provider", "cpu", "--no-overlay")
+    assert first.exit_code == 0 and "wrote 4 prediction(s)" in first.output, first.output
+    (folder / "plant0_label.png").unlink()
+    resumed = invoke("infer", model, folder, "--out", folder, "--provider", "cpu", "--skip-existing")  # overlays too now
+    assert resumed.exit_code == 0 and "wrote 4 prediction(s)" in resumed.output, resumed.output  # none had all outputs
     again = invoke("infer", model, folder, "--out", folder, "--provider", "cpu", "--overwrite")
     assert again.exit_code == 0 and "written by an earlier instseg run" in again.output
     assert not list(folder.glob("*_label_label.png"))  # its own outputs were not predicted again

@@ -210,7 +210,8 @@ def test_predict_cli_writes_every_readable_image_and_fails_on_the_rest(checkpoin
 
     before = (out / "plant001_rgb_label.png").read_bytes()
     again = invoke("predict", checkpoint, tmp_path / "a" / "plant001_rgb.png", "--out", out, "--no-overlay", "--panels")
-    assert again.exit_code != 0 and "plant001_rgb_label.png: exists and this run did not write it" in again.output
+    assert again.exit_code != 0 and "plant001_rgb_label.png: exists and this run did not write it" in str(again.exception)
+    assert "nothing was predicted" in str(again.exception)  # refused before the first image is read
     assert (out / "plant001_rgb_label.png").read_bytes() == before and not (out / "plant001_rgb_panel.png").exists()
     ok = invoke("predict", checkpoint, tmp_path / "a" / "plant001_rgb.png", "--out", out, "--no-overlay", "--panels",
                 "--overwrite")
@@ -223,11 +224,14 @@ def test_predict_into_the_input_folder_keeps_the_users_files_and_skips_its_own(c
     users = {"plant000_rgb_label.png": b"the user's ground truth", "plant001_rgb_overlay.png": b"the user's picture"}
     for name, data in users.items():
         (tmp_path / name).write_bytes(data)
-    result = invoke("predict", checkpoint, tmp_path, "--out", tmp_path)
-    assert result.exit_code != 0
-    assert "plant000_rgb_label.png: exists and this run did not write it" in result.output
-    assert "plant001_rgb_overlay.png: exists and this run did not write it" in result.output
-    assert all((tmp_path / name).read_bytes() == data for name, data in users.items())  # nothing replaced
+    for extra in ([], ["--overwrite"]):  # the user's PNGs are inputs too: never replaced, not even with --overwrite
+        result = invoke("predict", checkpoint, tmp_path, "--out", tmp_path, *extra)
+        assert result.exit_code != 0
+        assert str(result.exception) == (
+            f"{tmp_path / 'plant000_rgb_label.png'}: is one of this run's inputs and the prediction of "
+            f"{tmp_path / 'plant000_rgb.png'} would replace it; inputs are never replaced, not even with --overwrite: "
+            "choose another --out")
+        assert all((tmp_path / name).read_bytes() == data for name, data in users.items())  # nothing replaced
     (tmp_path / "plant000_rgb_label.png").unlink()
     (tmp_path / "plant001_rgb_overlay.png").unlink()
     first = invoke("predict", checkpoint, tmp_path, "--out", tmp_path)

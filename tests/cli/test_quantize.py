@@ -75,7 +75,7 @@ def test_int8_export_is_refused_when_validation_sbd_drops_and_kept_with_force(ru
 @pytest.mark.parametrize("args, message", [
     (["--int8", "--fp16"], "--int8 and --fp16 exclude each other"),
     (["--force"], "--calibration and --force apply to --int8 exports only"),
-    (["--int8", "--sbd-tolerance", "-0.5"], "--sbd-tolerance -0.5: must be 0 or more"),
+    (["--int8", "--sbd-tolerance", "-0.5"], "--sbd-tolerance -0.5: must be a number from 0 to 1"),
     (["--int8", "--calibration", "nowhere"], "--calibration nowhere: not a folder of images"),
 ])
 def test_int8_export_refuses_unclear_requests(run, tmp_path, args, message):

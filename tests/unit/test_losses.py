@@ -142,3 +142,46 @@ def test_the_instance_term_joins_the_total_only_when_weighted():
     weighted = MultiTaskLoss(max_instances=20, weights=LossWeights(instance=2.0))(out, labels)
     assert "instance" not in plain and 0 < weighted["instance"].item() < 1
     assert weighted["loss"].item() == pytest.approx(plain["loss"].item() + 2 * weighted["instance"].item())
+
+
+def test_compacting_renumbers_each_image_and_keeps_background_and_ignore():
+    from instseg.train.losses import compact_labels
+
+    labels = torch.tensor([[[0, 5, 5, 900]], [[-1, 7, 0, 3]]])
+    assert compact_labels(labels).tolist() == [[[0, 1, 1, 2]], [[-1, 2, 0, 1]]]
+
+
+def test_losses_do_not_depend_on_which_ids_label_the_instances():
+    torch.manual_seed(0)
+    output = SegOutput(torch.randn(2, 2, 8, 8), torch.randn(2, 4, 8, 8, requires_grad=True), torch.rand(2, 1))
+    small = torch.randint(0, 4, (2, 8, 8))
+    large = torch.where(small > 0, small * 1000 + 7, small)  # the same instances, ids up to 3007
+    loss = MultiTaskLoss(20, LossWeights(instance=1.0))
+    assert {k: v.item() for k, v in loss(output, large).items()} == \
+        pytest.approx({k: v.item() for k, v in loss(output, small).items()}, rel=1e-6)
+
+
+def test_the_instance_term_samples_at_most_its_share_of_a_crowded_image():
+    from instseg.train.losses import compact_labels, sample_instances
+
+    torch.manual_seed(0)
+    labels = torch.arange(1, 401).view(1, 20, 20).repeat(2, 1, 1)  # 400 one-pixel instances per image
+    labels[1, :10] = 0  # ... and 200 in the second
+    labels = compact_labels(labels)
+    sampled = sample_instances(labels, 64)
+    for image in range(2):
+        kept = sampled[image].unique()
+        assert kept.tolist() == list(range(65))  # 64 instances renumbered 1..64, and background
+        originals = labels[image][sampled[image] > 0]
+        assert originals.unique().numel() == 64  # each kept id is one whole original instance
+    assert not torch.equal(sampled[0], sampled[1])  # drawn per image
+
+
+def test_a_crowded_crop_costs_its_instances_not_its_ids():
+    """2000 instances in one 64 x 64 crop: pull / push are B x K x K, the instance term samples."""
+    embedding = torch.randn(1, 8, 64, 64, requires_grad=True)
+    labels = (torch.arange(64 * 64).view(1, 64, 64) % 2000) + 1
+    output = SegOutput(torch.randn(1, 2, 64, 64), embedding, torch.rand(1, 1))
+    terms = MultiTaskLoss(20, LossWeights(instance=1.0))(output, labels)
+    terms["loss"].backward()
+    assert torch.isfinite(embedding.grad).all()

@@ -84,13 +84,14 @@ def strip(*spans: tuple[int, int, int]) -> np.ndarray:
 
 
 def test_average_precision_by_hand():
-    from instseg.metrics.scores import AP_THRESHOLDS, average_precision, iou_matrix
+    from instseg.metrics.scores import AP_THRESHOLDS, Overlap, average_precision
 
     gt = strip((1, 0, 10), (2, 10, 20))
     # pred 1 = pixels 0..8: 8 of gt 1's 10 (IoU 0.8); pred 2 = pixels 8..20: gt 2's 10 plus 2 of gt 1 (IoU 10/12)
     pred = strip((1, 0, 8), (2, 8, 20))
-    iou = iou_matrix(pred, gt)
-    assert iou[0, 0] == pytest.approx(0.8) and iou[1, 1] == pytest.approx(10 / 12)
+    overlap = Overlap.of(pred, gt)
+    iou = dict(zip(zip(overlap.pred_index.tolist(), overlap.gt_index.tolist()), overlap.pair_iou()))
+    assert iou == pytest.approx({(0, 0): 0.8, (1, 0): 2 / 20, (1, 1): 10 / 12})
     result = average_precision(pred, gt)
     # thresholds 0.5..0.75 (6 of them): both match -> 2 / (2 + 0 + 0) = 1; 0.8 (IoU 0.8 is not > 0.8): pred 2
     # only -> 1 / (2 + 2 - 1) = 1/3; 0.85..0.95 (3): none -> 0.
@@ -124,3 +125,48 @@ def test_score_image_and_summary_carry_the_ap_columns():
     s = score_image(GT, GT)
     assert (s.ap, s.ap50, s.precision50, s.recall50) == (1.0, 1.0, 1.0, 1.0)
     assert summarize([s])["ap"] == {"mean": 1.0, "std": 0.0}
+
+
+def brute_force_scores(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float, int]:
+    """SBD, FG Dice and DiC straight from the definitions, mask by mask (the module docstring)."""
+    def best(a, b):
+        ids_a, ids_b = [i for i in np.unique(a) if i], [i for i in np.unique(b) if i]
+        if not ids_a or not ids_b:
+            return 0.0
+        return float(np.mean([max(dice(a == i, b == j) for j in ids_b) for i in ids_a]))
+    n = lambda m: len([i for i in np.unique(m) if i])  # noqa: E731
+    return min(best(pred, gt), best(gt, pred)), dice(pred > 0, gt > 0), n(pred) - n(gt)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64])
+def test_score_image_matches_the_definitions_on_random_maps(dtype):
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        pred = rng.choice([0, 3, 4, 9, 200], size=(12, 14)).astype(dtype)
+        gt = rng.choice([0, 1, 2, 7], size=(12, 14)).astype(dtype)
+        scores = score_image(pred, gt)
+        sbd, fg, dic = brute_force_scores(pred, gt)
+        assert (scores.sbd, scores.fg_dice, scores.dic) == (pytest.approx(sbd), pytest.approx(fg), dic)
+
+
+def test_the_sparse_table_gives_the_dense_tables_figures(monkeypatch):
+    """Maps with huge or negative ids (np.unique) and tables too large to count densely (pairs
+    only) score as the lookup-and-dense path does."""
+    import instseg.metrics.scores as scores
+
+    rng = np.random.default_rng(5)
+    pred = rng.integers(0, 40, size=(30, 30))
+    gt = rng.integers(0, 30, size=(30, 30))
+    dense = score_image(pred, gt)
+    monkeypatch.setattr(scores, "DENSE_PAIRS", 1)
+    assert score_image(pred, gt) == dense
+    assert score_image(pred.astype(np.int64) * 10**12, gt) == dense  # ids past the lookup table
+    monkeypatch.setattr(scores, "LOOKUP_IDS", 1)
+    assert score_image(pred, gt) == dense
+
+
+def test_many_instances_are_scored_without_a_dense_table():
+    """65535 ids on each side would make a dense P x G table of 4.3e9 cells."""
+    pred = np.arange(256 * 256, dtype=np.int64).reshape(256, 256) % 65535 + 1
+    scores = score_image(pred, pred.copy())
+    assert (scores.sbd, scores.ap, scores.dic) == (1.0, 1.0, 0)

@@ -41,7 +41,7 @@ def check(
     for line in report.problems:  # one unwrapped line each, for people and for grep
         typer.echo(safe_text(line), err=True)
     if not report.usable:
-        typer.echo(f"{len(report.problems)} problem(s): not usable for training", err=True)
+        typer.echo(f"{report.problem_count} problem(s): not usable for training", err=True)
         raise typer.Exit(1)
     if not as_json:
         out.print("usable for training" if report.labelled else "usable for prediction only", highlight=False)
@@ -62,6 +62,6 @@ def summary_table(report: CheckReport) -> Table:
         for low, high, n in report.histogram():
             label = f"{low}" if low == high else f"{low}-{high}"
             table.add_row(f"  {label}", "#" * round(BAR_WIDTH * n / peak) + f" {n}")
-    table.add_row("warnings", str(len(report.warnings)))
-    table.add_row("problems", str(len(report.problems)))
+    table.add_row("warnings", str(report.warning_count))
+    table.add_row("problems", str(report.problem_count))
     return table

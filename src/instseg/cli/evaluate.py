@@ -15,6 +15,7 @@ from rich.table import Table
 from instseg.cli.console import err, fmt_mean_std, out, shown
 from instseg.cli.options import (Bandwidth, Cluster, Device, FillHoles, MinSize, ObjectSize, Tile, TileOverlap,
                                  plain)
+from instseg import limits
 from instseg.instances.size import parse_object_size
 from instseg.errors import ConfigError
 
@@ -111,6 +112,7 @@ def _score_model(path: Path, selection: EvalData, image_size: int | None, batch_
                  object_size: float | str | None = None) -> Report:
     from instseg.predictor import load
 
+    _check_sizes(image_size, batch_size, selection.val_size)
     model = load(path, device=device, provider="cpu" if device == "cpu" else "auto")
     model.set_tiling(*tiling)
     if object_size is not None:
@@ -119,6 +121,16 @@ def _score_model(path: Path, selection: EvalData, image_size: int | None, batch_
                           val_size=selection.val_size, cluster=cluster_options, batch_size=batch_size,
                           image_size=image_size, object_size=object_size, on_start=lambda line: err.print(shown(line), highlight=False,
                                                                                  soft_wrap=True))
+
+
+def _check_sizes(image_size: int | None, batch_size: int, val_size: int | None) -> None:
+    """The same ranges `train` and `predict` use, checked before a model is loaded."""
+    if image_size is not None and not limits.is_int_in(image_size, limits.IMAGE_SIZE):
+        raise ConfigError(f"--image-size {image_size}: expected {limits.describe(limits.IMAGE_SIZE)} pixels")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
+    if val_size is not None and val_size < 1:
+        raise ConfigError(f"--val-size {val_size}: must be at least 1")
 
 
 def _print(report: Report) -> None:

@@ -23,7 +23,8 @@ def export(
         "--onnx", show_default=False, help="Export to ONNX: the one format so far, so also the default.")] = True,
     out_file: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="The ONNX file to write (default: model.onnx beside the checkpoint).")] = None,
-    opset: Annotated[Optional[int], typer.Option(help="ONNX opset, 18 or newer (default 18).")] = None,
+    opset: Annotated[Optional[int], typer.Option(
+        help="ONNX opset: 18 up to the newest the installed torch.onnx writes (default 18).")] = None,
     static: Annotated[Optional[str], typer.Option(
         help="Export at one fixed size HxW (e.g. 256x256); infer then resizes every image to it. "
              "Default: dynamic batch, H and W where the model allows it.")] = None,
@@ -40,7 +41,7 @@ def export(
     force: Annotated[bool, typer.Option(
         help="--int8: keep the model even when its validation SBD drops by more than --sbd-tolerance.")] = False,
     overwrite: Annotated[bool, typer.Option(
-        help="Replace an existing --out file that is not an instseg ONNX file (never the checkpoint itself).")
+        help="Replace an existing --out file, another export included (never the checkpoint itself).")
     ] = False,
 ) -> None:
     """Write the model as ONNX (normalisation inside, metadata for `instseg infer`), run onnx.checker,

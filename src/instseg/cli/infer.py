@@ -24,20 +24,23 @@ def infer(
         help="auto (CUDA if ONNX Runtime can use it, else the CPU), cpu, or cuda (an error when CUDA cannot be "
              "used).")] = Provider.auto,
     intra_op_threads: Annotated[int, typer.Option(
-        help="Threads ONNX Runtime uses inside one network run (its intra-op threads; 0: its default).")] = 0,
+        help="Threads ONNX Runtime uses inside one network run (its intra-op threads; 0: its default; at most "
+             "the available CPUs).")] = 0,
     *,
     options: PredictOptions,
 ) -> None:
     """Write <stem>_label.png (16-bit instance ids, input size) and <stem>_overlay.png per image, as
     `instseg predict` does, with ONNX Runtime. Sizes, clustering defaults and normalisation come
     from the model file."""
+    from instseg.predict.stages import at_most_cpus, threads_note
     from instseg.predictor import load_onnx
 
     options.check()
     if intra_op_threads < 0:
         raise ConfigError(f"--intra-op-threads {intra_op_threads}: must be 0 (ONNX Runtime's default) or more")
     predictor = load_onnx(model, provider=plain(provider), intra_op_threads=intra_op_threads)
-    note = predictor.runner.providers.note()
-    if note:
-        err.print(f"note: {shown(note)}", highlight=False, soft_wrap=True)
+    for note in (predictor.runner.providers.note(),
+                 threads_note(intra_op_threads, at_most_cpus(intra_op_threads), "ONNX Runtime intra-op threads")):
+        if note:
+            err.print(f"note: {shown(note)}", highlight=False, soft_wrap=True)
     predict_to_folder(predictor, options)

@@ -93,29 +93,34 @@ CocoResults = Annotated[Optional[Path], typer.Option(
     "--coco", help="Also write the predictions as one COCO file: RLE masks with scores (CVAT imports it; "
                    "`instseg evaluate --coco-gt` scores it).")]
 Embeddings = Annotated[bool, typer.Option(help="Write <stem>_embedding.png: 3 PCA components as RGB.")]
-Overwrite = Annotated[bool, typer.Option(help="Replace existing files in --out (never done otherwise).")]
+Overwrite = Annotated[bool, typer.Option(
+    help="Replace existing outputs in --out (never done otherwise; an input is never replaced).")]
 SkipExisting = Annotated[bool, typer.Option(
-    help="Skip inputs whose label map is already in --out (to finish a run that stopped).")]
+    help="Skip inputs whose outputs are all in --out already (to finish a run that stopped).")]
+Fsync = Annotated[bool, typer.Option(
+    help="fsync every output file before it is renamed into place, not the folder once per batch "
+         "(slower: milliseconds per file; for outputs that must survive a power cut one by one).")]
 Threads = Annotated[Optional[int], typer.Option(
     help="Threads for each of reading, clustering and writing, which overlap with the network "
-         "(default: the cores, up to 4).")]
+         "(default: the available CPUs, up to 4; at most the available CPUs).")]
 Shard = Annotated[Optional[str], typer.Option(
     help="K/N: only the K-th of N disjoint parts of the sorted inputs, for N copies on N machines.")]
 
 
 def select_inputs(inputs: list[str], shard: str | None) -> list[Path]:
     """The inputs a command works on: gathered, then its shard of them."""
-    from instseg.io.inputs import gather_inputs, parse_shard
-    from instseg.io.inputs import shard as take_shard
+    from instseg.io.inputs import gather_inputs
 
-    paths = gather_inputs(inputs)
-    if shard is None:
-        return paths
-    try:
-        k, n = parse_shard(shard)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    return take_shard(paths, k, n)
+    return take_part(gather_inputs(inputs), shard)
+
+
+def take_part(paths: list[Path], shard: str | None) -> list[Path]:
+    """`--shard K/N`'s part of the gathered inputs (all of them without it)."""
+    from instseg.io.inputs import shard as take_shard
+    from instseg.io.inputs import shard_spec
+
+    part = shard_spec(shard)
+    return paths if part is None else take_shard(paths, *part)
 
 
 def coco_ground_truth(gt: Path | None) -> CocoFile | None:
@@ -127,14 +132,18 @@ def coco_ground_truth(gt: Path | None) -> CocoFile | None:
     return load_coco(gt).require_usable()
 
 
-def coco_results(path: Path | None, gt: Path | None, overwrite: bool, skip_existing: bool) -> ResultsFile | None:
-    """The `--coco` results file to fill, checked before anything is predicted."""
+def coco_results(path: Path | None, gt: Path | None, overwrite: bool, skip_existing: bool,
+                 inputs: list[Path]) -> ResultsFile | None:
+    """The `--coco` results file to fill, checked before anything is predicted: never one of
+    the `inputs` or the ground truth, not even with --overwrite."""
     from instseg.io.coco_results import ResultsFile
+    from instseg.predict.out_folder import refuse_inputs
 
     if path is None:
         return None
     if skip_existing:
         raise ConfigError("--coco writes every image of this run into one file: it does not go with --skip-existing")
+    refuse_inputs({path: "the --coco results"}, inputs + ([gt] if gt is not None else []), "choose another --coco file")
     return ResultsFile(path, coco_ground_truth(gt), overwrite)
 
 
@@ -163,6 +172,7 @@ class PredictOptions:
     coco: CocoResults = None
     threads: Threads = None
     object_size: ObjectSize = None
+    fsync: Fsync = False
 
     def check(self) -> None:
         if self.batch_size < 1:
@@ -170,11 +180,12 @@ class PredictOptions:
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads {self.threads}: must be at least 1")
 
-    def paths(self) -> list[Path]:
-        return select_inputs(self.inputs, self.shard)
+    def all_paths(self) -> list[Path]:
+        """Every input, before `--shard` takes its part (`Predictor.predict_folder` takes it)."""
+        return select_inputs(self.inputs, None)
 
-    def results(self) -> ResultsFile | None:
-        return coco_results(self.coco, self.gt, self.overwrite, self.skip_existing)
+    def results(self, inputs: list[Path]) -> ResultsFile | None:
+        return coco_results(self.coco, self.gt, self.overwrite, self.skip_existing, inputs)
 
     def cluster_overrides(self) -> dict[str, Any]:
         """The clustering options given (ClusterParams fields), for `Predictor.cluster_params`."""
@@ -187,7 +198,8 @@ class PredictOptions:
         return {"batch_size": self.batch_size, "overlay": self.overlays, "panels": self.panels,
                 "embeddings": self.embeddings, "gt": self.gt, "overwrite": self.overwrite,
                 "skip_existing": self.skip_existing, "threads": self.threads, "cluster": self.cluster_overrides(),
-                "object_size": parse_object_size(self.object_size)}
+                "shard": self.shard,
+                "object_size": parse_object_size(self.object_size), "fsync": self.fsync}
 
 
 def with_predict_options(command: Callable[..., None]) -> Callable[..., None]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from instseg.cli.console import err, out, shown
-from instseg.cli.options import Device, PredictOptions, plain, with_predict_options
+from instseg.cli.options import Device, PredictOptions, plain, take_part, with_predict_options
 from instseg.errors import DataError
 from instseg.terminal import progress_bar
 
@@ -37,9 +37,11 @@ def predict_to_folder(model: Predictor, options: PredictOptions) -> None:
     a DataError when any failed; each prediction also goes into the COCO `--coco` file, when given."""
     from instseg.io.inputs import output_names
     from instseg.predict.pipeline import Prediction
+    from instseg.predict.stages import bounded_threads, threads_note
 
-    paths = options.paths()
-    results = options.results()
+    inputs = options.all_paths()
+    paths = take_part(inputs, options.shard)  # this run's part of them, as `predict_folder` takes it
+    results = options.results(paths)
     model.set_tiling(options.tile, options.tile_overlap)
     out_dir = options.out_dir
     for path, name in zip(paths, output_names(paths)):
@@ -49,8 +51,10 @@ def predict_to_folder(model: Predictor, options: PredictOptions) -> None:
     err.print(f"predicting {len(paths)} image(s) with {shown(model.description)}; "
               f"{method} clustering, {model.geometry} -> {shown(str(out_dir))}", highlight=False, soft_wrap=True)
     sizing = model.describe_object_size(options.write_options()["object_size"])
-    if sizing:
-        err.print(f"note: {sizing}", highlight=False, soft_wrap=True)
+    threads = threads_note(options.threads or 0, bounded_threads(options.threads), "threads per stage")
+    for note in (sizing, threads):
+        if note:
+            err.print(f"note: {note}", highlight=False, soft_wrap=True)
     with progress_bar("predict", err) as progress:
         task = progress.add_task("predict", total=len(paths))
 
@@ -59,7 +63,7 @@ def predict_to_folder(model: Predictor, options: PredictOptions) -> None:
             if results is not None and isinstance(item, Prediction):
                 results.add(item)
 
-        result = model.predict_folder(paths, out_dir, on_result=on_result, **options.write_options())
+        result = model.predict_folder(inputs, out_dir, on_result=on_result, **options.write_options())
     if result.skipped:
         err.print(f"note: skipped {len(result.skipped)} input(s) in {shown(out_dir)} written by an earlier instseg run "
                   f"(e.g. {shown(result.skipped[0].name)})", highlight=False, soft_wrap=True)

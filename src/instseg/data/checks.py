@@ -2,10 +2,13 @@
 
 Problems make a dataset unusable (unmatched, unreadable or truncated files, label maps whose
 size differs from their image or that are not integer ids, CVPPP fg masks or csv counts that
-disagree with the label map, no usable label map at all; for COCO files every entry that
-cannot be decoded, see `io.coco`). Warnings are worth a look but training works (an
-empty label map; COCO overlaps and how they were resolved, box-only annotations). Notes say
-what helps (crowded data: the microscopy recipe).
+disagree with the label map, more instances in an image than `limits.TRAINING_INSTANCES`, no
+usable label map at all; for COCO files every entry that cannot be decoded, see `io.coco`).
+Warnings are worth a look but training works (an empty label map; COCO overlaps and how they
+were resolved, box-only annotations). Notes say what helps (crowded data: the microscopy recipe).
+
+`train` runs the same checks (`TrainingCheck`, by the datasets' `verify`) over the images it
+trains and validates on, so it refuses, with the same line, what `data check` calls not usable.
 Torch-free: checking a dataset does not need torch.
 """
 
@@ -13,15 +16,17 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from instseg import limits
 from instseg.data.layouts import discover, parse_data_spec
-from instseg.data.samples import Sample, check_same_size, read_instance_labels
+from instseg.data.samples import Sample, check_same_size, read_instance_labels, unusable
 from instseg.errors import ConfigError, DataError
 from instseg.instances.clustering import CROWDED
-from instseg.io.coco import CocoLabels, decode_image, decoding_warnings
+from instseg.io.coco import CocoLabels, decode_image, decoding_warnings, line_count
 from instseg.io.images import display_path, read_image, read_label_map
 
 MAX_BINS = 10
@@ -50,6 +55,16 @@ class CheckReport:
     def usable(self) -> bool:
         return not self.problems
 
+    @property
+    def problem_count(self) -> int:
+        """How many problems there are: a summary line (`io.coco.More`) counts for those it stands for."""
+        return line_count(self.problems)
+
+    @property
+    def warning_count(self) -> int:
+        """How many warnings there are, counted likewise."""
+        return line_count(self.warnings)
+
     def instance_summary(self) -> dict[str, float] | None:
         if not self.instances:
             return None
@@ -65,7 +80,8 @@ class CheckReport:
         return [(low + i * width, min(high, low + (i + 1) * width - 1), int(n)) for i, n in enumerate(counts)]
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "usable": self.usable, "instances_per_image": self.instance_summary(),
+        return {**asdict(self), "usable": self.usable, "problem_count": self.problem_count,
+                "warning_count": self.warning_count, "instances_per_image": self.instance_summary(),
                 "histogram": [list(b) for b in self.histogram()]}
 
 
@@ -87,6 +103,10 @@ def check_sample(sample: Sample) -> SampleFindings:
     shown = sample.labels.where if isinstance(sample.labels, CocoLabels) else display_path(sample.labels)
     if found.count == 0:
         found.warnings.append(f"{shown}: label map is empty (no instances)")
+    if found.count > limits.TRAINING_INSTANCES:
+        found.problems.append(f"{shown}: {found.count} instances, more than the {limits.TRAINING_INSTANCES} a "
+                              "training image may hold (a training step grows with their square); split the image "
+                              "into tiles")
     if sample.count is not None and sample.count != found.count:
         found.problems.append(f"{shown}: has {found.count} instances but the csv says {sample.count}")
     if sample.fg is not None:
@@ -120,6 +140,28 @@ def _check_fg(path, labels: np.ndarray) -> list[str]:
     return []
 
 
+def check_samples(report: CheckReport, samples: list[Sample], root: Path,
+                  progress: Callable[[int, int], None] | None = None) -> list[SampleFindings]:
+    """Check each sample into `report`, then the dataset as a whole (`root` names it); `progress(done,
+    total)` after each image. The findings come back in the samples' order."""
+    findings = []
+    for done, sample in enumerate(samples, start=1):
+        found = check_sample(sample)
+        if found.size is not None:
+            key = f"{found.size[0]}x{found.size[1]}"
+            report.sizes[key] = report.sizes.get(key, 0) + 1
+        if found.count is not None:
+            report.instances.append(found.count)
+        report.problems += found.problems
+        report.warnings += found.warnings
+        findings.append(found)
+        if progress is not None:
+            progress(done, len(samples))
+    if report.labelled and report.instances and not any(report.instances):
+        report.problems.append(f"{display_path(root)}: every label map is empty; nothing to learn")
+    return findings
+
+
 def check_dataset(
     spec: str,
     progress: Callable[[int, int], None] | None = None,
@@ -131,19 +173,7 @@ def check_dataset(
     layout = discover(data)
     report = CheckReport(str(data.absolute()), images=len(layout.samples), labelled=len(layout.labelled),
                          problems=list(layout.problems), warnings=list(layout.warnings), notes=list(layout.notes))
-    for done, sample in enumerate(layout.samples, start=1):
-        found = check_sample(sample)
-        if found.size is not None:
-            key = f"{found.size[0]}x{found.size[1]}"
-            report.sizes[key] = report.sizes.get(key, 0) + 1
-        if found.count is not None:
-            report.instances.append(found.count)
-        report.problems += found.problems
-        report.warnings += found.warnings
-        if progress is not None:
-            progress(done, len(layout.samples))
-    if report.labelled and report.instances and not any(report.instances):
-        report.problems.append(f"{display_path(layout.root)}: every label map is empty; nothing to learn")
+    check_samples(report, layout.samples, layout.root, progress)
     if not report.labelled:
         report.notes.append("no label maps: usable for prediction only")
     if max(report.instances, default=0) > CROWDED:
@@ -151,3 +181,30 @@ def check_dataset(
                             "default) measures k-means against regions, and `--preset nuclei` trains at native "
                             "resolution")
     return report
+
+
+class TrainingCheck:
+    """`data check`'s checks over the labelled images one run trains and validates on (`samples`, of
+    the dataset `root` that the `--data` value `spec` names), made once: the first dataset to
+    `verify` makes them, the other reads the counts. A dataset `data check` calls not usable is
+    refused with the line it gives."""
+
+    def __init__(self, samples: list[Sample], root: Path, spec: str) -> None:
+        self.samples, self.root, self.spec = samples, root, spec
+        self._counts: dict[Path, int] | None = None
+
+    @classmethod
+    def of(cls, samples: list[Sample]) -> TrainingCheck:
+        """A check of `samples` alone, named by the first image's folder (a CVPPP dataset's own)."""
+        root = samples[0].image.parent if samples else Path.cwd()
+        return cls(samples, root, display_path(root))
+
+    def counts(self) -> dict[Path, int]:
+        """Instances per image file; DataError naming the first problem when there is one."""
+        if self._counts is None:
+            report = CheckReport(self.spec, images=len(self.samples), labelled=len(self.samples))
+            findings = check_samples(report, self.samples, self.root)
+            if report.problems:
+                raise unusable(report.problems, self.spec)
+            self._counts = {sample.image: found.count or 0 for sample, found in zip(self.samples, findings)}
+        return self._counts

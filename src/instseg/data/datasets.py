@@ -3,7 +3,9 @@
 `build_datasets` is the one entry point: synthetic leaves, or a CVPPP / folder / COCO dataset
 split into training and validation by `--val-list` or a seeded `--val-split`. Training items are
 transformed (`transforms.TrainTransform`) to `image_size` squares; validation items stay at
-their original resolution, so scores are computed there (see `predict/evaluation.py`).
+their original resolution, so scores are computed there (see `predict/evaluation.py`). Both
+sets of a file dataset share one `checks.TrainingCheck`: `verify` refuses what `instseg data
+check` calls not usable, with its reason.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from instseg.data.checks import TrainingCheck
 from instseg.data.coco import split_coco
 from instseg.data.layouts import DataSpec, discover, parse_data_spec
 from instseg.data.samples import Sample, read_sample, scan_sizes, split_samples
@@ -101,12 +104,16 @@ class SyntheticLeaves(ItemDataset):
 
 
 class LabelledImages(ItemDataset):
-    """Image / label-map pairs from disk; sizes and label modes are checked from headers up front."""
+    """Image / label-map pairs from disk; sizes and label modes are checked from headers up front,
+    the rest by `verify` (`check`: `data check`'s checks, shared with the other set of the run;
+    by default over these samples only)."""
 
-    def __init__(self, samples: list[Sample], transform: Callable[[dict], dict] | None = None) -> None:
+    def __init__(self, samples: list[Sample], transform: Callable[[dict], dict] | None = None,
+                 check: TrainingCheck | None = None) -> None:
         self.samples = samples
         self.transform = transform
         self._sizes = scan_sizes(samples)
+        self.check = check or TrainingCheck.of(samples)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -115,7 +122,8 @@ class LabelledImages(ItemDataset):
         return list(self._sizes)
 
     def verify(self) -> int:
-        return max((int(read_sample(sample)[1].max(initial=0)) for sample in self.samples), default=0)
+        counts = self.check.counts()
+        return max((counts[sample.image] for sample in self.samples), default=0)
 
     def read(self, index: int) -> dict:
         sample = self.samples[index]
@@ -164,7 +172,8 @@ def build_datasets(
         train, val = split_samples(layout.require_labels(), val_split=val_split, val_list=val_list, seed=seed)
     aug = Augment() if zoom is None else Augment(zoom=tuple(zoom))
     transform = TrainTransform(image_size, aug if augment else None, scale)
-    return LabelledImages(train, transform), LabelledImages(val, None)
+    check = TrainingCheck(train + val, layout.root, str(data))
+    return LabelledImages(train, transform, check), LabelledImages(val, None, check)
 
 
 def estimate_object_size(dataset: ItemDataset, image_size: int, scale: float | None = None,

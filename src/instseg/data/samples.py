@@ -19,7 +19,7 @@ import numpy as np
 
 from instseg.errors import DataError
 from instseg.instances.postprocess import relabel_sequential
-from instseg.io.coco import CocoLabels
+from instseg.io.coco import CocoLabels, line_count
 from instseg.io.images import check_label_mode, display_path, read_header, read_image, read_label_map
 
 MAX_LABEL_ID = 65535  # label maps are 8- or 16-bit
@@ -55,12 +55,19 @@ class Layout:
         """The labelled samples, or DataError when the layout cannot be trained on."""
         where = display_path(self.root)
         if self.problems:
-            more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
-            raise DataError(f"{self.problems[0]}{more}; run `instseg data check {where}` for the full list")
+            raise unusable(self.problems, where)
         labelled = self.labelled
         if not labelled:
             raise DataError(f"{where}: no label maps found ({self.kind} layout): usable for prediction only")
         return labelled
+
+
+def unusable(problems: list[str], spec: str) -> DataError:
+    """The error that stops training on a dataset with problems: the first, how many more, and the
+    `data check` command (of the `--data` value `spec`) that lists them all."""
+    count = line_count(problems)
+    more = f" (and {count - 1} more)" if count > 1 else ""
+    return DataError(f"{problems[0]}{more}; run `instseg data check {spec}` for the full list")
 
 
 def list_files(directory: Path) -> list[Path]:

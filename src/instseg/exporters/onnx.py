@@ -49,7 +49,8 @@ from torch import nn
 from instseg.data.synthetic import render_plant
 from instseg.errors import ExportError
 from instseg.instances.clustering import ClusterParams
-from instseg.io.atomic import atomic_write_bytes
+from instseg.exporters.options import DEFAULT_OPSET, check_opset, check_static_size
+from instseg.exporters.output import publish, staged
 from instseg.models.specs import ExportCaps
 from instseg.runtime.metadata import INPUT_NAME, OUTPUT_NAMES, ModelInfo
 from instseg.runtime.runner import RUN_ERRORS
@@ -57,10 +58,6 @@ from instseg.runtime.session import open_session
 
 ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")  # exporter messages come colored
 EXPORTER_LOGGERS = ("torch.onnx", "torch.export", "onnx_ir", "onnxscript")
-DEFAULT_OPSET = 18
-MIN_OPSET = 18  # dynamo silently writes 18 when asked for less
-
-
 @dataclass(frozen=True)
 class Tolerance:
     """|onnx - torch| <= atol + rtol * |torch| for every element (numpy.allclose)."""
@@ -150,6 +147,8 @@ def plan_export(caps: ExportCaps, multiple_of: int, image_size: int,
     """Dynamic graphs are traced at batch 2 and the working size rounded up to `multiple_of`
     and checked again at batch 1 and one and two multiples larger; static ones at their size
     (and batch 1 too when the batch is dynamic)."""
+    if static_size is not None:
+        check_static_size(static_size, multiple_of)
     batch = 2 if caps.dynamic_batch else 1
     if static_size is not None or not caps.dynamic_hw:
         size = static_size or (image_size, image_size)
@@ -231,9 +230,7 @@ EXPORTERS = {"dynamo": _export_dynamo, "legacy": _export_legacy}
 def export_graph(model: nn.Module, plan: ExportPlan, opset: int = DEFAULT_OPSET, fp16: bool = False,
                  name: str = "model") -> onnx.ModelProto:
     """Trace `model` with the plan's exporter; failures become one ExportError line."""
-    if opset < MIN_OPSET:
-        raise ExportError(f"--opset {opset}: instseg exports opset {MIN_OPSET} or newer (the dynamo exporter "
-                          f"silently writes {MIN_OPSET} when asked for less)")
+    check_opset(opset, plan.exporter)
     example = torch.from_numpy(sample_images(plan.shapes[0]))
     graph = _Graph(model, fp16).eval()
     try:
@@ -325,15 +322,6 @@ def failed_path(path: Path) -> Path:
     return path.with_name(f"{path.name.removesuffix('.onnx')}.parity-failed.onnx")
 
 
-def is_instseg_onnx(path: str | os.PathLike) -> bool:
-    """Whether a file is an ONNX model carrying instseg metadata (an earlier export)."""
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception:  # onnx raises DecodeError, OSError, ValueError...: any of them means "not ours"
-        return False
-    return any(prop.key == "instseg.model" for prop in proto.metadata_props)
-
-
 def export_onnx(request: ExportRequest, path: str | os.PathLike) -> ExportResult:
     """Export, add metadata, check, write and compare with PyTorch.
 
@@ -351,16 +339,12 @@ def export_onnx(request: ExportRequest, path: str | os.PathLike) -> ExportResult
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ExportError(f"{request.name}: onnx.checker refused the exported graph: {str(exc).splitlines()[0]}") from exc
-    unverified = path.with_name(f".{path.name}.unverified")
-    atomic_write_bytes(unverified, proto.SerializeToString())
-    try:
+    with staged(path, proto.SerializeToString()) as unverified:
         tolerances = {name: FP16_TOLERANCE for name in OUTPUT_NAMES} if request.fp16 else TOLERANCES
         parity = check_parity(model, unverified, plan, tolerances)
         ok = all(row.ok for row in parity)
         target = path if ok or request.fp16 else failed_path(path)
-        os.replace(unverified, target)
-    finally:
-        unverified.unlink(missing_ok=True)
+        publish(unverified, target)
     return ExportResult(target, info, plan, parity, time.perf_counter() - start)
 
 

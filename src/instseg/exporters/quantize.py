@@ -31,9 +31,9 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 import instseg.runtime.builds  # noqa: F401 - before onnxruntime: one line, not a traceback, where it is missing
-from instseg.errors import ConfigError, DataError
+from instseg.errors import ConfigError, DataError, OutputError
 from instseg.exporters.onnx import ExportRequest, ExportResult, export_onnx, failed_path, with_metadata
-from instseg.io.atomic import atomic_write_bytes
+from instseg.io.atomic import atomic_write_bytes, cannot_write
 from instseg.io.images import read_image
 from instseg.io.inputs import gather_inputs
 from instseg.metrics.scores import symmetric_best_dice
@@ -178,6 +178,20 @@ def _label_map(source: Source, runner: OnnxRunner) -> np.ndarray:
     return result.labels
 
 
+@contextmanager
+def _workspace() -> Iterator[Path]:
+    """A temporary folder for the intermediate graphs (fp32, pre-processed, quantised, with any
+    side files the quantiser writes), removed after; a full or read-only temporary folder is one
+    OutputError naming the file, not a traceback."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="instseg-int8-") as work:
+            yield Path(work)
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise cannot_write(exc.filename or tempfile.gettempdir(), exc) from exc
+
+
 def quantization_record(calibration: str, parity: TaskParity, forced: bool) -> str:
     """The `instseg.quantization` metadata value: how the file was made and how it scored."""
     return json.dumps({"method": QUANTIZATION, "calibration": calibration,
@@ -195,8 +209,6 @@ def export_int8(request: ExportRequest, path: str | os.PathLike, calibration: Pa
     When the fp32 graph itself fails its parity, nothing is written."""
     from instseg.predict.evaluation import EvalData, run_datasets
 
-    if tolerance < 0:
-        raise ConfigError(f"--sbd-tolerance {tolerance}: must be 0 or more")
     config = request.run_config
     if "data" not in config:
         raise ConfigError(f"{request.source}: records no training data, so there are no validation images to "
@@ -208,12 +220,12 @@ def export_int8(request: ExportRequest, path: str | os.PathLike, calibration: Pa
     images = folder_images(calibration) if calibration is not None else dataset_images(train_set)
     described = (f"{len(images)} images of {calibration}" if calibration is not None
                  else f"{len(images)} training images of {config['data']}")
-    with tempfile.TemporaryDirectory(prefix="instseg-int8-") as work:
-        fp32 = export_onnx(request, Path(work) / "fp32.onnx")
+    with _workspace() as work:
+        fp32 = export_onnx(request, work / "fp32.onnx")
         if not fp32.ok:
             return Int8Result(fp32, None, None, described, force, time.perf_counter() - start)
-        proto = quantize_int8(fp32.path, images, Path(work))
-        unverified = Path(work) / "int8.unverified.onnx"
+        proto = quantize_int8(fp32.path, images, work)
+        unverified = work / "int8.unverified.onnx"
         onnx.save(proto, str(unverified))
         parity = task_parity(OnnxRunner.open(fp32.path, "cpu"), OnnxRunner.open(unverified, "cpu"), val_set,
                              tolerance)

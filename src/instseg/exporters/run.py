@@ -16,15 +16,9 @@ from pathlib import Path
 from instseg.checkpoint import resolve_checkpoint
 from instseg.errors import ConfigError, ExportError
 from instseg.exporters import DEFAULT_SBD_TOLERANCE
-from instseg.exporters.onnx import (
-    DEFAULT_OPSET,
-    ExportRequest,
-    ExportResult,
-    default_output,
-    export_onnx,
-    is_instseg_onnx,
-    request_from_checkpoint,
-)
+from instseg.exporters.onnx import ExportRequest, ExportResult, default_output, export_onnx, request_from_checkpoint
+from instseg.exporters.options import DEFAULT_OPSET, check_opset, check_sbd_tolerance, check_static_size
+from instseg.exporters.output import check_writable, export_source
 from instseg.exporters.quantize import Int8Result, export_int8
 
 
@@ -45,30 +39,44 @@ def plan_run_export(path: str | os.PathLike, out: str | os.PathLike | None = Non
                     static_size: tuple[int, int] | None = None, fp16: bool = False, int8: bool = False,
                     calibration: str | os.PathLike | None = None, sbd_tolerance: float = DEFAULT_SBD_TOLERANCE,
                     force: bool = False, overwrite: bool = False) -> RunExport:
-    """The export of a run directory or checkpoint to `out` (default `model.onnx` beside it)."""
+    """The export of a run directory or checkpoint to `out` (default `model.onnx` beside it).
+
+    Every option, the target and the model are checked here, before the export's seconds to
+    minutes of work: the options first, then the target, then what the checkpoint's model allows
+    (its exporter's opsets, its padding multiple)."""
     if int8 and fp16:
         raise ConfigError("--int8 and --fp16 exclude each other: choose one precision")
     if not int8 and (calibration is not None or force):
         raise ConfigError("--calibration and --force apply to --int8 exports only")
+    opset = DEFAULT_OPSET if opset is None else opset
+    check_opset(opset)
+    check_sbd_tolerance(sbd_tolerance)
     source = resolve_checkpoint(path)
     target = Path(out) if out is not None else \
         default_output(source, static_size, "int8" if int8 else "fp16" if fp16 else "fp32")
     check_target(target, source, overwrite)
-    request = request_from_checkpoint(source, DEFAULT_OPSET if opset is None else opset, static_size, fp16)
+    request = request_from_checkpoint(source, opset, static_size, fp16)
+    check_opset(opset, request.caps.exporter)
+    if static_size is not None:
+        check_static_size(static_size, request.model.multiple_of, request.name)
     return RunExport(source, target, request, int8, None if calibration is None else Path(calibration),
                      sbd_tolerance, force)
 
 
 def check_target(target: Path, source: Path, overwrite: bool) -> None:
-    """Never replace the checkpoint being exported, a folder, or (unasked) a file that is not an
-    ONNX model instseg wrote: re-exporting over an earlier export is fine."""
+    """Never replace the checkpoint being exported or a folder, nor, unasked, any file (another
+    run's export included); and the target's folder must take a new file."""
     if target.is_dir():
         raise ConfigError(f"--out {target}: is a folder; give a file name such as {target / 'model.onnx'}")
     if target.exists() and target.resolve() == source.resolve():
         raise ConfigError(f"--out {target}: is the checkpoint being exported; choose another file name")
-    if target.exists() and not overwrite and not is_instseg_onnx(target):
-        raise ConfigError(f"--out {target}: exists and is not an ONNX model written by instseg; not replaced "
-                          "(pass --overwrite to replace it)")
+    if (target.exists() or target.is_symlink()) and not overwrite:
+        exported = export_source(target)
+        what = "is not an ONNX model written by instseg" if exported is None else \
+            f"is an instseg export of {exported}"
+        raise ConfigError(f"--out {target}: exists and {what}; not replaced (pass --overwrite to replace it, "
+                          "or choose another --out)")
+    check_writable(target)
 
 
 def run_export(plan: RunExport) -> ExportResult | Int8Result:

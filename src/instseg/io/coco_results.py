@@ -223,10 +223,7 @@ class ResultsFile:
     def write(self) -> None:
         results = {"images": sorted(self.images, key=lambda image: image["id"]), "categories": [self.category],
                    "annotations": numbered(self.annotations)}
-        try:
-            atomic_write_text(self.path, json.dumps(results, separators=(",", ":")))
-        except OSError as exc:
-            raise DataError(f"{self.path}: cannot write ({exc.strerror or exc})") from exc
+        atomic_write_text(self.path, json.dumps(results, separators=(",", ":")))  # an OutputError names it
 
 
 def score_coco_files(gt_path: Path, pred_path: Path) -> Report:

@@ -129,14 +129,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
             array = np.asarray(image, dtype=np.float32)
             scale = 65535.0 if array.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
-            array = np.clip(array / scale, 0.0, 1.0)
-            return np.repeat(array[..., None], 3, axis=2)
+            array /= scale
+            return np.repeat(np.clip(array, 0.0, 1.0, out=array)[..., None], 3, axis=2)
         if image.mode != "RGB":
             try:  # palette, grey, RGBA (alpha dropped), CMYK ...
                 image = image.convert("RGB")
             except ValueError as exc:
                 raise DataError(f"{display_path(path)}: cannot convert mode {image.mode} to RGB ({exc})") from exc
-        return np.asarray(image, dtype=np.float32) / 255.0
+        array = np.asarray(image, dtype=np.float32)
+        array /= 255.0  # in place: a second float copy of an 88 Mpx photo would be 1 GB more
+        return array
 
 
 def image_from_array(array: np.ndarray) -> np.ndarray:
@@ -179,19 +181,20 @@ def read_label_map(path: str | os.PathLike) -> np.ndarray:
     return labels
 
 
-def write_label_map(path: str | os.PathLike, labels: np.ndarray, output: str | None = None) -> None:
-    """Write instance ids as a 16-bit greyscale PNG (atomically); `output`: see `write_image`."""
+def write_label_map(path: str | os.PathLike, labels: np.ndarray, output: str | None = None, *,
+                    durable: bool = True) -> None:
+    """Write instance ids as a 16-bit greyscale PNG (atomically); `output`, `durable`: see `write_image`."""
     if labels.ndim != 2:
         raise ValueError(f"label map must be 2-D, got shape {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() > 65535):
         raise ValueError("label ids must lie in 0..65535 for a 16-bit PNG")
     image = Image.fromarray(labels.astype(np.uint16))
-    write_image(path, image, output)
+    write_image(path, image, output, durable=durable)
 
 
-def write_rgb(path: str | os.PathLike, rgb: np.ndarray, output: str | None = None) -> None:
+def write_rgb(path: str | os.PathLike, rgb: np.ndarray, output: str | None = None, *, durable: bool = True) -> None:
     """Write an H x W x 3 uint8 image (atomically; the format follows the suffix)."""
-    write_image(path, Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)), output)
+    write_image(path, Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)), output, durable=durable)
 
 
 # How every PNG is compressed: zlib level 1 with run-length matching instead of Pillow's level 6.
@@ -201,10 +204,12 @@ PNG_COMPRESSION = {"compress_level": 1, "compress_type": zlib.Z_RLE}
 OUTPUT_KEY = "instseg.output"  # PNG text naming what a prediction file is (label, overlay, ...)
 
 
-def write_image(path: str | os.PathLike, image: Image.Image, output: str | None = None) -> None:
+def write_image(path: str | os.PathLike, image: Image.Image, output: str | None = None, *,
+                durable: bool = True) -> None:
     """Write a Pillow image atomically; the format follows the suffix (PNG when unknown).
     A prediction output PNG carries `instseg.output: <kind>`, so a later run that finds it among
-    its inputs knows it is not an image to predict."""
+    its inputs knows it is not an image to predict. `durable=False` leaves the fsync to the
+    caller (`atomic.atomic_write_bytes`): prediction folders sync once per batch."""
     path = Path(path)
     buffer = io.BytesIO()
     kind = Image.registered_extensions().get(path.suffix.lower(), "PNG")
@@ -215,7 +220,7 @@ def write_image(path: str | os.PathLike, image: Image.Image, output: str | None 
         info.add_text(OUTPUT_KEY, output)
         extra["pnginfo"] = info
     image.save(buffer, format=kind, **extra)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue(), durable=durable)
 
 
 def prediction_output_kind(path: str | os.PathLike) -> str | None:
@@ -226,6 +231,23 @@ def prediction_output_kind(path: str | os.PathLike) -> str | None:
             return image.info.get(OUTPUT_KEY) if image.format == "PNG" else None
     except (OSError, UnidentifiedImageError, ValueError):
         return None
+
+
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every PNG ends with
+
+
+def png_is_complete(path: str | os.PathLike) -> bool:
+    """Whether a file ends as a whole PNG does: one written before a power cut may exist under
+    its name yet be empty or cut short. Reads its last 12 bytes only."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() < len(PNG_END):
+                return False
+            handle.seek(-len(PNG_END), os.SEEK_END)
+            return handle.read() == PNG_END
+    except OSError:
+        return False
 
 
 def working_size(height: int, width: int, image_size: int, scale: float | None = None) -> tuple[int, int]:
@@ -255,8 +277,19 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of an H x W integer label map (ids are never blended)."""
+    """Nearest-neighbour resize of an H x W integer label map (ids are never blended), same dtype.
+
+    Nearest-neighbour resizing is separable, so the source row and column of every output pixel
+    come from Pillow's own NEAREST mapping of one row and one column of indices, and the map
+    is gathered with them: one allocation of the result, where resizing the whole map in Pillow
+    held three copies of it (an 88 Mpx label map is 352 MB each)."""
     if labels.shape == tuple(size):
         return labels
-    resized = Image.fromarray(labels.astype(np.int32), "I").resize((size[1], size[0]), Image.NEAREST)
-    return np.asarray(resized).astype(labels.dtype)
+    rows, cols = (_nearest_indices(n, target) for n, target in zip(labels.shape, size))
+    return labels[rows[:, None], cols[None, :]]
+
+
+def _nearest_indices(length: int, target: int) -> np.ndarray:
+    """The source index of each of `target` positions in Pillow's NEAREST resize of `length`."""
+    line = Image.fromarray(np.arange(length, dtype=np.int32)[None, :], "I")
+    return np.asarray(line.resize((target, 1), Image.NEAREST))[0].astype(np.intp)

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from instseg.errors import DataError
+from instseg.errors import ConfigError, DataError
 from instseg.io.images import IMAGE_SUFFIXES
 
 GLOB_CHARS = re.compile(r"[*?\[]")
@@ -109,6 +109,16 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not (sep and k.strip().isdigit() and n.strip().isdigit() and 1 <= int(k) <= int(n)):
         raise ValueError(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. 3/8")
     return int(k), int(n)
+
+
+def shard_spec(text: str | None) -> tuple[int, int] | None:
+    """`--shard K/N` as (K, N) (None: no shard), or a ConfigError naming the option."""
+    if text is None:
+        return None
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def shard(paths: Sequence[Path], k: int, n: int) -> list[Path]:

@@ -57,8 +57,10 @@ def boundaries(labels: np.ndarray) -> np.ndarray:
 
 
 def neighbours(labels: np.ndarray, reach: int = NEIGHBOUR_REACH) -> np.ndarray:
-    """K x 2 unique id pairs (a < b) of instances within `reach` pixels of each other."""
-    found = [np.zeros((0, 2), dtype=np.int64)]
+    """K x 2 unique id pairs (a < b) of instances within `reach` pixels of each other. Pairs are
+    made unique as one integer each, per offset: a ragged map touches millions of times."""
+    span = int(labels.max(initial=0)) + 1
+    found = [np.zeros(0, dtype=np.int64)]
     h, w = labels.shape
     for dy in range(reach + 1):
         for dx in range(-reach, reach + 1):
@@ -67,7 +69,25 @@ def neighbours(labels: np.ndarray, reach: int = NEIGHBOUR_REACH) -> np.ndarray:
             a = labels[:h - dy, max(0, -dx):w - max(0, dx)]
             b = labels[dy:, max(0, dx):w + min(0, dx)]
             touch = (a != b) & (a > 0) & (b > 0)
-            found.append(np.stack([np.minimum(a[touch], b[touch]), np.maximum(a[touch], b[touch])], 1))
+            here, there = a[touch].astype(np.int64), b[touch].astype(np.int64)
+            found.append(np.unique(np.minimum(here, there) * span + np.maximum(here, there)))
+    pairs = np.unique(np.concatenate(found))
+    return np.stack([pairs // span, pairs % span], 1)
+
+
+BAND_PIXELS = 2**20  # full-size pictures are drawn this many pixels at a time: temporaries of a few MB
+
+
+def band_rows(labels: np.ndarray) -> int:
+    """Rows per band of `labels` that hold about BAND_PIXELS pixels."""
+    return max(1, BAND_PIXELS // max(1, labels.shape[1]))
+
+
+def banded_neighbours(labels: np.ndarray, reach: int = NEIGHBOUR_REACH) -> np.ndarray:
+    """`neighbours(labels, reach)` found band by band (each band with the `reach` rows below
+    it), so an 88 Mpx map needs a few MB of temporaries rather than several copies of itself."""
+    rows = band_rows(labels)
+    found = [neighbours(labels[y:y + rows + reach], reach) for y in range(0, labels.shape[0], rows)]
     return np.unique(np.concatenate(found), axis=0)
 
 
@@ -77,7 +97,7 @@ def instance_colors(labels: np.ndarray) -> np.ndarray:
     starting its search at its own place in the palette so that the colors stay varied."""
     n = int(labels.max(initial=0))
     adjacent: list[list[int]] = [[] for _ in range(n + 1)]
-    for a, b in neighbours(labels).tolist():
+    for a, b in banded_neighbours(labels).tolist():
         adjacent[b].append(a)  # only earlier ids have a color when b chooses
     choice = np.zeros(n + 1, dtype=np.int64)
     for i in range(1, n + 1):
@@ -105,16 +125,28 @@ def colorize(labels: np.ndarray, outline: bool = True) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Instances tinted over the image with their boundaries drawn: H x W x 3 uint8."""
+    """Instances tinted over the image with their boundaries drawn: H x W x 3 uint8. Drawn in
+    bands of rows: beyond the result, memory stays at a few MB whatever the image's size
+    (at once, an 88 Mpx photo took 3.4 GB of float copies)."""
     if image.shape[:2] != labels.shape:
         raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
-    base = to_uint8(image).astype(np.float32)
-    tint = instance_colors(labels)[labels].astype(np.float32)
-    fg = (labels > 0)[..., None]
-    blended = np.where(fg, (1 - alpha) * base + alpha * tint, base)
-    out = np.round(blended).astype(np.uint8)
-    out[boundaries(labels)] = BOUNDARY_RGB
+    colors = instance_colors(labels)
+    out = np.empty((*labels.shape, 3), dtype=np.uint8)
+    height, rows = labels.shape[0], band_rows(labels)
+    for y in range(0, height, rows):
+        band = slice(y, y + rows)
+        out[band] = _tinted(to_uint8(image[band]), colors[labels[band]], labels[band] > 0, alpha)
+        above = max(0, y - 1)  # boundaries look one row beyond the band on each side
+        edge = boundaries(labels[above:y + rows + 1])[y - above:y - above + min(rows, height - y)]
+        out[band][edge] = BOUNDARY_RGB
     return out
+
+
+def _tinted(base: np.ndarray, tint: np.ndarray, foreground: np.ndarray, alpha: float) -> np.ndarray:
+    """uint8 `base` with `tint` blended in at `alpha` where `foreground`."""
+    base = base.astype(np.float32)
+    blended = np.where(foreground[..., None], (1 - alpha) * base + alpha * tint.astype(np.float32), base)
+    return np.round(blended).astype(np.uint8)
 
 
 def embedding_rgb(embedding: np.ndarray, foreground: np.ndarray | None = None, max_points: int = 20000) -> np.ndarray:

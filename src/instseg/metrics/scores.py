@@ -17,7 +17,8 @@ As in the official CVPPP evaluation, a label map with no instances gives BestDic
 prediction scores SBD 0), and Dice of two empty masks is 0. Labels need not be contiguous.
 Ground-truth pixels labelled IGNORE (COCO crowd regions) are left out of every metric: they
 count as background in both maps.
-All pairwise overlaps come from one contingency table, so the cost is O(H*W + P*G).
+All pairwise overlaps come from one contingency table (`Overlap`), so the cost is O(H*W) in time and
+memory, however many instances the maps hold.
 """
 
 from __future__ import annotations
@@ -59,28 +60,114 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * int(np.logical_and(a, b).sum()) / denom if denom else 0.0
 
 
-def _overlaps(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(P x G intersections, P sizes, G sizes) of the non-zero labels, from one contingency table."""
-    _check_pair(pred, gt)
-    p_ids, p_inv = np.unique(pred.ravel(), return_inverse=True)
-    g_ids, g_inv = np.unique(gt.ravel(), return_inverse=True)
-    inter = np.bincount(p_inv * len(g_ids) + g_inv, minlength=len(p_ids) * len(g_ids))
-    inter = inter.reshape(len(p_ids), len(g_ids)).astype(np.float64)
-    p_size, g_size = inter.sum(axis=1), inter.sum(axis=0)
-    p_fg, g_fg = p_ids != 0, g_ids != 0
-    return inter[np.ix_(p_fg, g_fg)], p_size[p_fg], g_size[g_fg]
+LOOKUP_IDS = 2**22  # label ids below this are compacted with a lookup table (no sort)
+DENSE_PAIRS = 2**24  # contingency tables up to this many cells are counted densely
 
 
-def dice_matrix(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """P x G Dice between every non-zero predicted label and every non-zero GT label."""
-    inter, p_size, g_size = _overlaps(pred, gt)
-    return 2.0 * inter / (p_size[:, None] + g_size[None, :])
+def _small_ids(labels: np.ndarray) -> int | None:
+    """The largest id when every id is a small non-negative integer (every map instseg writes)."""
+    if not labels.size or not np.issubdtype(labels.dtype, np.integer):
+        return None
+    low, high = int(labels.min()), int(labels.max())
+    return high if low >= 0 and high < LOOKUP_IDS else None
 
 
-def iou_matrix(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """P x G intersection over union between the non-zero labels."""
-    inter, p_size, g_size = _overlaps(pred, gt)
-    return inter / (p_size[:, None] + g_size[None, :] - inter)
+def _compact(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index of each pixel's label in `ids`, the sorted distinct `ids`): a lookup table for
+    small ids, `np.unique` otherwise."""
+    flat = labels.ravel()
+    if _small_ids(flat) is not None:
+        present = np.bincount(flat) > 0
+        return (np.cumsum(present) - 1)[flat], np.flatnonzero(present)
+    ids, index = np.unique(flat, return_inverse=True)
+    return index.ravel(), ids
+
+
+def _cells(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                      np.ndarray, np.ndarray]:
+    """The non-zero cells of the contingency table: (pred ids, gt ids, pred sizes, gt sizes,
+    then per cell its pred index, gt index and pixel count). Small ids index the table directly;
+    otherwise the ids are compacted first, and a table too large to hold is counted by cell."""
+    p_max, g_max = _small_ids(pred), _small_ids(gt)
+    if p_max is not None and g_max is not None and (p_max + 1) * (g_max + 1) <= DENSE_PAIRS:
+        p_index, g_index = pred.ravel(), gt.ravel()
+        p_ids, g_ids = np.arange(p_max + 1), np.arange(g_max + 1)
+    else:
+        (p_index, p_ids), (g_index, g_ids) = _compact(pred), _compact(gt)
+    n_p, n_g = len(p_ids), len(g_ids)
+    codes = p_index.astype(np.int64) * n_g + g_index
+    if n_p * n_g <= DENSE_PAIRS:
+        table = np.bincount(codes, minlength=n_p * n_g).reshape(n_p, n_g)
+        pi, gi = np.nonzero(table)
+        return p_ids, g_ids, table.sum(axis=1), table.sum(axis=0), pi, gi, table[pi, gi]
+    codes, pixels = np.unique(codes, return_counts=True)
+    pi, gi = np.divmod(codes, n_g)
+    return (p_ids, g_ids, np.bincount(p_index, minlength=n_p), np.bincount(g_index, minlength=n_g), pi, gi,
+            pixels)
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """The contingency table of two label maps, kept as its non-zero cells between foreground
+    labels: every metric here derives from it, so a pair of maps is counted once, in O(H*W)
+    time and memory however many instances they hold (a dense P x G table would not be)."""
+
+    pred_sizes: np.ndarray  # pixels of each non-zero predicted label
+    gt_sizes: np.ndarray
+    pred_index: np.ndarray  # per overlapping pair: the predicted label (index into pred_sizes) ...
+    gt_index: np.ndarray  # ... the true label (index into gt_sizes) ...
+    pixels: np.ndarray  # ... and the pixels they share
+
+    @classmethod
+    def of(cls, pred: np.ndarray, gt: np.ndarray) -> "Overlap":
+        _check_pair(pred, gt)
+        p_ids, g_ids, p_sizes, g_sizes, pi, gi, pixels = _cells(pred, gt)
+        p_fg, g_fg = (p_ids != 0) & (p_sizes > 0), (g_ids != 0) & (g_sizes > 0)
+        both = p_fg[pi] & g_fg[gi]
+        renumber = lambda fg: np.cumsum(fg) - 1  # noqa: E731 - index among the foreground labels
+        return cls(p_sizes[p_fg].astype(np.float64), g_sizes[g_fg].astype(np.float64),
+                   renumber(p_fg)[pi[both]], renumber(g_fg)[gi[both]], pixels[both].astype(np.float64))
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        return len(self.pred_sizes), len(self.gt_sizes)
+
+    def pair_dice(self) -> np.ndarray:
+        return 2.0 * self.pixels / (self.pred_sizes[self.pred_index] + self.gt_sizes[self.gt_index])
+
+    def pair_iou(self) -> np.ndarray:
+        union = self.pred_sizes[self.pred_index] + self.gt_sizes[self.gt_index] - self.pixels
+        return self.pixels / union
+
+    def best_dice(self) -> tuple[float, float]:
+        """(BestDice(pred, gt), BestDice(gt, pred)); 0 where a side has no instance."""
+        n_p, n_g = self.counts
+        if not n_p or not n_g:
+            return 0.0, 0.0
+        pair = self.pair_dice()
+        best_p, best_g = np.zeros(n_p), np.zeros(n_g)
+        np.maximum.at(best_p, self.pred_index, pair)
+        np.maximum.at(best_g, self.gt_index, pair)
+        return float(best_p.mean()), float(best_g.mean())
+
+    def foreground_dice(self) -> float:
+        denom = self.pred_sizes.sum() + self.gt_sizes.sum()
+        return float(2.0 * self.pixels.sum() / denom) if denom else 0.0
+
+    def average_precision(self, thresholds: Sequence[float] = AP_THRESHOLDS) -> "Precision":
+        n_pred, n_gt = self.counts
+        if n_pred == 0 and n_gt == 0:
+            return Precision(1.0, 1.0, 1.0, 1.0)
+        iou = self.pair_iou()
+        scores, tp50 = [], 0
+        for t in thresholds:
+            tp = int((iou > t).sum())  # above 0.5 each instance matches at most one other
+            scores.append(tp / (n_pred + n_gt - tp))
+            if t == 0.5:
+                tp50 = tp
+        ap50 = scores[list(thresholds).index(0.5)] if 0.5 in thresholds else math.nan
+        return Precision(float(np.mean(scores)), ap50, tp50 / n_pred if n_pred else 1.0,
+                         tp50 / n_gt if n_gt else 1.0)
 
 
 @dataclass(frozen=True)
@@ -94,29 +181,16 @@ class Precision:
 
 
 def average_precision(pred: np.ndarray, gt: np.ndarray, thresholds: Sequence[float] = AP_THRESHOLDS) -> Precision:
-    iou = iou_matrix(pred, gt)
-    n_pred, n_gt = iou.shape
-    if n_pred == 0 and n_gt == 0:
-        return Precision(1.0, 1.0, 1.0, 1.0)
-    scores, tp50 = [], 0
-    for t in thresholds:
-        tp = int((iou > t).sum())  # above 0.5 each instance matches at most one other
-        scores.append(tp / (n_pred + n_gt - tp))
-        if t == 0.5:
-            tp50 = tp
-    ap50 = scores[list(thresholds).index(0.5)] if 0.5 in thresholds else math.nan
-    return Precision(float(np.mean(scores)), ap50, tp50 / n_pred if n_pred else 1.0, tp50 / n_gt if n_gt else 1.0)
+    return Overlap.of(pred, gt).average_precision(thresholds)
 
 
 def best_dice(a: np.ndarray, b: np.ndarray) -> float:
     """Mean over the labels of `a` of their best Dice with any label of `b`."""
-    m = dice_matrix(a, b)
-    return float(m.max(axis=1).mean()) if m.size else 0.0
+    return Overlap.of(a, b).best_dice()[0]
 
 
 def symmetric_best_dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    m = dice_matrix(pred, gt)
-    return float(min(m.max(axis=1).mean(), m.max(axis=0).mean())) if m.size else 0.0
+    return min(Overlap.of(pred, gt).best_dice())
 
 
 def foreground_dice(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -125,8 +199,7 @@ def foreground_dice(pred: np.ndarray, gt: np.ndarray) -> float:
 
 
 def count_instances(labels: np.ndarray) -> int:
-    ids = np.unique(labels)
-    return int((ids > 0).sum())
+    return int((_compact(labels)[1] > 0).sum())
 
 
 def difference_in_count(pred: np.ndarray, gt: np.ndarray) -> int:
@@ -134,13 +207,16 @@ def difference_in_count(pred: np.ndarray, gt: np.ndarray) -> int:
 
 
 def score_image(pred: np.ndarray, gt: np.ndarray) -> ImageScores:
-    """The four CVPPP metrics and the DSB2018 average precision of one label-map pair."""
+    """The four CVPPP metrics and the DSB2018 average precision of one label-map pair, all from
+    one contingency table (`Overlap`)."""
+    _check_pair(pred, gt)
     ignored = gt == IGNORE
     if ignored.any():
         pred, gt = np.where(ignored, 0, pred), np.where(ignored, 0, gt)
-    dic = difference_in_count(pred, gt)
-    ap = average_precision(pred, gt)
-    return ImageScores(symmetric_best_dice(pred, gt), foreground_dice(pred, gt), dic, abs(dic),
+    overlap = Overlap.of(pred, gt)
+    n_pred, n_gt = overlap.counts
+    ap = overlap.average_precision()
+    return ImageScores(min(overlap.best_dice()), overlap.foreground_dice(), n_pred - n_gt, abs(n_pred - n_gt),
                        ap.ap, ap.ap50, ap.precision50, ap.recall50)
 
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from math import lcm
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from instseg import limits
 from instseg.checkpoint import Checkpoint, ModelRecord, load_checkpoint
-from instseg.errors import CheckpointError, PluginError, RegistryError
+from instseg.errors import CheckpointError, ConfigError, PluginError, RegistryError
 from instseg.instances.clustering import ClusterParams
 from instseg.models.discovery import is_builtin
 from instseg.models.registry import Registry, get_registry
@@ -81,25 +82,83 @@ def create_model(
 
 def model_from_record(record: ModelRecord) -> "SegmentationModel":
     """A freshly initialised model as a checkpoint's record describes it: training and loading
-    build models this one way."""
+    build models this one way, and neither allocates one larger than `limits.MODEL_BYTES`."""
+    check_size(planned_model(record), record)
+    return _create(record)
+
+
+def planned_model(record: ModelRecord) -> "SegmentationModel":
+    """The model a record describes, on torch's meta device: its shapes, without its memory (a
+    record may ask for gigabytes of weights)."""
+    import torch
+
+    with torch.device("meta"):
+        return _create(record)
+
+
+def check_size(planned: "torch.nn.Module", record: ModelRecord) -> None:
+    """A ConfigError when the parameters and buffers of `planned` would take more than
+    `limits.MODEL_BYTES`, saying how many it would hold."""
+    tensors = [*planned.parameters(), *planned.buffers()]
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    if size > limits.MODEL_BYTES:
+        count = sum(t.numel() for t in planned.parameters())
+        options = ", ".join(f"{k} {v}" for k, v in (("width", record.width), *record.kwargs.items()) if v is not None)
+        raise ConfigError(f"model '{record.name}'{f' ({options})' if options else ''} would hold "
+                          f"{count / 1e6:.0f}M parameters ({_bytes(size)}), more than the "
+                          f"{_bytes(limits.MODEL_BYTES)} instseg builds")
+
+
+def _bytes(size: int) -> str:
+    return f"{size / 2**30:.3g} GiB" if size >= 2**30 else f"{size / 2**20:.3g} MiB"
+
+
+def _create(record: ModelRecord) -> "SegmentationModel":
     return create_model(record.name, backbone=record.backbone, width=record.width,
                         embedding_dim=record.embedding_dim, max_instances=record.max_instances,
                         mean=record.mean, std=record.std, position_scale=record.position_scale, **record.kwargs)
 
 
 def build_model(checkpoint: Checkpoint) -> "SegmentationModel":
-    """The model a checkpoint describes, with its weights (eval mode, CPU)."""
+    """The model a checkpoint describes, with its weights (eval mode, CPU). Its size and the fit of
+    every weight are checked on the meta device first, so a record that does not match its
+    weights, or asks for an absurd model, is one CheckpointError and allocates nothing."""
+    where = checkpoint.path or "checkpoint"
     record = checkpoint.model
     try:
-        model = model_from_record(record)
+        planned = planned_model(record)
+        check_size(planned, record)
     except (RegistryError, PluginError) as exc:
         raise CheckpointError(_missing_plugin_message(checkpoint, exc)) from exc
-    missing, unexpected = model.load_state_dict(checkpoint.state_dict, strict=False)
+    except ConfigError as exc:
+        raise CheckpointError(f"{where}: {exc}") from exc
+    except (ValueError, TypeError, RuntimeError) as exc:  # option values the architecture refuses
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{where}: model '{record.name}' cannot be built from its record ({first})") from exc
+    check_weights(planned.state_dict(), checkpoint)
+    model = _create(record)
+    model.load_state_dict(checkpoint.state_dict)
+    return model.eval()
+
+
+def check_weights(expected: Mapping[str, "torch.Tensor"], checkpoint: Checkpoint) -> None:
+    """The checkpoint holds exactly the model's tensors, each of the model's shape: else one
+    CheckpointError naming the first that differs (a hand-edited record, weights of another model)."""
+    where, name, found = checkpoint.path or "checkpoint", checkpoint.model.name, checkpoint.state_dict
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
     if missing or unexpected:
         raise CheckpointError(
-            f"{checkpoint.path or 'checkpoint'}: weights do not fit model '{record.name}' "
+            f"{where}: weights do not fit model '{name}' "
             f"(missing {len(missing)} keys e.g. {missing[:3]}, unexpected {len(unexpected)} e.g. {unexpected[:3]})")
-    return model.eval()
+    key = next((k for k, t in expected.items() if found[k].shape != t.shape), None)
+    if key is not None:
+        raise CheckpointError(f"{where}: weights do not fit model '{name}': tensor '{key}' is "
+                              f"{_shape(found[key])}, the model its record describes has {_shape(expected[key])}")
+
+
+def _shape(tensor: "torch.Tensor") -> str:
+    return "x".join(map(str, tensor.shape)) or "a scalar"
 
 
 @dataclass

@@ -140,15 +140,21 @@ def check_outputs(outputs, n: int, h: int, w: int) -> tuple[np.ndarray, np.ndarr
     return semantic[..., :h, :w], embedding[..., :h, :w], count
 
 
-MAX_CLUSTER_PIXELS = 2**21  # full-resolution clustering works at most at ~2 Mpx (then labels are resized)
+# The pixel budget of clustering: outputs are up-sampled to the input's size for clustering
+# ("full resolution") only up to this many pixels; a larger input is clustered at the largest
+# size of its aspect within the budget and its label map up-sampled (nearest). So clustering's
+# memory and time are those of a 2 Mpx image at most, whatever the input (docs/prediction.md).
+MAX_CLUSTER_PIXELS = 2**21
 
 
 def clustering_size(work: tuple[int, int], original: tuple[int, int], params: ClusterParams) -> tuple[int, int]:
-    """Where an image's outputs are clustered: the working size, or the original (capped) size."""
+    """Where an image's outputs are clustered: the working size, or the original size within
+    the pixel budget (MAX_CLUSTER_PIXELS), never smaller than the working size."""
     if not params.full_resolution or original[0] * original[1] <= work[0] * work[1]:
         return work
     scale = min(1.0, (MAX_CLUSTER_PIXELS / (original[0] * original[1])) ** 0.5)
-    return max(1, round(original[0] * scale)), max(1, round(original[1] * scale))
+    size = max(1, round(original[0] * scale)), max(1, round(original[1] * scale))
+    return size if size[0] * size[1] > work[0] * work[1] else work
 
 
 def _instances(semantic: np.ndarray, embedding: np.ndarray, count: float, max_instances: int,
@@ -162,9 +168,9 @@ def _instances(semantic: np.ndarray, embedding: np.ndarray, count: float, max_in
         # min_size counts pixels at the working size, wherever the clustering runs
         params = replace(params, min_size=round(params.min_size * size[0] * size[1] / (work[0] * work[1])))
     labels = instances_from_outputs(semantic, embedding, count, max_instances, params)
-    if labels.shape == original:
-        return labels
-    return relabel_sequential(resize_labels(labels, original))  # shrinking may drop an id
+    resized = resize_labels(labels, original)
+    # nearest up-sampling keeps every id (each source pixel is hit); only shrinking may drop one
+    return resized if all(n <= m for n, m in zip(labels.shape, original)) else relabel_sequential(resized)
 
 
 def foreground_probability(semantic: np.ndarray) -> np.ndarray:

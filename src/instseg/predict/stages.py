@@ -12,7 +12,6 @@ done and not yet taken), so memory is bounded by the depths, whatever the folder
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
@@ -24,6 +23,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 from threadpoolctl import threadpool_limits
 
 from instseg.instances.clustering import ClusterParams
+from instseg.limits import usable_cpus
 from instseg.predict.pipeline import (
     Batch,
     Failure,
@@ -45,10 +45,30 @@ STAGES = {"read": "reading", "network": "network", "cluster": "clustering", "wri
 
 
 def default_workers() -> int:
-    """Threads per CPU stage: the cores, up to 4. On 2 cores, 2 rather than 1 were level on
-    256 px images and 1.3x faster on CVPPP's 530 x 500 plants, where clustering at full
-    resolution is the slowest stage."""
-    return max(1, min(4, os.cpu_count() or 1))
+    """Threads per CPU stage: the available CPUs, up to 4. On 2 cores, 2 rather than 1 were
+    level on 256 px images and 1.3x faster on CVPPP's 530 x 500 plants, where clustering at
+    full resolution is the slowest stage."""
+    return min(4, usable_cpus())
+
+
+def at_most_cpus(asked: int) -> int:
+    """A thread count no larger than the available CPUs: more threads only queue for the same
+    cores, and thousands of them take minutes to start (ONNX Runtime's intra-op pool)."""
+    return min(asked, usable_cpus())
+
+
+def bounded_threads(asked: int | None) -> int:
+    """Threads per CPU stage for a request (None: `default_workers`), at most the available
+    CPUs (every stage holds 2 items per thread: `--threads 10000` would read thousands of
+    images ahead)."""
+    return default_workers() if asked is None else max(1, at_most_cpus(asked))
+
+
+def threads_note(asked: int, used: int, what: str) -> str:
+    """One line for the log when a thread count was lowered ("" when it was not)."""
+    if asked <= used:
+        return ""
+    return f"using {used} {what} (asked for {asked}; {usable_cpus()} CPUs available)"
 
 
 @dataclass

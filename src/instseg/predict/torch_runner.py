@@ -26,7 +26,10 @@ class TorchRunner:
 
     def __init__(self, model: torch.nn.Module, device: DeviceChoice, image_size: int, cluster: ClusterParams,
                  description: str = "", checkpoint: Checkpoint | None = None, scale: float | None = None) -> None:
-        self.model = model.to(device.device).eval()
+        # channels-last as in training: the same weights give the same numbers in validation, evaluate
+        # and predict (a loaded model was contiguous, enough to flip k-means on a weak model), and the
+        # convolutions run ~14% faster on a CPU
+        self.model = model.to(device.device, memory_format=torch.channels_last).eval()
         self.device = device
         self.image_size = image_size
         self.tile, self.tile_overlap = default_tiling(self.image_size)

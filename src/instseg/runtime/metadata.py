@@ -119,6 +119,7 @@ class ModelInfo:
                                   f"({FORMAT_VERSION}); upgrade instseg")
         dynamic = reader.json("instseg.dynamic_axes", dict)
         static = reader.text("instseg.static_size")
+        image_size = reader.integer("instseg.image_size", limits.IMAGE_SIZE)
         precision = reader.text("instseg.precision")
         if precision not in PRECISIONS:
             raise CheckpointError(f"{where}: metadata instseg.precision is {precision!r}, expected one of "
@@ -136,14 +137,14 @@ class ModelInfo:
             source=reader.text("instseg.source"),
             embedding_dim=reader.integer("instseg.embedding_dim", limits.EMBEDDING_DIM),
             max_instances=reader.integer("instseg.max_instances", limits.MAX_INSTANCES),
-            image_size=reader.integer("instseg.image_size", limits.IMAGE_SIZE),
+            image_size=image_size,
             multiple_of=reader.integer("instseg.multiple_of", limits.MULTIPLE_OF),
             static_size=_parse_size(static, where) if static else None,
             dynamic_batch=bool(dynamic.get("batch", False)),
             mean=reader.channels("instseg.mean", positive=False),
             std=reader.channels("instseg.std", positive=True),
             cluster=_cluster(reader.json("instseg.cluster", dict), where),
-            scale=reader.scale("instseg.scale"),
+            scale=reader.optional_number("instseg.scale", limits.scale_range(image_size)),  # absent before
             object_size=reader.optional_number("instseg.object_size", limits.OBJECT_SIZE),  # absent before
         )
 
@@ -185,10 +186,6 @@ class _Reader:
                                   f"{limits.describe(bounds)}")
         return number
 
-    def scale(self, key: str) -> float | None:
-        """An optional resize factor in [1/64, 64]: absent or empty (files before it) is None."""
-        return self.optional_number(key, limits.SCALE)
-
     def channels(self, key: str, positive: bool) -> tuple[float, ...]:
         """Three finite per-channel numbers (positive ones for a std)."""
         values = self.json(key, list)
@@ -221,16 +218,40 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def _parse_size(text: str, where: str) -> tuple[int, int]:
+    """A static graph's H x W, each side a working size (`limits.IMAGE_SIZE`)."""
     try:
-        return parse_size(text)
+        size = parse_size(text)
     except ValueError as exc:
         raise CheckpointError(f"{where}: metadata instseg.static_size: {exc}") from None
+    if not all(limits.is_int_in(side, limits.IMAGE_SIZE) for side in size):
+        raise CheckpointError(f"{where}: metadata instseg.static_size is {text!r:.40}, expected H and W within "
+                              f"{limits.describe(limits.IMAGE_SIZE)}")
+    return size
+
+
+# The ranges of the clustering defaults a file may set: each bounds the work clustering does.
+CLUSTER_INTEGERS = {"sample_size": limits.CLUSTER_SAMPLE_SIZE, "iterations": limits.CLUSTER_ITERATIONS,
+                    "restarts": limits.CLUSTER_RESTARTS, "max_clusters": limits.CLUSTER_MAX_CLUSTERS,
+                    "min_size": limits.CLUSTER_MIN_SIZE, "seed": limits.SEED}
+CLUSTER_FLAGS = ("fill_holes", "full_resolution")
 
 
 def _cluster(values: Mapping[str, Any], where: str) -> ClusterParams:
-    """ClusterParams from the stored fields it knows (a newer file may store more)."""
+    """ClusterParams from the stored fields it knows (a newer file may store more), each number
+    within its range and each flag a JSON boolean."""
     known = {f.name for f in fields(ClusterParams)}
+    chosen = {k: v for k, v in values.items() if k in known}
+    for key, value in chosen.items():
+        if key in CLUSTER_INTEGERS and not limits.is_int_in(value, CLUSTER_INTEGERS[key]):
+            expected = limits.describe(CLUSTER_INTEGERS[key])
+        elif key == "bandwidth" and not limits.is_number_in(value, (0, math.inf)):
+            expected = "a finite number above 0"
+        elif key in CLUSTER_FLAGS and not isinstance(value, bool):
+            expected = "true or false"
+        else:
+            continue
+        raise CheckpointError(f"{where}: metadata instseg.cluster {key} is {value!r:.40}, expected {expected}")
     try:
-        return ClusterParams(**{k: v for k, v in values.items() if k in known})
+        return ClusterParams(**chosen)
     except (ConfigError, TypeError) as exc:
         raise CheckpointError(f"{where}: metadata instseg.cluster: {exc}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,36 +75,10 @@ class TrainConfig:
     name: str | None = None  # run directory name; default <model>-<timestamp>
 
     def validate(self) -> None:
-        checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "image_size": limits.is_int_in(self.image_size, limits.IMAGE_SIZE),
-            "scale": self.scale is None or limits.is_number_in(self.scale, limits.SCALE),
-            "lr": math.isfinite(self.lr) and self.lr > 0,
-            "weight_decay": math.isfinite(self.weight_decay) and self.weight_decay >= 0,
-            "warmup_epochs": math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0,
-            "delta_v": math.isfinite(self.delta_v) and self.delta_v > 0,
-            "delta_d": math.isfinite(self.delta_d) and self.delta_d > 0,
-            "embedding_dim": limits.is_int_in(self.embedding_dim, limits.EMBEDDING_DIM),
-            "position_scale": math.isfinite(self.position_scale) and self.position_scale >= 0
-                              and (not self.position_scale or self.embedding_dim >= 2),
-            "max_instances": limits.is_int_in(self.max_instances, limits.MAX_INSTANCES),
-            "width": self.width is None or limits.is_int_in(self.width, limits.WIDTH),
-            "train_size": self.train_size >= 1,
-            "val_size": self.val_size >= 1,
-            "workers": self.workers >= 0,
-            "grad_clip": math.isfinite(self.grad_clip) and self.grad_clip >= 0,
-            "val_split": 0 < self.val_split < 1,
-            "accumulate": self.accumulate >= 1,
-            "max_nonfinite": self.max_nonfinite >= 1,
-            "zoom": len(self.zoom) == 2 and all(limits.is_number_in(z, limits.ZOOM) for z in self.zoom)
-                    and self.zoom[0] <= self.zoom[1],
-            "loss_weights": set(self.loss_weights) <= set(LOSS_TERMS)
-                            and all(math.isfinite(v) and v >= 0 for v in self.loss_weights.values()),
-        }
-        bad = [k for k, ok in checks.items() if not ok]
+        bad = [f"{key}={getattr(self, key)!r} (expected {expected})"
+               for key, (ok, expected) in self._checks().items() if not ok]
         if bad:
-            raise ConfigError(f"invalid training option(s): {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+            raise ConfigError(f"invalid training option(s): {'; '.join(bad)}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"--optimizer {self.optimizer}: choose from {', '.join(OPTIMIZERS)}")
         if self.cluster not in (AUTO, *CLUSTER_METHODS):
@@ -112,6 +87,64 @@ class TrainConfig:
             raise ConfigError(f"--scheduler {self.scheduler}: choose from {', '.join(SCHEDULERS)}")
         if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise ConfigError("--tensorboard needs the tensorboard package: pip install 'instseg[tensorboard]'")
+
+
+    def _scale_range(self) -> tuple[float, float]:
+        """The checkpoint's rule, so that training never writes a run that loading refuses."""
+        return (limits.scale_range(self.image_size) if limits.is_int_in(self.image_size, limits.IMAGE_SIZE)
+                else limits.SCALE)
+
+    def _checks(self) -> dict[str, tuple[bool, str]]:
+        """Each option: (whether its value is valid, the rule as the error message states it)."""
+        return {
+            "epochs": (_is_int(self.epochs) and self.epochs >= 1, "an integer >= 1"),
+            "batch_size": (_is_int(self.batch_size) and self.batch_size >= 1, "an integer >= 1"),
+            "image_size": (limits.is_int_in(self.image_size, limits.IMAGE_SIZE), f"{limits.describe(limits.IMAGE_SIZE)} pixels"),
+            "scale": (self.scale is None or limits.is_number_in(self.scale, self._scale_range()),
+                      f"{limits.describe(self._scale_range())} at image_size {self.image_size}"),
+            "lr": (_is_finite(self.lr) and self.lr > 0, "a number > 0"),
+            "weight_decay": (_is_finite(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
+            "warmup_epochs": (_is_finite(self.warmup_epochs) and self.warmup_epochs >= 0, "a number >= 0"),
+            "delta_v": (_is_finite(self.delta_v) and self.delta_v > 0, "a number > 0"),
+            "delta_d": (_is_finite(self.delta_d) and self.delta_d > 0, "a number > 0"),
+            "embedding_dim": (limits.is_int_in(self.embedding_dim, limits.EMBEDDING_DIM),
+                              limits.describe(limits.EMBEDDING_DIM)),
+            "position_scale": (_is_finite(self.position_scale) and self.position_scale >= 0
+                               and (not self.position_scale or self.embedding_dim >= 2),
+                               "a number >= 0, and embedding_dim >= 2 when not 0"),
+            "max_instances": (limits.is_int_in(self.max_instances, limits.MAX_INSTANCES),
+                              limits.describe(limits.MAX_INSTANCES)),
+            "width": (self.width is None or limits.is_int_in(self.width, limits.WIDTH), limits.describe(limits.WIDTH)),
+            "train_size": (_is_int(self.train_size) and self.train_size >= 1, "an integer >= 1"),
+            "val_size": (_is_int(self.val_size) and self.val_size >= 1, "an integer >= 1"),
+            "workers": (_is_int(self.workers) and self.workers >= 0, "an integer >= 0"),
+            "seed": (limits.is_int_in(self.seed, limits.SEED), limits.describe(limits.SEED)),
+            "grad_clip": (_is_finite(self.grad_clip) and self.grad_clip >= 0, "a number >= 0"),
+            "val_split": (_is_finite(self.val_split) and 0 < self.val_split < 1, "between 0 and 1"),
+            "accumulate": (_is_int(self.accumulate) and self.accumulate >= 1, "an integer >= 1"),
+            "max_nonfinite": (_is_int(self.max_nonfinite) and self.max_nonfinite >= 1, "an integer >= 1"),
+            "zoom": (len(self.zoom) == 2 and all(limits.is_number_in(z, limits.ZOOM) for z in self.zoom)
+                     and self.zoom[0] <= self.zoom[1], f"MIN,MAX within {limits.describe(limits.ZOOM)}, MIN <= MAX"),
+            "loss_weights": (set(self.loss_weights) <= set(LOSS_TERMS)
+                             and all(_is_finite(v) and v >= 0 for v in self.loss_weights.values()),
+                             f"terms of {', '.join(LOSS_TERMS)}, each a number >= 0"),
+            "name": (self.name is None or is_run_name(self.name),
+                     "one folder name: no '/', not '.' or '..', not starting with '.'"),
+        }
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_run_name(name: str) -> bool:
+    """A run name is one path component that makes a visible folder inside --out, nothing else."""
+    separators = {"/", "\\", "\0", os.sep, os.altsep or "/"}
+    return bool(name.strip()) and not name.startswith(".") and not any(sep in name for sep in separators)
 
 
 BACKBONE_PREFIX = "backbone."

@@ -2,9 +2,11 @@
 (SPOCO, Wolny et al. 2022), dice + CE, count MSE.
 
 All targets come from one instance label map per image (int64, 0 = background, IGNORE = -1
-for pixels no term sees, e.g. COCO crowd regions), never from zero-padded one-hot stacks. Cluster statistics are computed with `index_add_` over global
-(image, instance) ids, so memory is O(B*H*W*D) and there is no Python loop over images or
-instances.
+for pixels no term sees, e.g. COCO crowd regions), never from zero-padded one-hot stacks; ids
+are renumbered 1..n per image first (`compact_labels`), so costs follow the instances a crop
+holds, not the largest id. Cluster statistics are computed with `index_add_` over global
+(image, instance) ids, so memory is O(B*H*W*D + B*K^2) and there is no Python loop over images
+or instances.
 """
 
 from __future__ import annotations
@@ -45,6 +47,28 @@ def instance_counts(labels: Tensor) -> Tensor:
 def _safe_norm(x: Tensor, dim: int) -> Tensor:
     # sqrt(max(|x|^2, eps)): the gradient of |x| at 0 is undefined; here it is 0.
     return x.pow(2).sum(dim=dim).clamp_min(_EPS).sqrt()
+
+
+def compact_labels(labels: Tensor) -> Tensor:
+    """Renumber each image's instance ids 1..n in order (0 and IGNORE stay): a crop of a crowded
+    image holds a few of its ids, and every term's memory grows with the largest id, not the count."""
+    batch = labels.shape[0]
+    flat = labels.reshape(batch, -1)
+    k = int(flat.max().clamp_min(0).item()) + 1 if flat.numel() else 1
+    present = torch.zeros(batch, k, dtype=torch.long, device=labels.device)
+    present.scatter_(1, flat.clamp_min(0), 1)
+    present[:, 0] = 0
+    rank = present.cumsum(dim=1)  # image b's id i -> how many ids <= i it has
+    compact = torch.where(flat > 0, rank.gather(1, flat.clamp_min(0)), flat)
+    return compact.view_as(labels)
+
+
+def _pair_distances(centers: Tensor) -> Tensor:
+    """B x K x K distances between cluster means, from ||a||^2 + ||b||^2 - 2 a.b: memory B x K x K
+    (differences would take B x K x K x D); sqrt(max(., eps)) keeps the gradient at 0 finite."""
+    squared = centers.pow(2).sum(dim=2)
+    gram = centers @ centers.transpose(1, 2)
+    return (squared.unsqueeze(2) + squared.unsqueeze(1) - 2 * gram).clamp_min(_EPS).sqrt()
 
 
 def discriminative_loss(
@@ -88,7 +112,7 @@ def discriminative_loss(
     variance = var_per_cluster.view(batch, k).sum(dim=1) / clusters.clamp_min(1)
 
     centers = means.view(batch, k, dim)
-    pair_dist = _safe_norm(centers.unsqueeze(2) - centers.unsqueeze(1), dim=3)
+    pair_dist = _pair_distances(centers)
     off_diagonal = ~torch.eye(k, dtype=torch.bool, device=embedding.device)
     pairs = present.unsqueeze(2) & present.unsqueeze(1) & off_diagonal
     push = (2 * delta_d - pair_dist).clamp_min(0).pow(2) * pairs
@@ -110,7 +134,28 @@ def discriminative_loss(
     return DiscriminativeTerms(total, variance, distance, regularization)
 
 
-def instance_dice_loss(embedding: Tensor, labels: Tensor, *, delta_v: float = 0.5) -> Tensor:
+INSTANCE_SAMPLE = 64  # instances per image the instance-level term scores per step (its memory is B x HW x this)
+
+
+def sample_instances(labels: Tensor, count: int) -> Tensor:
+    """Compacted `labels` with at most `count` instances per image kept, drawn at random (torch's
+    generator, so a seeded run repeats), renumbered 1..count; the others become background."""
+    batch = labels.shape[0]
+    flat = labels.reshape(batch, -1)
+    k = int(flat.max().clamp_min(0).item()) + 1
+    if k - 1 <= count:
+        return labels
+    ids = torch.arange(k, device=labels.device).expand(batch, k)
+    n = flat.max(dim=1, keepdim=True).values.clamp_min(0)  # compacted: image b holds ids 1..n_b
+    keys = torch.where(ids <= n, torch.rand(batch, k, device=labels.device), torch.full_like(ids, 2, dtype=torch.float))
+    keys[:, 0] = -1.0  # background keeps position 0
+    position = torch.empty_like(ids).scatter_(1, keys.argsort(dim=1), ids.contiguous())
+    kept = torch.where(position <= count, position, torch.zeros_like(position))
+    return torch.where(flat > 0, kept.gather(1, flat.clamp_min(0)), flat).view_as(labels)
+
+
+def instance_dice_loss(embedding: Tensor, labels: Tensor, *, delta_v: float = 0.5,
+                       max_instances: int = INSTANCE_SAMPLE) -> Tensor:
     """1 - Dice between each instance's soft mask and its true mask, averaged over instances.
 
     The soft mask of instance c is exp(-||x_i - mu_c||^2 / (2 sigma^2)) over every pixel of its
@@ -118,11 +163,13 @@ def instance_dice_loss(embedding: Tensor, labels: Tensor, *, delta_v: float = 0.
     0.5 (SPOCO's kernel): unlike pull / push, which see pixels one by one, it scores the mask
     that clustering will cut, so stray pixels of a neighbour and missed pixels both count.
     Distances come from one batched matrix product (||x||^2 + ||mu||^2 - 2 x.mu): memory
-    B x K x H x W, no loop over instances. IGNORE pixels belong to no mask and are left out.
+    B x K x H x W, no loop over instances; K is at most `max_instances` (a random sample per
+    image, `sample_instances`), so crowded images cost what a rosette does. IGNORE pixels belong
+    to no mask and are left out.
     """
     batch, dim = embedding.shape[:2]
     embedding = embedding.float()
-    labels = labels.long()
+    labels = sample_instances(compact_labels(labels.long()), max_instances)
     k = int(labels.max().clamp_min(0).item()) + 1 if labels.numel() else 1
     pixels = embedding.flatten(2).transpose(1, 2)  # B x HW x D
     flat = labels.reshape(batch, -1)
@@ -181,6 +228,7 @@ class MultiTaskLoss(nn.Module):
         self.delta_d = delta_d
 
     def forward(self, output: SegOutput, labels: Tensor) -> dict[str, Tensor]:
+        labels = compact_labels(labels.long())
         disc = discriminative_loss(output.embedding, labels, delta_v=self.delta_v, delta_d=self.delta_d)
         foreground = labels > 0
         valid = labels != IGNORE

@@ -18,7 +18,7 @@ class TrainingReporter:
         self.main = main
 
     def announce(self, cfg: TrainConfig, *, params: int, device: str, world: int, cuda: bool, train_images: int,
-                 val_images: int, run_dir: Path, resumed: str | None, position: str) -> None:
+                 val_images: int, run_dir: Path, resumed: str | None, position: str, workers: int) -> None:
         scale = (f"{world} processes ({'nccl' if cuda else 'gloo'}{', SyncBatchNorm' if cfg.sync_bn else ''}); "
                  if world > 1 else "")
         preset = f"preset {cfg.preset}; " if cfg.preset else ""
@@ -27,6 +27,9 @@ class TrainingReporter:
             f"global batch {world * cfg.accumulate * cfg.batch_size} = {world} x accumulate {cfg.accumulate} x "
             f"batch {cfg.batch_size}; data {shown(cfg.data)} {train_images}/{val_images} images at "
             f"{cfg.image_size}px{'' if cfg.scale is None else f' crops, scale {cfg.scale:g}'} -> {shown(run_dir)}")
+        if workers < cfg.workers:
+            self.console.print(f"--workers {cfg.workers}: using {workers} DataLoader worker processes "
+                               f"(this process may use {workers} CPUs)", highlight=False)
         if resumed:
             self.console.print(f"resuming {shown(resumed)}: {position}")
         if cfg.compile:

@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
+from instseg import limits
 from instseg.checkpoint import Checkpoint, ModelRecord
 from instseg.data import build_datasets, estimate_mean_std, estimate_object_size
 from instseg.device import DeviceChoice, check_training_device, resolve_device
@@ -83,7 +84,7 @@ class Trainer:
         self._build_optimization()
         self._build_loaders()
         self._build_schedule()
-        seed_everything(config.seed + self.dist.rank)  # model init is identical everywhere; data randomness is not
+        seed_everything((config.seed + self.dist.rank) % 2**32)  # model init is identical everywhere; data randomness is not
         self.cluster = ClusterParams.from_config(asdict(config))
         self.state = TrainingState()
         self.resumed_from: str | None = None
@@ -161,10 +162,11 @@ class Trainer:
             num_replicas=self.dist.world_size, rank=self.dist.rank, seed=cfg.seed)
         self.steps_per_epoch = self.train_sampler.steps_per_epoch
         self.loader_generator = torch.Generator()
+        self.workers = min(cfg.workers, limits.usable_cpus())  # more processes than CPUs only contend
         self.train_loader = DataLoader(
-            self.train_set, batch_size=cfg.batch_size, sampler=self.train_sampler, num_workers=cfg.workers,
+            self.train_set, batch_size=cfg.batch_size, sampler=self.train_sampler, num_workers=self.workers,
             worker_init_fn=seed_worker, generator=self.loader_generator, pin_memory=self.device.is_cuda,
-            persistent_workers=cfg.workers > 0)
+            persistent_workers=self.workers > 0)
         self.val_share = Subset(self.val_set, range(self.dist.rank, len(self.val_set), self.dist.world_size))
 
     def _build_schedule(self) -> None:
@@ -409,5 +411,5 @@ class Trainer:
         self.report.announce(
             self.config, params=sum(p.numel() for p in self.model.parameters()), device=self.device.describe(),
             world=self.dist.world_size, cuda=self.device.is_cuda, train_images=len(self.train_set),
-            val_images=len(self.val_set), run_dir=self.run_dir, resumed=self.resumed_from,
+            val_images=len(self.val_set), run_dir=self.run_dir, resumed=self.resumed_from, workers=self.workers,
             position=f"epoch {state.epoch}, step {state.epoch_step}/{self.steps_per_epoch} of the epoch")
