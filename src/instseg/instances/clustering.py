@@ -31,6 +31,7 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import ndimage
 
+from instseg import limits
 from instseg.errors import ConfigError, DataError
 from instseg.instances.postprocess import postprocess, split_pieces
 
@@ -67,12 +68,22 @@ class ClusterParams:
     def __post_init__(self) -> None:
         if self.method not in CLUSTER_METHODS:
             raise ConfigError(f"unknown clustering method '{self.method}'; choose from {', '.join(CLUSTER_METHODS)}")
-        bad = [name for name, ok in (
-            ("bandwidth", self.bandwidth > 0), ("min_size", self.min_size >= 0),
-            ("sample_size", self.sample_size >= 1), ("iterations", self.iterations >= 1),
-            ("restarts", self.restarts >= 1), ("max_clusters", self.max_clusters >= 1)) if not ok]
+        # the ranges ONNX metadata and checkpoints are read with (limits.py): they bound the work
+        bad = [f"{name}={getattr(self, name)!r} (expected {expected})" for name, ok, expected in (
+            ("bandwidth", limits.is_number_in(self.bandwidth, (0, math.inf)) and self.bandwidth > 0, "a number > 0"),
+            ("min_size", limits.is_int_in(self.min_size, limits.CLUSTER_MIN_SIZE),
+             limits.describe(limits.CLUSTER_MIN_SIZE)),
+            ("sample_size", limits.is_int_in(self.sample_size, limits.CLUSTER_SAMPLE_SIZE),
+             limits.describe(limits.CLUSTER_SAMPLE_SIZE)),
+            ("iterations", limits.is_int_in(self.iterations, limits.CLUSTER_ITERATIONS),
+             limits.describe(limits.CLUSTER_ITERATIONS)),
+            ("restarts", limits.is_int_in(self.restarts, limits.CLUSTER_RESTARTS),
+             limits.describe(limits.CLUSTER_RESTARTS)),
+            ("max_clusters", limits.is_int_in(self.max_clusters, limits.CLUSTER_MAX_CLUSTERS),
+             limits.describe(limits.CLUSTER_MAX_CLUSTERS)),
+            ("seed", limits.is_int_in(self.seed, limits.SEED), limits.describe(limits.SEED))) if not ok]
         if bad:
-            raise ConfigError(f"invalid clustering option(s): {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+            raise ConfigError(f"invalid clustering option(s): {'; '.join(bad)}")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "ClusterParams":
