@@ -37,6 +37,7 @@ from instseg import limits
 from instseg.errors import CheckpointError
 from instseg.instances.clustering import AUTO, CLUSTER_METHODS
 from instseg.io.atomic import atomic_write_bytes
+from instseg.io.microscopy import NORMALIZE, valid_channels
 from instseg.version import __version__
 
 FORMAT = "instseg.checkpoint"
@@ -71,6 +72,8 @@ MODEL_FIELDS: dict[str, Check] = {  # what each field of a "model" record must b
     "position_scale": (_optional((0, math.inf)), "a finite number, 0 or more"),
     "kwargs": (lambda v: isinstance(v, dict), "a mapping of architecture options"),
     "object_size": (_optional(limits.OBJECT_SIZE), f"null or {limits.describe(limits.OBJECT_SIZE)}"),
+    "normalize": (lambda v: v is None or v in NORMALIZE, f"null or one of {', '.join(NORMALIZE)}"),
+    "channels": (lambda v: v is None or valid_channels(v), "null or 1 to 3 channel indices from 0"),
 }
 
 
@@ -111,6 +114,8 @@ class ModelRecord:
     position_scale: float = 0.0
     kwargs: dict[str, Any] = field(default_factory=dict)
     object_size: float | None = None  # its training objects' typical size at the working scale (instances.size)
+    normalize: str = "fixed"  # how its images' intensities are scaled (io.microscopy; absent before: fixed)
+    channels: tuple[int, ...] | None = None  # the channels of a file that feed the network (None: grey / RGB)
 
     @classmethod
     def from_config(cls, config: Any, mean: tuple[float, ...], std: tuple[float, ...],
@@ -118,13 +123,15 @@ class ModelRecord:
         """The record of a run (`config`: its TrainConfig; mean / std / object size: its data's)."""
         return cls(name=config.model, embedding_dim=config.embedding_dim, max_instances=config.max_instances,
                    mean=tuple(mean), std=tuple(std), backbone=config.backbone, width=config.width,
-                   position_scale=config.position_scale, kwargs=dict(config.model_kwargs), object_size=object_size)
+                   position_scale=config.position_scale, kwargs=dict(config.model_kwargs), object_size=object_size,
+                   normalize=config.normalize, channels=None if config.channels is None else tuple(config.channels))
 
     def to_payload(self) -> dict[str, Any]:
         return {"name": self.name, "backbone": self.backbone, "width": self.width,
                 "embedding_dim": self.embedding_dim, "max_instances": self.max_instances, "mean": list(self.mean),
                 "std": list(self.std), "position_scale": self.position_scale, "kwargs": dict(self.kwargs),
-                "object_size": self.object_size}
+                "object_size": self.object_size, "normalize": self.normalize,
+                "channels": None if self.channels is None else list(self.channels)}
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any], where: str | os.PathLike = "checkpoint") -> "ModelRecord":
@@ -135,7 +142,9 @@ class ModelRecord:
                    max_instances=payload["max_instances"], mean=tuple(payload["mean"]), std=tuple(payload["std"]),
                    backbone=payload.get("backbone"), width=payload.get("width"),
                    position_scale=float(payload.get("position_scale") or 0.0),  # absent before it existed
-                   kwargs=dict(payload["kwargs"]), object_size=payload.get("object_size"))  # absent before
+                   kwargs=dict(payload["kwargs"]), object_size=payload.get("object_size"),  # absent before
+                   normalize=payload.get("normalize") or "fixed",  # absent before: scaled by dtype
+                   channels=None if payload.get("channels") is None else tuple(payload["channels"]))
 
 
 @dataclass

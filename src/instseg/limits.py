@@ -79,3 +79,7 @@ def usable_cpus() -> int:
 # at K = 20, 0.70 s / 1.0 GB at 1000, 2.1 s / 1.5 GB at 2000, 15 s / 4.4 GB at 4000 (2305 stalled the
 # loss of B x K x K x D differences before: 12.6 s / 4.7 GB at 1000 there).
 TRAINING_INSTANCES = 1000
+
+# A TIFF with more pixels than this is a slide, predicted tile by tile from disk (`predict.slides`):
+# decoded whole it would take 12 bytes a pixel as float RGB, 805 MB at 8192 x 8192, before its outputs.
+SLIDE_PIXELS = 2**26

@@ -75,9 +75,9 @@ class Predictor:
         (H x W or H x W x C; uint8, uint16 or float in [0, 1]) or an image file. `object_size`:
         its objects' size in pixels, or "auto" (`predict.sizing`); None: the run's geometry."""
         if isinstance(image, np.ndarray):
-            source = Source(Path("<array>"), "array", image_from_array(image))
+            source = Source(Path("<array>"), "array", image_from_array(image, self.runner.reading))
         else:
-            source = Source(Path(image), Path(image).stem, read_image(image))
+            source = Source(Path(image), Path(image).stem, read_image(image, self.runner.reading))
         result = next(predict_sized([source], self.runner, self.cluster_params(cluster), 1, object_size))
         if isinstance(result, Failure):
             raise DataError(result.message)
@@ -88,16 +88,24 @@ class Predictor:
                        panels: bool = False, embeddings: bool = False, gt: str | os.PathLike | None = None,
                        overwrite: bool = False, skip_existing: bool = False, threads: int | None = None,
                        object_size: float | str | None = None, fsync: bool = False, shard: str | None = None,
+                       label_format: str = "png", rois: bool = False, geojson: bool = False,
+                       gt_suffix: str | None = None, max_pixels: int | None = None,
                        on_result: Callable[[Prediction | Failure], None] | None = None) -> "FolderResult":
         """Label map (+ overlay, panels, embedding pictures) per image of `inputs` (files,
         folders, globs, or a list of them) written to the folder `out`; what `instseg predict`
-        and `instseg infer` do. Existing outputs are replaced only with `overwrite`, inputs never;
+        and `instseg infer` do. `label_format` "png" or "tif" (16- or 32-bit, with the input's
+        pixel size); `rois`, `geojson`: the instances' outlines as an ImageJ ROI zip and a QuPath
+        GeoJSON file; `gt_suffix`: the ending of the `gt` folder's file stems that names are
+        matched without; `max_pixels`: images decoded whole may have this many pixels (default:
+        Pillow's decompression-bomb limit; `io.slides.max_pixels`; TIFF slides are read tile by tile,
+        `predict.slides`). Existing outputs are replaced only with `overwrite`, inputs never;
         `threads` per CPU stage are at most the available CPUs; `fsync`: every file, not the
         folder once per batch; `shard` "K/N": only the K-th of N parts of the inputs, which
         copies given the other parts may write into `out` at the same time
         (`predict.outputs.predict_folder`)."""
         from instseg.io.inputs import shard as take_shard
         from instseg.io.inputs import shard_spec
+        from instseg.io.slides import max_pixels as decode_limit
         from instseg.predict.outputs import OutputOptions, ground_truth_files, predict_folder
 
         if batch_size < 1:
@@ -108,10 +116,12 @@ class Predictor:
         if part is not None:
             paths = take_shard(paths, *part)
         options = OutputOptions(overlay=overlay, panels=panels, embeddings=embeddings,
-                                gt_files=ground_truth_files(None if gt is None else Path(gt)),
-                                overwrite=overwrite, skip_existing=skip_existing, fsync=fsync)
-        return predict_folder(paths, self.runner, Path(out), self.cluster_params(cluster), batch_size, options,
-                              on_result=on_result, threads=threads, object_size=object_size, shard=part)
+                                gt_files=ground_truth_files(None if gt is None else Path(gt), gt_suffix),
+                                overwrite=overwrite, skip_existing=skip_existing, fsync=fsync,
+                                label_format=label_format, rois=rois, geojson=geojson)
+        with decode_limit(max_pixels):
+            return predict_folder(paths, self.runner, Path(out), self.cluster_params(cluster), batch_size, options,
+                                  on_result=on_result, threads=threads, object_size=object_size, shard=part)
 
     def evaluate(self, data: str | None = None, *, val_list: str | None = None, val_split: float | None = None,
                  val_size: int | None = None, cluster: Mapping[str, Any] | None = None, batch_size: int = 8,

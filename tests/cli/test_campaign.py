@@ -16,7 +16,7 @@ import os
 import struct
 import sys
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +25,7 @@ import pytest
 
 from instseg.cli.main import main
 from instseg.io.images import write_label_map, write_rgb
+from onnx_files import tiny_onnx
 
 Build = Callable[["Workspace"], list]  # a case: the command's arguments, built in its own workspace
 
@@ -35,7 +36,7 @@ class Workspace:
 
     root: Path
     run: Path  # a trained run directory (tests/cli/conftest.py)
-    onnx: Path
+    held: list = field(default_factory=list)  # lock descriptors a case holds (closed after it)
 
     @property
     def checkpoint(self) -> Path:
@@ -52,6 +53,19 @@ class Workspace:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data.encode() if isinstance(data, str) else data)
         return path
+
+    def onnx(self, **metadata: str) -> Path:
+        """A tiny instseg ONNX file with `metadata` written over its own."""
+        return tiny_onnx(self.root / "model.onnx", **metadata)
+
+    def busy(self, name: str = "busy") -> Path:
+        """An output folder another run holds the lock of (a process that sleeps, holding it)."""
+        import fcntl
+        folder = self.folder(name)
+        fd = os.open(folder / ".instseg.lock", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self.held.append(fd)
+        return folder
 
     def folder(self, name: str) -> Path:
         path = self.root / name
@@ -158,6 +172,29 @@ CASES: dict[str, Build] = {
         "data", "check", w.coco([polygon(1, 1, 50, 5, 9, 40)], [{'id': 1, 'file_name': '../../../x.png', 'height': 96, 'width': 128}])],
     "data check: a COCO RLE of the wrong size": lambda w: [
         "data", "check", w.coco([{**polygon(1, 1, 5, 5, 9, 9), 'segmentation': {'size': [10**6, 10**6], 'counts': [0, 10**12]}}])],
+    # -- ONNX metadata edited to nonsense ----------------------------------------------------------
+    "infer: metadata scale 64": lambda w: ["infer", w.onnx(**{"instseg.scale": "64"}), w.image(), *OUT, w.root / "o"],
+    "infer: metadata image size 4096": lambda w: ["infer", w.onnx(**{"instseg.image_size": "4096"}), w.image(),
+                                                  *OUT, w.root / "o"],
+    "infer: metadata static size 100000x100000": lambda w: ["infer", w.onnx(**{"instseg.static_size": "100000x100000"}),
+                                                            w.image(), *OUT, w.root / "o"],
+    "infer: metadata restarts 1e9": lambda w: ["infer", w.onnx(**{"instseg.cluster": json.dumps({"restarts": 10**9})}),
+                                               w.image(), *OUT, w.root / "o"],
+    "infer: metadata that is not JSON": lambda w: ["infer", w.onnx(**{"instseg.cluster": "{"}), w.image(),
+                                                   *OUT, w.root / "o"],
+    # -- output folders and files that must not be touched --------------------------------------
+    "predict: into a folder another run is writing": lambda w: ["predict", w.checkpoint, w.image(), *OUT, w.busy()],
+    "predict --overwrite: onto its own input folder's label map": lambda w: [
+        "predict", w.checkpoint, w.image("in/x.png"), w.file("in/x_label.png", w.image("x2.png").read_bytes()),
+        "--overwrite", *OUT, w.root / "in"],
+    "predict --overwrite --coco: onto an input image": lambda w: [
+        "predict", w.checkpoint, w.image("in/x.png"), "--coco", w.root / "in" / "x.png", "--overwrite",
+        *OUT, w.root / "o"],
+    "predict: onto a file that is not instseg's": lambda w: [
+        "predict", w.checkpoint, w.image(), *OUT, w.file("o/plant_label.png", "my notes").parent],
+    "export: onto another file without --overwrite": lambda w: ["export", w.run, "--onnx", *OUT,
+                                                                w.file("notes.onnx", "mine")],
+    "evaluate: --pred without --gt": lambda w: ["evaluate", "--pred", w.folder("p")],
 }
 
 
@@ -179,19 +216,16 @@ def snapshot(root: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def onnx_file(run, tmp_path_factory) -> Path:
-    from instseg.predictor import export
-
-    return export(run, out=tmp_path_factory.mktemp("onnx") / "model.onnx")
-
-
 @pytest.mark.parametrize("case", list(CASES))
-def test_hostile_input_gets_one_clean_line_and_touches_nothing(case, run, onnx_file, tmp_path, capsys):
-    workspace = Workspace(tmp_path, run, onnx_file)
+def test_hostile_input_gets_one_clean_line_and_touches_nothing(case, run, tmp_path, capsys):
+    workspace = Workspace(tmp_path, run)
     args = CASES[case](workspace)
     before, run_before = snapshot(tmp_path), snapshot(run)
-    code, stderr = run_main(args, capsys)
+    try:
+        code, stderr = run_main(args, capsys)
+    finally:
+        for fd in workspace.held:
+            os.close(fd)
     assert code != 0, f"{case}: exit 0\n{stderr}"
     assert "Traceback" not in stderr, stderr
     assert "internal error" not in stderr, f"{case}: {stderr}"

@@ -74,7 +74,7 @@ def test_folder_with_float_tiff_bomb_and_a_crowded_image(tmp_path):
     report = check_dataset(f"folder:{root}")
     assert not report.usable
     assert [p.split(": ")[1] for p in report.problems] == ["label map holds floating-point values; instance ids must be integers",
-                                                           "refused, too large to decode safely (Image size (90000000 pixels) exceeds limit of 89478485 pixels, could be decompression bomb DOS attack.)"]
+                                                           "refused, too large to decode safely (Image size (90000000 pixels) exceeds limit of 89478485 pixels, could be decompression bomb DOS attack.); predict / infer --max-pixels raises the limit"]
     assert report.warnings == []  # the count target is normalised by the largest count in training: never clipped
     assert report.notes[-1].startswith("crowded: up to 79 instances per image")
 

@@ -20,6 +20,7 @@ from instseg.io.atomic import atomic_write_text
 from instseg.cli.main import app
 from checkpoints import checkpoint_of, write_payload
 from instseg.checkpoint import load_checkpoint, save_checkpoint
+from instseg.io.microscopy import FIXED
 from instseg.train.config import TrainConfig
 from instseg.errors import CheckpointError, ConfigError, DataError
 from instseg.runtime.metadata import ModelInfo
@@ -170,7 +171,7 @@ def test_the_object_size_round_trips_and_older_files_have_none():
 class ConstantRunner:
     """One instance everywhere, whatever the count output says."""
 
-    max_instances, multiple_of, static_size, image_size, scale = 20, 1, None, 12, None
+    max_instances, multiple_of, static_size, image_size, scale, reading = 20, 1, None, 12, None, FIXED
 
     def __init__(self, count: float = 0.05, split: bool = False) -> None:
         self.count, self.split = count, split

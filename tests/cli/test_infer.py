@@ -12,6 +12,7 @@ import textwrap
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -54,14 +55,19 @@ def test_predict_and_infer_write_the_same_label_maps(run, exported, images, tmp_
     assert result.exit_code == 0, result.output
     assert "on CPUExecutionProvider (--provider cpu" in result.output
     assert sorted(p.name for p in torch_out.iterdir()) == sorted(p.name for p in onnx_out.iterdir())
-    instances = []
+    instances, sbds = [], []
     for label in sorted(torch_out.glob("*_label.png")):
         expected, got = read_label_map(label), read_label_map(onnx_out / label.name)
         assert got.shape == expected.shape  # the input's size, grey image included
         sbd = symmetric_best_dice(got, expected)
         print(f"{label.name}: {expected.max()} instances, SBD(infer, predict) {sbd:.4f}")
-        assert sbd >= 0.99, f"{label.name}: SBD {sbd:.4f} between infer and predict"
+        # The two runtimes' outputs agree to ~1e-7 (the export's parity check), but k-means on the weakly
+        # separated embeddings of this 4-epoch model is chaotic at that scale: adding 1e-7 to PyTorch's own
+        # embeddings moved SBD(grey) to 0.985. So a few boundary pixels per image may differ, not instances.
+        assert sbd >= 0.98, f"{label.name}: SBD {sbd:.4f} between infer and predict"
+        sbds.append(sbd)
         instances.append(int(expected.max()))
+    assert np.mean(sbds) >= 0.99
     assert len(instances) == 4 and min(instances) >= 2  # a model that segments, so the comparison means something
 
 
@@ -342,8 +348,8 @@ def test_without_onnx_runtime_infer_says_what_to_install_in_one_line(tmp_path):
 
 # What `instseg infer` may import beyond the standard library: these distributions and what they
 # require (docs/deployment.md, "What the ONNX path imports"). typer and rich are the CLI's.
-INFER_DISTRIBUTIONS = {"instseg", "numpy", "pillow", "scipy", "threadpoolctl", "onnxruntime", "onnxruntime-gpu",
-                       "typer", "rich"}
+INFER_DISTRIBUTIONS = {"instseg", "numpy", "pillow", "tifffile", "scipy", "threadpoolctl", "onnxruntime",
+                       "onnxruntime-gpu", "typer", "rich"}
 # Imported by a dependency when it happens to be installed: numpy.f2py (which scipy.ndimage's
 # array-API layer imports) tries charset_normalizer.
 OPPORTUNISTIC = {"charset_normalizer"}

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from instseg.instances.clustering import ClusterParams
+from instseg.io.microscopy import FIXED
 from instseg.metrics.scores import symmetric_best_dice
 from instseg.errors import ConfigError, DataError
 from instseg.io.images import read_image, read_label_map, write_label_map, write_rgb
@@ -82,7 +83,7 @@ def test_pipeline_batches_by_size_and_returns_maps_at_the_input_size(tmp_path):
 class DiskRunner:
     """Foreground logits = the image's green channel - 0.5 (smooth), one instance everywhere."""
 
-    max_instances, multiple_of, static_size, scale = 20, 1, None, None
+    max_instances, multiple_of, static_size, scale, reading = 20, 1, None, None, FIXED
 
     def __init__(self, image_size, full_resolution):
         self.image_size = image_size

@@ -7,6 +7,7 @@ import numpy as np
 
 from instseg.instances.clustering import ClusterParams
 from instseg.io.images import write_rgb
+from instseg.io.microscopy import FIXED
 
 
 def leaf_image(h, w, seed=0, n=4):
@@ -33,6 +34,7 @@ class CodeRunner:
         self.cluster = ClusterParams(method="kmeans", full_resolution=False)
         self.multiple_of = multiple_of
         self.static_size = static_size
+        self.reading = FIXED
         self.nan = nan
         self.shapes = []
 

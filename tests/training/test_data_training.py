@@ -70,10 +70,10 @@ def test_train_on_a_folder_with_mixed_sizes_workers_and_too_many_instances(tmp_p
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 1 and metrics[0]["val"]["sbd"] == 0.0  # one step: no foreground predicted yet
     # seeded, one torch thread (tests/training/conftest.py): measured 8.8363 / 0.07401 on an AMD EPYC (8.8313 /
-    # 0.07494 on two threads), 8.7621 on an Intel Xeon (AVX-512, no AMX): the CPU's kernels move it by ~1%;
-    # the count term is the one the clipped targets (--max-instances 3) feed
+    # 0.07494 on two threads), 8.7621 / 0.06691 on an Intel Xeon (AVX-512, no AMX): the CPU's kernels move the
+    # one step's augmented batches; the count term is the one the clipped targets (--max-instances 3) feed
     assert metrics[0]["train"]["loss"] == pytest.approx(8.80, rel=1.5e-2)
-    assert metrics[0]["train"]["count"] == pytest.approx(0.0740, rel=0.05)
+    assert metrics[0]["train"]["count"] == pytest.approx(0.0705, rel=0.08)
 
 
 def test_evaluation_predicts_at_working_size_and_scores_at_original_size(tmp_path):

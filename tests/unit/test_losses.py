@@ -185,3 +185,15 @@ def test_a_crowded_crop_costs_its_instances_not_its_ids():
     terms = MultiTaskLoss(20, LossWeights(instance=1.0))(output, labels)
     terms["loss"].backward()
     assert torch.isfinite(embedding.grad).all()
+
+
+def test_mean_distances_agree_between_the_exact_and_the_compact_form(monkeypatch):
+    import instseg.train.losses as losses
+
+    torch.manual_seed(0)
+    embedding = torch.randn(2, 4, 16, 16)
+    labels = torch.randint(0, 12, (2, 16, 16))
+    exact = discriminative_loss(embedding, labels)
+    monkeypatch.setattr(losses, "DIFFERENCE_ELEMENTS", 0)  # the B x K x K form crowded crops take
+    compact = discriminative_loss(embedding, labels)
+    assert compact.distance.item() == pytest.approx(exact.distance.item(), rel=1e-5)

@@ -7,6 +7,7 @@ import pytest
 
 from data_fixtures import nuclei_image
 from instseg.instances.clustering import ClusterParams
+from instseg.io.microscopy import FIXED
 from instseg.metrics.scores import count_instances, symmetric_best_dice
 from instseg.predict.pipeline import Prediction, Source, predict_sources
 from instseg.predict.tiling import Stitcher, plan_tiles, tile_starts
@@ -16,7 +17,7 @@ class NucleiRunner:
     """Foreground = green channel; embedding = red channel x 4 (touching nuclei differ by 3 in it).
     Position-invariant, like a convolutional network away from its borders."""
 
-    max_instances, multiple_of, static_size, image_size = 400, 1, None, 64
+    max_instances, multiple_of, static_size, image_size, reading = 400, 1, None, 64, FIXED
     cluster = ClusterParams(method="regions", full_resolution=False)
 
     def __init__(self, tile: int, overlap: int, scale: float = 1.0) -> None:

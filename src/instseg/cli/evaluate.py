@@ -1,4 +1,4 @@
-"""`instseg evaluate`: score a trained model (checkpoint or ONNX file), any tool's label PNGs, or
+"""`instseg evaluate`: score a trained model (checkpoint or ONNX file), any tool's label maps, or
 a COCO results file, with the CVPPP metrics, the DSB2018 AP and (where instances have scores)
 COCO mask AP. Parse, call `instseg.load(MODEL).evaluate`, `metrics.reports.score_folders` or
 `io.coco_results.score_coco_files`, print; the report files are `scoring.write_report`'s.
@@ -35,8 +35,15 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
     device: Device = "auto",
     pred: Annotated[Optional[Path], typer.Option(
-        help="Folder of predicted label PNGs (any tool's), or with --coco-gt a COCO results file.")] = None,
-    gt: Annotated[Optional[Path], typer.Option(help="Folder of ground-truth label PNGs, matched to --pred by name.")] = None,
+        help="Folder of predicted label maps (PNG or TIFF, any tool's), or with --coco-gt a COCO results "
+             "file.")] = None,
+    gt: Annotated[Optional[Path], typer.Option(
+        help="Folder of ground-truth label maps (PNG or TIFF), matched to --pred by name.")] = None,
+    pred_suffix: Annotated[Optional[str], typer.Option(
+        help="With --pred DIR: score the files whose stem ends with this, matched without it (e.g. _cp_masks: "
+             "x_cp_masks.png against x.png). Default: the *_label files, else all.")] = None,
+    gt_suffix: Annotated[Optional[str], typer.Option(
+        help="With --gt DIR: the same for the ground truth (e.g. _masks).")] = None,
     coco_gt: Annotated[Optional[Path], typer.Option(
         "--coco-gt", help="COCO annotations file to score the --pred results file against.")] = None,
     cluster: Cluster = None,
@@ -55,11 +62,12 @@ def evaluate(
     from instseg.predict.evaluation import EvalData
 
     (_check_options if coco_gt is None else _check_coco_options)(checkpoint, pred, gt)
+    _check_suffixes(pred_suffix, gt_suffix, folders=pred is not None and coco_gt is None)
     if coco_gt is not None:
         report = _score_coco(coco_gt, pred)
         target = out_dir or pred.parent / "eval"
     elif pred is not None:
-        report = _score_folders(pred, gt)
+        report = _score_folders(pred, gt, pred_suffix, gt_suffix)
         target = out_dir or pred / "eval"
     else:
         overrides = {"method": plain(cluster), "min_size": min_size, "fill_holes": fill_holes, "bandwidth": bandwidth}
@@ -73,10 +81,10 @@ def evaluate(
     out.print(f"wrote {shown(str(target / 'metrics.json'))} and per_image.csv", highlight=False, soft_wrap=True)
 
 
-def _score_folders(pred: Path, gt: Path) -> Report:
+def _score_folders(pred: Path, gt: Path, pred_suffix: str | None, gt_suffix: str | None) -> Report:
     from instseg.metrics.reports import score_folders
 
-    report, unmatched = score_folders(pred, gt)
+    report, unmatched = score_folders(pred, gt, pred_suffix, gt_suffix)
     for side, names in unmatched.items():
         if names:
             listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
@@ -92,6 +100,17 @@ def _check_options(checkpoint: Path | None, pred: Path | None, gt: Path | None) 
         raise ConfigError("give either a run directory / checkpoint / .onnx file or --pred and --gt, not both")
     if pred is None and checkpoint is None:
         raise ConfigError("nothing to evaluate: give a run directory, checkpoint or .onnx file, or --pred DIR --gt DIR")
+
+
+def _check_suffixes(pred_suffix: str | None, gt_suffix: str | None, folders: bool) -> None:
+    """The suffixes name files of --pred / --gt folders: refused with anything else."""
+    from instseg.io.inputs import check_suffix
+
+    given = [name for name, value in (("--pred-suffix", pred_suffix), ("--gt-suffix", gt_suffix)) if value is not None]
+    if given and not folders:
+        raise ConfigError(f"{given[0]} picks files in --pred / --gt folders: give it with --pred DIR --gt DIR")
+    check_suffix("--pred-suffix", pred_suffix)
+    check_suffix("--gt-suffix", gt_suffix)
 
 
 def _check_coco_options(checkpoint: Path | None, pred: Path | None, gt: Path | None) -> None:

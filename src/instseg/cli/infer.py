@@ -29,9 +29,9 @@ def infer(
     *,
     options: PredictOptions,
 ) -> None:
-    """Write <stem>_label.png (16-bit instance ids, input size) and <stem>_overlay.png per image, as
-    `instseg predict` does, with ONNX Runtime. Sizes, clustering defaults and normalisation come
-    from the model file."""
+    """Write <stem>_label.png (16-bit instance ids, input size; or .tif) and <stem>_overlay.png per image
+    (and the outlines asked for), as `instseg predict` does, with ONNX Runtime. Sizes, clustering
+    defaults and normalisation come from the model file."""
     from instseg.predict.stages import at_most_cpus, threads_note
     from instseg.predictor import load_onnx
 

@@ -87,7 +87,7 @@ BatchSize = Annotated[int, typer.Option(help="Images per network run (images of 
 Overlays = Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write <stem>_overlay.png.")]
 Panels = Annotated[bool, typer.Option(help="Write <stem>_panel.png: input / prediction / ground truth.")]
 GroundTruth = Annotated[Optional[Path], typer.Option(
-    help="Ground truth for the panels, matched by name: a folder of label PNGs, or a COCO file "
+    help="Ground truth for the panels, matched by name: a folder of label maps (PNG or TIFF), or a COCO file "
          "(whose image ids --coco then uses).")]
 CocoResults = Annotated[Optional[Path], typer.Option(
     "--coco", help="Also write the predictions as one COCO file: RLE masks with scores (CVAT imports it; "
@@ -100,6 +100,23 @@ SkipExisting = Annotated[bool, typer.Option(
 Fsync = Annotated[bool, typer.Option(
     help="fsync every output file before it is renamed into place, not the folder once per batch "
          "(slower: milliseconds per file; for outputs that must survive a power cut one by one).")]
+LabelFormat = choices("LabelFormat", ("png", "tif"))  # io.images.LABEL_SUFFIXES
+LabelFormatOption = Annotated[LabelFormat, typer.Option(
+    "--label-format", help="png: 16-bit <stem>_label.png (up to 65535 instances); tif: <stem>_label.tif, 16-bit, "
+                           "or 32-bit above 65535 instances, with the input's pixel size (Fiji, QuPath, napari).")]
+Rois = Annotated[bool, typer.Option(
+    "--rois/--no-rois", help="Write <stem>_rois.zip: one ImageJ polygon ROI per instance (Fiji's ROI Manager; "
+                             "needs pip install 'instseg\\[fiji]').")]
+GeoJson = Annotated[bool, typer.Option(
+    "--geojson/--no-geojson", help="Write <stem>.geojson: one QuPath detection polygon per instance with its id, "
+                                   "score and area (pixel coordinates; needs pip install 'instseg\\[fiji]').")]
+GtSuffix = Annotated[Optional[str], typer.Option(
+    help="With --gt DIR: use the files whose stem ends with this, matched without it (e.g. _masks: x_masks.tif "
+         "is x.png's ground truth).")]
+MaxPixels = Annotated[Optional[int], typer.Option(
+    "--max-pixels", metavar="PIXELS",
+    help="Decode images (PNG, JPEG, TIFFs below a slide's size) of up to this many pixels whole; default: "
+         "Pillow's decompression-bomb limit, 89478485. TIFF slides are read tile by tile whatever their size.")]
 Threads = Annotated[Optional[int], typer.Option(
     help="Threads for each of reading, clustering and writing, which overlap with the network "
          "(default: the available CPUs, up to 4; at most the available CPUs).")]
@@ -173,12 +190,24 @@ class PredictOptions:
     threads: Threads = None
     object_size: ObjectSize = None
     fsync: Fsync = False
+    max_pixels: MaxPixels = None
+    label_format: LabelFormatOption = LabelFormat.png
+    rois: Rois = False
+    geojson: GeoJson = False
+    gt_suffix: GtSuffix = None
 
     def check(self) -> None:
+        from instseg.predict.outputs import check_gt_suffix
+
+        check_gt_suffix(self.gt, self.gt_suffix)
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size {self.batch_size}: must be at least 1")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads {self.threads}: must be at least 1")
+        if self.max_pixels is not None:
+            from instseg.io.slides import check_max_pixels
+
+            check_max_pixels(self.max_pixels)
 
     def all_paths(self) -> list[Path]:
         """Every input, before `--shard` takes its part (`Predictor.predict_folder` takes it)."""
@@ -199,7 +228,9 @@ class PredictOptions:
                 "embeddings": self.embeddings, "gt": self.gt, "overwrite": self.overwrite,
                 "skip_existing": self.skip_existing, "threads": self.threads, "cluster": self.cluster_overrides(),
                 "shard": self.shard,
-                "object_size": parse_object_size(self.object_size), "fsync": self.fsync}
+                "object_size": parse_object_size(self.object_size), "fsync": self.fsync,
+                "label_format": plain(self.label_format), "rois": self.rois, "geojson": self.geojson,
+                "gt_suffix": self.gt_suffix, "max_pixels": self.max_pixels}
 
 
 def with_predict_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -222,3 +253,15 @@ def with_predict_options(command: Callable[..., None]) -> Callable[..., None]:
     run.__signature__ = inspect.Signature(parameters, return_annotation=None)  # type: ignore[attr-defined]
     run.__annotations__ = {p.name: p.annotation for p in parameters}
     return run
+
+
+NormalizeChoice = choices("NormalizeChoice", ("fixed", "percentile"))  # io.microscopy.NORMALIZE
+Normalize = Annotated[NormalizeChoice, typer.Option(
+    "--normalize", help="How image intensities become 0-1 (recorded with the model; prediction repeats it): fixed: "
+                        "by dtype (uint8 / 255, uint16 / 65535, floats as they are); percentile: per image and "
+                        "channel, the 1st-99.8th percentiles (csbdeep's; camera data of any bit depth).")]
+Channels = Annotated[Optional[str], typer.Option(
+    "--channels", metavar="I[,J[,K]]",
+    help="Which channels of each file feed the network's 3 inputs (recorded with the model), from 0: one is "
+         "repeated (0: one fluorescence channel), two leave the third at 0. Default: grey, RGB or RGBA files "
+         "as they are; other channel counts are refused.")]

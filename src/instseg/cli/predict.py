@@ -24,7 +24,8 @@ def predict(
     *,
     options: PredictOptions,
 ) -> None:
-    """Write <stem>_label.png (16-bit instance ids, input size) and <stem>_overlay.png per image."""
+    """Write <stem>_label.png (16-bit instance ids, input size; or .tif) and <stem>_overlay.png per image,
+    and with --rois / --geojson the outlines for Fiji and QuPath."""
     from instseg.predictor import load
 
     options.check()
@@ -41,12 +42,17 @@ def predict_to_folder(model: Predictor, options: PredictOptions) -> None:
 
     inputs = options.all_paths()
     paths = take_part(inputs, options.shard)  # this run's part of them, as `predict_folder` takes it
+    if options.coco is not None:
+        from instseg.predict.slides import refuse_coco
+
+        refuse_coco(paths)
     results = options.results(paths)
     model.set_tiling(options.tile, options.tile_overlap)
     out_dir = options.out_dir
     for path, name in zip(paths, output_names(paths)):
         if name != path.stem:
-            err.print(f"note: {shown(str(path))} is written as {shown(name)}_label.png", highlight=False, soft_wrap=True)
+            err.print(f"note: {shown(str(path))} is written as {shown(name)}_label.{plain(options.label_format)}",
+                      highlight=False, soft_wrap=True)
     method = model.cluster_params(options.cluster_overrides()).method
     err.print(f"predicting {len(paths)} image(s) with {shown(model.description)}; "
               f"{method} clustering, {model.geometry} -> {shown(str(out_dir))}", highlight=False, soft_wrap=True)
@@ -76,8 +82,9 @@ def predict_to_folder(model: Predictor, options: PredictOptions) -> None:
                   highlight=False, soft_wrap=True)
     if results is not None:
         _write_results(results)
-    if result.instances:
-        err.print(f"note: {result.stage_times.describe(len(result.instances))}", highlight=False, soft_wrap=True)
+    if len(result.instances) > result.slides:
+        err.print(f"note: {result.stage_times.describe(len(result.instances) - result.slides)}", highlight=False,
+                  soft_wrap=True)
     for message in result.failures:
         err.print(f"error: {shown(message)}", highlight=False, soft_wrap=True)
     if result.failures:

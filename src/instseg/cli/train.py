@@ -14,9 +14,11 @@ import typer
 from rich.table import Table
 
 from instseg.cli.console import err, fmt_mean_std, out, shown
-from instseg.cli.options import DEVICE_METAVAR, TrainCluster, check_device, choices, plain
+from instseg.cli.options import (DEVICE_METAVAR, Channels, Normalize, NormalizeChoice, TrainCluster, check_device,
+                                 choices, plain)
 from instseg.train.config import (LOSS_TERMS, OPTIMIZERS, SCHEDULERS, TrainConfig, parse_loss_weights,
                                   parse_model_options, parse_zoom)
+from instseg.io.microscopy import parse_channels
 from instseg.train.presets import AUTO, PRESETS
 
 D = TrainConfig()  # the defaults live in one place
@@ -56,6 +58,8 @@ def train(
     scale: Annotated[Optional[float], typer.Option(
         help="Resize every image by this factor instead (1 = native resolution: objects keep their pixel size, "
              "as microscopy needs); --image-size is then the crop side only.")] = D.scale,
+    normalize: Normalize = NormalizeChoice(D.normalize),
+    channels: Channels = None,
     batch_size: Annotated[int, typer.Option(help="Images per step and process (global batch: x accumulate x processes).")] = D.batch_size,
     accumulate: Annotated[int, typer.Option(help="Micro-batches whose gradients add up to one step (a large batch on a small GPU).")] = D.accumulate,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = D.lr,
@@ -120,6 +124,7 @@ def train(
     recipe = resolve_preset(plain(preset), spec.kind)
     options["loss_weights"] = parse_loss_weights(loss_weight or [], PRESETS.get(recipe or "", {}).get("loss_weights"))
     options["zoom"] = parse_zoom(zoom)
+    options["channels"] = parse_channels(channels)
     options["weights"] = str(Path(weights).absolute()) if weights else None
     checkpoint = None
     given = {CLI_TO_CONFIG.get(k, k) for k in ctx.params if k != "resume" and _given(ctx, k)}

@@ -28,6 +28,7 @@ from instseg.errors import ConfigError, DataError
 from instseg.instances.clustering import CROWDED
 from instseg.io.coco import CocoLabels, decode_image, decoding_warnings, line_count
 from instseg.io.images import display_path, read_image, read_label_map
+from instseg.io.microscopy import FIXED, Reading
 
 MAX_BINS = 10
 
@@ -85,11 +86,12 @@ class CheckReport:
                 "histogram": [list(b) for b in self.histogram()]}
 
 
-def check_sample(sample: Sample) -> SampleFindings:
-    """Read one sample's files and cross-check them; every failure becomes one line."""
+def check_sample(sample: Sample, reading: Reading = FIXED) -> SampleFindings:
+    """Read one sample's files and cross-check them; every failure becomes one line (a file with
+    more planes or other channels than `reading` uses too: `io.microscopy`)."""
     found = SampleFindings()
     try:
-        found.size = read_image(sample.image).shape[:2]
+        found.size = read_image(sample.image, reading).shape[:2]
     except DataError as exc:
         found.problems.append(str(exc))
     if sample.labels is None or (isinstance(sample.labels, CocoLabels) and found.size is None):
@@ -141,12 +143,12 @@ def _check_fg(path, labels: np.ndarray) -> list[str]:
 
 
 def check_samples(report: CheckReport, samples: list[Sample], root: Path,
-                  progress: Callable[[int, int], None] | None = None) -> list[SampleFindings]:
-    """Check each sample into `report`, then the dataset as a whole (`root` names it); `progress(done,
-    total)` after each image. The findings come back in the samples' order."""
+                  progress: Callable[[int, int], None] | None = None, reading: Reading = FIXED) -> list[SampleFindings]:
+    """Check each sample into `report` (images read as `reading` says), then the dataset as a whole
+    (`root` names it); `progress(done, total)` after each image. The findings come back in the samples' order."""
     findings = []
     for done, sample in enumerate(samples, start=1):
-        found = check_sample(sample)
+        found = check_sample(sample, reading)
         if found.size is not None:
             key = f"{found.size[0]}x{found.size[1]}"
             report.sizes[key] = report.sizes.get(key, 0) + 1
@@ -187,23 +189,23 @@ class TrainingCheck:
     """`data check`'s checks over the labelled images one run trains and validates on (`samples`, of
     the dataset `root` that the `--data` value `spec` names), made once: the first dataset to
     `verify` makes them, the other reads the counts. A dataset `data check` calls not usable is
-    refused with the line it gives."""
+    refused with the line it gives. Images are read as the run reads them (`reading`)."""
 
-    def __init__(self, samples: list[Sample], root: Path, spec: str) -> None:
-        self.samples, self.root, self.spec = samples, root, spec
+    def __init__(self, samples: list[Sample], root: Path, spec: str, reading: Reading = FIXED) -> None:
+        self.samples, self.root, self.spec, self.reading = samples, root, spec, reading
         self._counts: dict[Path, int] | None = None
 
     @classmethod
-    def of(cls, samples: list[Sample]) -> TrainingCheck:
+    def of(cls, samples: list[Sample], reading: Reading = FIXED) -> TrainingCheck:
         """A check of `samples` alone, named by the first image's folder (a CVPPP dataset's own)."""
         root = samples[0].image.parent if samples else Path.cwd()
-        return cls(samples, root, display_path(root))
+        return cls(samples, root, display_path(root), reading)
 
     def counts(self) -> dict[Path, int]:
         """Instances per image file; DataError naming the first problem when there is one."""
         if self._counts is None:
             report = CheckReport(self.spec, images=len(self.samples), labelled=len(self.samples))
-            findings = check_samples(report, self.samples, self.root)
+            findings = check_samples(report, self.samples, self.root, reading=self.reading)
             if report.problems:
                 raise unusable(report.problems, self.spec)
             self._counts = {sample.image: found.count or 0 for sample, found in zip(self.samples, findings)}

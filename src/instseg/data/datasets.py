@@ -24,6 +24,7 @@ from instseg.data.samples import Sample, read_sample, scan_sizes, split_samples
 from instseg.data.synthetic import render_plant
 from instseg.data.transforms import Augment, TrainTransform
 from instseg.errors import ConfigError
+from instseg.io.microscopy import FIXED, Reading
 
 __all__ = ["DataSpec", "LabelledImages", "SyntheticLeaves", "build_datasets", "estimate_mean_std", "parse_data_spec"]
 
@@ -109,11 +110,12 @@ class LabelledImages(ItemDataset):
     by default over these samples only)."""
 
     def __init__(self, samples: list[Sample], transform: Callable[[dict], dict] | None = None,
-                 check: TrainingCheck | None = None) -> None:
+                 check: TrainingCheck | None = None, reading: Reading = FIXED) -> None:
         self.samples = samples
         self.transform = transform
+        self.reading = reading
         self._sizes = scan_sizes(samples)
-        self.check = check or TrainingCheck.of(samples)
+        self.check = check or TrainingCheck.of(samples, reading)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -127,7 +129,7 @@ class LabelledImages(ItemDataset):
 
     def read(self, index: int) -> dict:
         sample = self.samples[index]
-        image, labels = read_sample(sample)
+        image, labels = read_sample(sample, self.reading)
         return {
             "image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
             "labels": torch.from_numpy(labels),
@@ -147,6 +149,7 @@ def build_datasets(
     augment: bool = True,
     scale: float | None = None,
     zoom: tuple[float, float] | None = None,
+    reading: Reading = FIXED,
 ) -> tuple[ItemDataset, ItemDataset]:
     """Train and validation datasets for a `--data` spec.
 
@@ -155,7 +158,8 @@ def build_datasets(
     split by `val_list` (stems) or a seeded `val_split` fraction; `train_size` / `val_size`
     do not apply to them. `scale`: training crops at that fixed resize factor (see
     `TrainTransform`) instead of shorter side -> `image_size`. `zoom`: the augmentation's random
-    zoom range (None: `Augment`'s).
+    zoom range (None: `Augment`'s). `reading`: which channels of the files are used and how their
+    intensities are scaled (`io.microscopy`; synthetic data is rendered in [0, 1] already).
     """
     data = parse_data_spec(spec)
     if data.kind == "synthetic":
@@ -172,8 +176,8 @@ def build_datasets(
         train, val = split_samples(layout.require_labels(), val_split=val_split, val_list=val_list, seed=seed)
     aug = Augment() if zoom is None else Augment(zoom=tuple(zoom))
     transform = TrainTransform(image_size, aug if augment else None, scale)
-    check = TrainingCheck(train + val, layout.root, str(data))
-    return LabelledImages(train, transform, check), LabelledImages(val, None, check)
+    check = TrainingCheck(train + val, layout.root, str(data), reading)
+    return LabelledImages(train, transform, check, reading), LabelledImages(val, None, check, reading)
 
 
 def estimate_object_size(dataset: ItemDataset, image_size: int, scale: float | None = None,

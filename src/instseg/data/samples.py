@@ -21,6 +21,7 @@ from instseg.errors import DataError
 from instseg.instances.postprocess import relabel_sequential
 from instseg.io.coco import CocoLabels, line_count
 from instseg.io.images import check_label_mode, display_path, read_header, read_image, read_label_map
+from instseg.io.microscopy import FIXED, Reading
 
 MAX_LABEL_ID = 65535  # label maps are 8- or 16-bit
 
@@ -120,11 +121,12 @@ def check_same_size(image: tuple[int, int], labels: tuple[int, int], image_path:
                         f"{display_path(image_path)} is {image[0]}x{image[1]}")
 
 
-def read_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-    """(H x W x 3 float32 image in [0, 1], H x W int64 contiguous labels) of a labelled sample."""
+def read_sample(sample: Sample, reading: Reading = FIXED) -> tuple[np.ndarray, np.ndarray]:
+    """(H x W x 3 float32 image in [0, 1], H x W int64 contiguous labels) of a labelled sample;
+    `reading`: the run's channels and intensity scaling (`io.microscopy`)."""
     if sample.labels is None:
         raise DataError(f"{display_path(sample.image)}: has no label map")
-    image = read_image(sample.image)
+    image = read_image(sample.image, reading)
     if isinstance(sample.labels, CocoLabels):
         return image, sample.labels.decode(image.shape[:2])
     labels = read_instance_labels(sample.labels)

@@ -51,6 +51,7 @@ from instseg.errors import ExportError
 from instseg.instances.clustering import ClusterParams
 from instseg.exporters.options import DEFAULT_OPSET, check_opset, check_static_size
 from instseg.exporters.output import publish, staged
+from instseg.io.microscopy import FIXED, Reading
 from instseg.models.specs import ExportCaps
 from instseg.runtime.metadata import INPUT_NAME, OUTPUT_NAMES, ModelInfo
 from instseg.runtime.runner import RUN_ERRORS
@@ -98,6 +99,7 @@ class ExportRequest:
     fp16: bool = False
     scale: float | None = None  # the run's fixed resize factor (None: shorter side -> image_size)
     object_size: float | None = None  # the run's training objects' size at the working scale
+    reading: Reading = FIXED  # the run's channels and intensity scaling (io.microscopy)
     run_config: Mapping[str, Any] = field(default_factory=dict)  # the run's training options (data, split)
 
 
@@ -273,7 +275,8 @@ def model_info(request: ExportRequest, plan: ExportPlan) -> ModelInfo:
         embedding_dim=model.embedding_dim, max_instances=model.max_instances, image_size=request.image_size,
         multiple_of=model.multiple_of, static_size=plan.static_size, dynamic_batch=plan.dynamic_batch,
         mean=tuple(model.normalize.mean.flatten().tolist()), std=tuple(model.normalize.std.flatten().tolist()),
-        cluster=request.cluster, scale=request.scale, object_size=request.object_size)
+        cluster=request.cluster, scale=request.scale, object_size=request.object_size,
+        normalize=request.reading.normalize, channels=request.reading.channels)
 
 
 def with_metadata(proto: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:
@@ -369,4 +372,5 @@ def request_from_checkpoint(path: str | os.PathLike, opset: int = DEFAULT_OPSET,
         model=trained.model, name=spec.name, backbone=backbone, caps=spec.export, image_size=trained.image_size,
         cluster=trained.cluster, plugins=plugin_requirements(spec.name, backbone), source=trained.checkpoint.source,
         opset=opset, static_size=static_size, fp16=fp16, scale=trained.scale,
-        object_size=trained.checkpoint.model.object_size, run_config=trained.checkpoint.config)
+        object_size=trained.checkpoint.model.object_size, run_config=trained.checkpoint.config,
+        reading=Reading.of(trained.checkpoint.model))

@@ -35,6 +35,7 @@ from instseg.errors import ConfigError, DataError, OutputError
 from instseg.exporters.onnx import ExportRequest, ExportResult, export_onnx, failed_path, with_metadata
 from instseg.io.atomic import atomic_write_bytes, cannot_write
 from instseg.io.images import read_image
+from instseg.io.microscopy import Reading
 from instseg.io.inputs import gather_inputs
 from instseg.metrics.scores import symmetric_best_dice
 from instseg.predict.pipeline import Failure, Source, batches, network_batch, predict_sources
@@ -85,12 +86,12 @@ def evenly_spaced(count: int, limit: int = CALIBRATION_IMAGES) -> list[int]:
     return sorted({round(i) for i in np.linspace(0, count - 1, min(count, limit))}) if count else []
 
 
-def folder_images(folder: Path) -> list[np.ndarray]:
-    """Calibration images from a folder (its images, not recursive), H x W x 3 in [0, 1]."""
+def folder_images(folder: Path, reading: Reading) -> list[np.ndarray]:
+    """Calibration images from a folder (its images, not recursive), H x W x 3 in [0, 1], read as the model reads."""
     if not folder.is_dir():
         raise ConfigError(f"--calibration {folder}: not a folder of images")
     paths = gather_inputs([folder])
-    return [read_image(paths[i]) for i in evenly_spaced(len(paths))]
+    return [read_image(paths[i], reading) for i in evenly_spaced(len(paths))]
 
 
 def dataset_images(dataset: Sequence[Any]) -> list[np.ndarray]:
@@ -216,8 +217,8 @@ def export_int8(request: ExportRequest, path: str | os.PathLike, calibration: Pa
     start = time.perf_counter()
     path = Path(path)
     train_set, val_set = run_datasets(config["data"], config, EvalData(), request.image_size,
-                                      train_size=CALIBRATION_IMAGES)
-    images = folder_images(calibration) if calibration is not None else dataset_images(train_set)
+                                      train_size=CALIBRATION_IMAGES, reading=request.reading)
+    images = folder_images(calibration, request.reading) if calibration is not None else dataset_images(train_set)
     described = (f"{len(images)} images of {calibration}" if calibration is not None
                  else f"{len(images)} training images of {config['data']}")
     with _workspace() as work:

@@ -27,6 +27,7 @@ import numpy as np
 from instseg.errors import DataError
 from instseg.io.atomic import atomic_write_text
 from instseg.io.coco import CocoFile, ground_truth_dataset, load_coco, mask_api, read_json
+from instseg.io.coco_geometry import geometry_problem
 from instseg.io.images import display_path, resize_image
 from instseg.io.inputs import match_key
 from instseg.metrics.reports import ImageRow, Report
@@ -125,6 +126,9 @@ def _checked_detections(data: list, gt: dict, shown: str) -> list[dict]:
                             "segmentation")
         height, width = sizes[det["image_id"]]
         segmentation = det["segmentation"]
+        problem = geometry_problem({"segmentation": segmentation}, height, width)  # pycocotools trusts its input
+        if problem is not None:
+            raise DataError(f"{shown}: detection {index}: {problem[1]}")
         rle = (mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width)) if isinstance(segmentation, list)
                else mask_utils.frPyObjects(segmentation, height, width) if isinstance(segmentation["counts"], list)
                else segmentation)

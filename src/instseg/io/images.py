@@ -1,8 +1,9 @@
-"""Image and label-map files (numpy + Pillow only: the ONNX inference path uses this too).
+"""Image and label-map files (numpy, Pillow and tifffile: the ONNX inference path uses this too).
 
 Images become H x W x 3 float32 RGB in [0, 1] whatever they are stored as (grey, RGBA,
 palette, 8- or 16-bit, PNG / TIFF / JPEG / BMP). Label maps are read as their stored integer
-values - palette PNGs by index, never converted to colors - and written as 16-bit PNGs.
+values - palette PNGs by index, never converted to colors - and written as 16-bit PNGs, or as 16- or
+32-bit TIFFs with the input's pixel size (`write_label_map`; TIFF through tifffile, imported there).
 Every file is read in its displayed orientation (EXIF orientation applied), so a mask drawn
 on a phone photo lines up with it. Every failure raises DataError naming the file, including
 images larger than Pillow's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`), which are
@@ -20,13 +21,27 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from instseg.errors import DataError
 from instseg.io.atomic import atomic_write_bytes
+from instseg.io.microscopy import (
+    FIXED,
+    Reading,
+    TiffLayout,
+    is_tiff,
+    oriented,
+    pillow_array,
+    tiff_array,
+    tiff_layout,
+    to_network_image,
+)
+
+if TYPE_CHECKING:
+    import tifffile
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LABEL_MODES = ("P", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "1")
@@ -37,8 +52,13 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib
 
 
 def display_path(path: str | os.PathLike) -> str:
-    """A printable form of a path: bytes that are not UTF-8 appear as backslash escapes."""
-    return os.fsdecode(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """A printable form of a path: bytes that are not UTF-8 appear as backslash escapes, and so
+    does a lone surrogate that no bytes decode to (a str such as '\\ud800' passed from Python)."""
+    text = os.fsdecode(path)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -69,7 +89,8 @@ def _opened(path: str | os.PathLike) -> Iterator[Image.Image]:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 image = Image.open(handle)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise DataError(f"{shown}: refused, too large to decode safely ({exc})") from exc
+            raise DataError(f"{shown}: refused, too large to decode safely ({exc}); predict / infer "
+                            "--max-pixels raises the limit") from exc
         except UnidentifiedImageError as exc:
             raise DataError(f"{shown}: not a readable image") from exc
         except _DECODE_ERRORS as exc:
@@ -101,7 +122,13 @@ def _decode(image: Image.Image, path: str | os.PathLike) -> Image.Image:
 
 
 def read_header(path: str | os.PathLike) -> ImageHeader:
-    """Size (as displayed), mode and format from the header alone: cheap enough to scan a dataset."""
+    """Size (as displayed), mode and format from the header alone: cheap enough to scan a dataset.
+    A TIFF's mode is Pillow's name for its dtype and channels (`microscopy.TiffLayout.mode`)."""
+    if is_tiff(path):
+        with _tiff_opened(path) as (_, layout):
+            turned = layout.orientation in _TRANSPOSING_ORIENTATIONS
+            return ImageHeader(*((layout.width, layout.height) if turned else (layout.height, layout.width)),
+                               layout.mode, "TIFF")
     with _opened(path) as image:
         width, height = image.size
         if _orientation(image, path) in _TRANSPOSING_ORIENTATIONS:
@@ -120,46 +147,72 @@ def _orientation(image: Image.Image, path: str | os.PathLike) -> int:
         raise DataError(f"{display_path(path)}: image metadata is corrupted ({exc})") from exc
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """H x W x 3 float32 RGB in [0, 1]; alpha is dropped, grey is repeated, 16-bit is scaled."""
+def read_image(path: str | os.PathLike, reading: Reading = FIXED) -> np.ndarray:
+    """H x W x 3 float32 in [0, 1]: the stored values of the channels `reading` asks for (grey
+    repeated, RGB, RGBA without alpha by default), scaled by its rule (`io.microscopy`)."""
+    shown = display_path(path)
+    array, alpha = _stored_values(path)
+    return to_network_image(array, reading, shown, alpha)
+
+
+def _stored_values(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
+    """A file's displayed pixels as H x W x C stored values, and whether its last channel is alpha."""
+    shown = display_path(path)
+    if is_tiff(path):
+        with _tiff_opened(path) as (tif, layout):
+            try:
+                array = tiff_array(tif, layout, shown)
+            except _DECODE_ERRORS as exc:
+                raise DataError(f"{shown}: image is truncated or corrupted ({exc})") from exc
+            return oriented(array, layout.orientation), layout.alpha
     with _opened(path) as opened:
-        if opened.mode == "F":
-            raise DataError(f"{display_path(path)}: floating-point images are not supported as input")
         image = _decode(opened, path)
-        if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-            array = np.asarray(image, dtype=np.float32)
-            scale = 65535.0 if array.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
-            array /= scale
-            return np.repeat(np.clip(array, 0.0, 1.0, out=array)[..., None], 3, axis=2)
-        if image.mode != "RGB":
-            try:  # palette, grey, RGBA (alpha dropped), CMYK ...
-                image = image.convert("RGB")
-            except ValueError as exc:
-                raise DataError(f"{display_path(path)}: cannot convert mode {image.mode} to RGB ({exc})") from exc
-        array = np.asarray(image, dtype=np.float32)
-        array /= 255.0  # in place: a second float copy of an 88 Mpx photo would be 1 GB more
-        return array
+        alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa")
+        return pillow_array(image), alpha
 
 
-def image_from_array(array: np.ndarray) -> np.ndarray:
-    """A numpy image (H x W or H x W x C with 1, 3 or 4 channels; uint8, uint16, or float in
-    [0, 1]) as `read_image` gives a file: H x W x 3 float32 RGB in [0, 1], alpha dropped."""
+RGBA = 4  # the most channels of a Pillow image: a TIFF's pixel limit counts its channels beyond this
+
+
+@contextmanager
+def _tiff_opened(path: str | os.PathLike) -> Iterator[tuple["tifffile.TiffFile", TiffLayout]]:
+    """A TIFF opened by tifffile (header only) and the layout of its one image, refused as
+    `_opened` refuses: missing, unreadable, larger than Pillow's decompression-bomb limit
+    (the same bound for every format), too elongated, or holding more than one 2-D image."""
+    import tifffile  # imported when a TIFF is read: 0.15 s that a folder of PNGs does not need
+
+    shown = display_path(path)
+    try:
+        tif = tifffile.TiffFile(os.fspath(path))
+    except OSError as exc:
+        raise DataError(f"{shown}: cannot open ({exc.strerror or exc})") from exc
+    except (tifffile.TiffFileError, *_DECODE_ERRORS) as exc:
+        raise DataError(f"{shown}: image header is corrupted ({exc})") from exc
+    with tif:
+        try:
+            layout = tiff_layout(tif, shown)
+        except (tifffile.TiffFileError, *_DECODE_ERRORS) as exc:
+            raise DataError(f"{shown}: image header is corrupted ({exc})") from exc
+        limit = Image.MAX_IMAGE_PIXELS
+        pixels = layout.height * layout.width
+        if limit is not None and (pixels > limit or pixels * layout.channels > RGBA * limit):
+            raise DataError(f"{shown}: refused, too large to decode safely ({layout.width}x{layout.height} with "
+                            f"{layout.channels} channel(s); the limit is {limit} pixels of up to {RGBA} channels); "
+                            "predict / infer --max-pixels raises the limit")
+        _check_aspect((layout.width, layout.height), shown)
+        yield tif, layout
+
+
+def image_from_array(array: np.ndarray, reading: Reading = FIXED) -> np.ndarray:
+    """A numpy image (H x W or H x W x C) as `read_image` gives a file: H x W x 3 float32 in
+    [0, 1] by the same rules (`io.microscopy`: channels as `reading` says, else grey, RGB or
+    RGBA with alpha dropped; its intensity scaling)."""
     if array.ndim == 2:
         array = array[..., None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or 0 in array.shape[:2]:
-        raise DataError(f"image array of shape {array.shape}: expected H x W or H x W x C with C = 1, 3 or 4")
-    array = array[..., :3] if array.shape[2] == 4 else np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / 65535.0
-    if np.issubdtype(array.dtype, np.floating):
-        image = array.astype(np.float32)
-        if not np.isfinite(image).all() or image.min() < 0 or image.max() > 1:
-            raise DataError(f"float image array: values must be finite and in [0, 1] (found "
-                            f"{np.nanmin(image):.3g}..{np.nanmax(image):.3g}); scale it first")
-        return image
-    raise DataError(f"image array of dtype {array.dtype}: expected uint8, uint16 or float in [0, 1]")
+    if array.ndim != 3 or 0 in array.shape:
+        raise DataError(f"image array of shape {array.shape}: expected H x W or H x W x C")
+    alpha = reading.channels is None and array.shape[2] == 4
+    return to_network_image(np.asarray(array), reading, "image array", alpha)
 
 
 def check_label_mode(mode: str, path: str | os.PathLike) -> None:
@@ -171,25 +224,119 @@ def check_label_mode(mode: str, path: str | os.PathLike) -> None:
 
 
 def read_label_map(path: str | os.PathLike) -> np.ndarray:
-    """H x W int64 instance ids as stored (palette indices for palette PNGs); 0 = background."""
-    with _opened(path) as opened:
-        check_label_mode(opened.mode, path)
-        image = _decode(opened, path)
-        labels = np.asarray(image).astype(np.int64)
+    """H x W int64 instance ids as stored (palette indices for palette PNGs); 0 = background.
+    A TIFF may hold 8-, 16- or 32-bit ids, one plane only (`microscopy.tiff_layout`)."""
+    if is_tiff(path):
+        with _tiff_opened(path) as (tif, layout):
+            check_label_mode(layout.mode, path)
+            labels = oriented(tiff_array(tif, layout, display_path(path), colors=False)[..., 0], layout.orientation)
+            labels = labels.astype(np.int64)
+    else:
+        with _opened(path) as opened:
+            check_label_mode(opened.mode, path)
+            image = _decode(opened, path)
+            labels = np.asarray(image).astype(np.int64)
     if labels.size and labels.min() < 0:
         raise DataError(f"{display_path(path)}: label map holds negative ids (min {labels.min()})")
     return labels
 
 
+PNG_MAX_ID = 65535  # the largest id a 16-bit PNG holds; larger label maps go to 32-bit TIFF
+LABEL_SUFFIXES = {"png": ".png", "tif": ".tif"}  # --label-format -> file suffix
+
+
 def write_label_map(path: str | os.PathLike, labels: np.ndarray, output: str | None = None, *,
-                    durable: bool = True) -> None:
-    """Write instance ids as a 16-bit greyscale PNG (atomically); `output`, `durable`: see `write_image`."""
+                    durable: bool = True, pixel_size: PixelSize | None = None) -> None:
+    """Write instance ids atomically: a `.tif` / `.tiff` path as TIFF (`tiff_label_bytes`), any
+    other as a 16-bit greyscale PNG, refused by name when an id does not fit one; `output`,
+    `durable`: see `write_image`; `pixel_size` goes into the TIFF (a PNG has no field for it)."""
     if labels.ndim != 2:
         raise ValueError(f"label map must be 2-D, got shape {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() > 65535):
-        raise ValueError("label ids must lie in 0..65535 for a 16-bit PNG")
-    image = Image.fromarray(labels.astype(np.uint16))
-    write_image(path, image, output, durable=durable)
+    if labels.size and labels.min() < 0:
+        raise ValueError("label ids must not be negative")
+    if Path(path).suffix.lower() in (".tif", ".tiff"):
+        atomic_write_bytes(path, tiff_label_bytes(labels, output, pixel_size), durable=durable)
+        return
+    check_label_fits(path, labels)
+    write_image(path, Image.fromarray(labels.astype(np.uint16)), output, durable=durable)
+
+
+def check_label_fits(path: str | os.PathLike, labels: np.ndarray) -> None:
+    """A DataError naming the option to pass when `labels` go to a PNG and an id is above what
+    16 bits hold (checked before a prediction's pictures are drawn, so nothing is written)."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff") and labels.size and labels.max() > PNG_MAX_ID:
+        raise DataError(f"{display_path(path)}: instance ids reach {int(labels.max())}, more than a 16-bit PNG "
+                        f"holds ({PNG_MAX_ID}); pass --label-format tif (a 32-bit TIFF)")
+
+
+@dataclass(frozen=True)
+class PixelSize:
+    """The physical size of one pixel, in micrometres (x: along a row, y: down a column)."""
+
+    x: float
+    y: float
+
+
+_MICROMETRES = {"um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "\\u00b5m": 1.0, "micron": 1.0, "microns": 1.0,
+                "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "inch": 25400.0, "in": 25400.0}  # ImageJ / OME units
+_RESOLUTION_UNITS = {2: 25400.0, 3: 1e4, 4: 1e3, 5: 1.0}  # TIFF ResolutionUnit -> micrometres (1: none)
+
+
+def read_pixel_size(path: str | os.PathLike) -> PixelSize | None:
+    """An input's pixel size, for its label TIFF: OME-XML PhysicalSizeX/Y, else the TIFF
+    resolution tags (in ImageJ's unit when it wrote them), else the PNG / JPEG dpi; None when the
+    file states none or a unit that is not a length (the label map is then written without one)."""
+    try:
+        if Path(path).suffix.lower() in (".tif", ".tiff"):
+            return _tiff_pixel_size(path)
+        with Image.open(path) as image:
+            dpi = image.info.get("dpi")
+        return _pixel_size(25400.0 / float(dpi[0]), 25400.0 / float(dpi[1])) if dpi and min(dpi) > 0 else None
+    except (*_DECODE_ERRORS, KeyError, TypeError, ZeroDivisionError):  # metadata only: the pixels were read
+        return None
+
+
+def _tiff_pixel_size(path: str | os.PathLike) -> PixelSize | None:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if tif.is_ome and tif.ome_metadata:
+            image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+            pixels = (image[0] if isinstance(image, list) else image)["Pixels"]
+            if "PhysicalSizeX" in pixels:
+                unit = _MICROMETRES.get(str(pixels.get("PhysicalSizeXUnit", "µm")).lower())
+                y = pixels.get("PhysicalSizeY", pixels["PhysicalSizeX"])
+                return None if unit is None else _pixel_size(float(pixels["PhysicalSizeX"]) * unit, float(y) * unit)
+        tags = tif.pages.first.tags
+        if "XResolution" not in tags:
+            return None
+        unit = (_MICROMETRES.get(str((tif.imagej_metadata or {}).get("unit", "")).lower())
+                or _RESOLUTION_UNITS.get(int(tags.valueof("ResolutionUnit", 2))))
+        x = tags["XResolution"].value
+        y = tags["YResolution"].value if "YResolution" in tags else x
+        return None if unit is None else _pixel_size(unit * x[1] / x[0], unit * y[1] / y[0])
+
+
+def _pixel_size(x: float, y: float) -> PixelSize | None:
+    """Finite, positive sizes only (a zero resolution tag means "not stated")."""
+    return PixelSize(x, y) if np.isfinite([x, y]).all() and min(x, y) > 0 else None
+
+
+def tiff_label_bytes(labels: np.ndarray, output: str | None = None, pixel_size: PixelSize | None = None) -> bytes:
+    """A label map as one deflate-compressed TIFF page: uint16 while the ids fit (Fiji, QuPath
+    and napari open it as a label image), uint32 above (ImageJ reads that as 32-bit). The pixel size
+    is written as resolution tags in centimetres, which ImageJ shows in micrometres; `output` goes
+    into the description (`{"instseg.output": kind}`, read by `prediction_output_kind`)."""
+    import tifffile
+
+    dtype = np.uint16 if labels.max(initial=0) <= PNG_MAX_ID else np.uint32
+    extra: dict = {}
+    if pixel_size is not None:
+        extra = {"resolution": (1e4 / pixel_size.x, 1e4 / pixel_size.y), "resolutionunit": "CENTIMETER"}
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, labels.astype(dtype), compression="zlib", software="instseg",
+                     metadata={OUTPUT_KEY: output} if output is not None else {}, **extra)
+    return buffer.getvalue()
 
 
 def write_rgb(path: str | os.PathLike, rgb: np.ndarray, output: str | None = None, *, durable: bool = True) -> None:
@@ -224,13 +371,40 @@ def write_image(path: str | os.PathLike, image: Image.Image, output: str | None 
 
 
 def prediction_output_kind(path: str | os.PathLike) -> str | None:
-    """What prediction output a PNG is (`label`, `overlay`, ...), None for any other file;
-    reads the header chunks only."""
+    """What prediction output a PNG or TIFF is (`label`, `overlay`, ...), None for any other
+    file; reads the header chunks (the TIFF's first page's tags) only."""
+    if Path(path).suffix.lower() in (".tif", ".tiff"):
+        return _tiff_output_kind(path)
     try:
         with Image.open(path) as image:
             return image.info.get(OUTPUT_KEY) if image.format == "PNG" else None
     except (OSError, UnidentifiedImageError, ValueError):
         return None
+
+
+def _tiff_output_kind(path: str | os.PathLike) -> str | None:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            metadata = tif.shaped_metadata
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+    kind = metadata[0].get(OUTPUT_KEY) if metadata else None
+    return kind if isinstance(kind, str) else None
+
+
+def tiff_is_complete(path: str | os.PathLike) -> bool:
+    """Whether a TIFF's first page lies whole in the file (one cut short by a power cut does not)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page, size = tif.pages.first, tif.filehandle.size
+            return all(0 < offset and offset + count <= size
+                       for offset, count in zip(page.dataoffsets, page.databytecounts))
+    except (OSError, ValueError, KeyError, IndexError):
+        return False
 
 
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every PNG ends with

@@ -20,6 +20,7 @@ from instseg.io.images import IMAGE_SUFFIXES
 GLOB_CHARS = re.compile(r"[*?\[]")
 UNSAFE_CHARS = re.compile(r"[^\w.-]")
 MATCH_SUFFIXES = ("_label", "_rgb")  # CVPPP: plant001_rgb.png <-> plant001_label.png
+LABEL_FILE_SUFFIXES = (".png", ".tif", ".tiff")  # label maps another tool wrote (Cellpose, StarDist, Fiji)
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -50,10 +51,13 @@ def gather_inputs(specs: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def safe_name(path: str | os.PathLike) -> str:
-    """A file-name stem that cannot leave the output folder: the input's stem only, with
-    anything but letters, digits, '.', '-', '_' replaced and leading dots removed."""
-    stem = UNSAFE_CHARS.sub("_", Path(path).stem).lstrip(".")
-    return stem or "image"
+    """A file-name stem that cannot leave the output folder: the input's stem only, without an
+    OME-TIFF's `.ome` (x.ome.tif -> x), with anything but letters, digits, '.', '-', '_'
+    replaced and leading dots removed."""
+    stem = Path(path).stem
+    if Path(path).suffix.lower() in (".tif", ".tiff") and stem.lower().endswith(".ome"):
+        stem = stem[:-len(".ome")]
+    return UNSAFE_CHARS.sub("_", stem).lstrip(".") or "image"
 
 
 def output_names(paths: Sequence[Path]) -> list[str]:
@@ -72,34 +76,49 @@ def output_names(paths: Sequence[Path]) -> list[str]:
     return names
 
 
-def match_key(path: str | os.PathLike) -> str:
+def match_key(path: str | os.PathLike, suffix: str | None = None) -> str:
     """The key that pairs an image, its prediction and its ground truth: the safe stem without
-    a trailing `_label`, then `_rgb` (plant001_rgb.png, plant001_rgb_label.png and
-    plant001_label.png all give `plant001`)."""
+    `suffix` (another tool's, e.g. `_cp_masks`), then without a trailing `_label`, then `_rgb`
+    (plant001_rgb.png, plant001_rgb_label.png and plant001_label.png all give `plant001`)."""
     key = safe_name(path)
-    for suffix in MATCH_SUFFIXES:
+    if suffix:
         key = key.removesuffix(suffix)
+    for ending in MATCH_SUFFIXES:
+        key = key.removesuffix(ending)
     return key
 
 
-def label_files(folder: str | os.PathLike) -> dict[str, Path]:
-    """The label maps of a folder by match key: its `*_label.png` files when it has any
-    (so CVPPP's `_rgb` / `_fg` files are ignored), else all its PNGs."""
+def check_suffix(option: str, suffix: str | None) -> None:
+    """A ConfigError naming `option` (`--pred-suffix` / `--gt-suffix`) unless `suffix` is None
+    or could end a file stem: it is compared with safe stems, so it holds only their characters."""
+    if suffix is not None and (not suffix or UNSAFE_CHARS.search(suffix)):
+        raise ConfigError(f"{option} {suffix!r}: expected the end of a file stem, such as _cp_masks "
+                          "(letters, digits, '.', '-' and '_')")
+
+
+def label_files(folder: str | os.PathLike, suffix: str | None = None) -> dict[str, Path]:
+    """The label maps (PNG or TIFF) of a folder by match key: with `suffix`, the files whose
+    stem ends with it; else its `*_label` files when it has any (so CVPPP's `_rgb` / `_fg`
+    files are ignored), else all of them."""
     folder = Path(folder)
     if not folder.is_dir():
         what = ("a symbolic link that leads nowhere or to itself" if folder.is_symlink() and not folder.exists()
                 else "a file, not a folder" if folder.exists() else "no such folder")
         raise DataError(f"{folder}: {what}")
-    pngs = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".png")
-    labelled = [p for p in pngs if p.stem.endswith("_label")]
+    maps = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in LABEL_FILE_SUFFIXES)
+    if suffix:
+        chosen = [p for p in maps if safe_name(p).endswith(suffix)]
+    else:
+        chosen = [p for p in maps if safe_name(p).endswith("_label")] or maps
     files: dict[str, Path] = {}
-    for path in labelled or pngs:
-        key = match_key(path)
+    for path in chosen:
+        key = match_key(path, suffix)
         if key in files:
             raise DataError(f"{folder}: {files[key].name} and {path.name} both match '{key}'; rename one")
         files[key] = path
     if not files:
-        raise DataError(f"{folder}: folder holds no label PNGs")
+        which = f"label maps ending in {suffix}" if suffix else "label maps"
+        raise DataError(f"{folder}: folder holds no {which} ({', '.join(LABEL_FILE_SUFFIXES)})")
     return files
 
 

@@ -1,7 +1,7 @@
 """Scores of many images: per-image rows, their summary, the counter head's own count, and the
 report files (`metrics.json`, `per_image.csv`, worst image first) that `instseg evaluate` writes.
 
-`score_folders` scores any tool's label PNGs against ground truth, matched by name; a model's
+`score_folders` scores any tool's label maps (PNG or TIFF) against ground truth, matched by name; a model's
 predictions become rows through `instseg.predict.evaluation`.
 """
 
@@ -75,16 +75,19 @@ def _worst_first(row: ImageRow) -> tuple[float, float, str]:
     return row.scores.sbd, row.scores.fg_dice, row.name
 
 
-def score_folders(pred: Path, gt: Path) -> tuple[Report, dict[str, list[str]]]:
-    """Every prediction PNG against the ground truth of the same match key; also the file
-    names without a partner on each side ({"pred": [...], "gt": [...]})."""
-    predicted, truth = label_files(pred), label_files(gt)
+def score_folders(pred: Path, gt: Path, pred_suffix: str | None = None,
+                  gt_suffix: str | None = None) -> tuple[Report, dict[str, list[str]]]:
+    """Every predicted label map (PNG or TIFF) against the ground truth of the same match key,
+    each side's `suffix` taken off its stems first (`inputs.label_files`); also the file names
+    without a partner on each side ({"pred": [...], "gt": [...]})."""
+    predicted, truth = label_files(pred, pred_suffix), label_files(gt, gt_suffix)
     matched = sorted(predicted.keys() & truth.keys())
     unmatched = {"pred": sorted(predicted[k].name for k in predicted.keys() - truth.keys()),
                  "gt": sorted(truth[k].name for k in truth.keys() - predicted.keys())}
     if not matched:
-        raise DataError(f"{pred}: no prediction matches a ground-truth file in {gt} by name "
-                        f"(e.g. plant001_label.png <-> plant001_label.png or plant001_rgb_label.png)")
+        raise DataError(f"{pred}: no prediction matches a ground-truth file in {gt} by name (e.g. "
+                        "plant001_label.png <-> plant001_label.png or plant001_rgb_label.png; another tool's "
+                        "names: --pred-suffix _cp_masks matches x_cp_masks.png to x.png)")
     rows = []
     for key in matched:
         p, g = read_label_map(predicted[key]), read_label_map(truth[key])
@@ -92,7 +95,8 @@ def score_folders(pred: Path, gt: Path) -> tuple[Report, dict[str, list[str]]]:
             raise DataError(f"{predicted[key]}: prediction is {p.shape[1]}x{p.shape[0]} but "
                             f"{truth[key]} is {g.shape[1]}x{g.shape[0]}")
         rows.append(ImageRow(key, score_image(p, g), count_instances(g)))
-    source = {"pred": str(pred), "gt": str(gt), "unmatched": unmatched}
+    source = {"pred": str(pred), "gt": str(gt), "pred_suffix": pred_suffix, "gt_suffix": gt_suffix,
+              "unmatched": unmatched}
     return Report(f"{pred} against {gt} ({len(rows)} images)", rows, source), unmatched
 
 

@@ -20,6 +20,7 @@ from instseg.errors import ConfigError, DataError
 from instseg.instances.clustering import ClusterParams
 from instseg.io.coco_results import LabelMapCoco, instance_scores
 from instseg.io.images import resize_image, resize_labels, working_size, write_rgb
+from instseg.io.microscopy import FIXED, Reading
 from instseg.io.pictures import colorize, embedding_rgb, panel, read_metrics, training_curves
 from instseg.metrics.reports import ImageRow, Report
 from instseg.metrics.scores import count_instances, score_image, summarize
@@ -113,15 +114,17 @@ class EvalData:
 
 
 def run_datasets(spec: str, config: Mapping[str, Any], data: EvalData, image_size: int,
-                 train_size: int = 1) -> tuple[Sequence[dict[str, Any]], Sequence[dict[str, Any]]]:
+                 train_size: int = 1, reading: Reading = FIXED
+                 ) -> tuple[Sequence[dict[str, Any]], Sequence[dict[str, Any]]]:
     """The un-augmented train and validation sets of `spec` split as a run's `config` says,
-    with `data`'s changes (synthetic data: `train_size` training images)."""
+    with `data`'s changes (synthetic data: `train_size` training images), read as the model reads."""
     from instseg.data import build_datasets
 
     return build_datasets(
         spec, image_size=image_size, seed=config.get("seed", 0), train_size=train_size,
         val_size=data.val_size or config.get("val_size", 32), augment=False,
-        val_split=data.val_split or config.get("val_split", 0.2), val_list=data.val_list or config.get("val_list"))
+        val_split=data.val_split or config.get("val_split", 0.2), val_list=data.val_list or config.get("val_list"),
+        reading=reading)
 
 
 def evaluate_runner_on(runner: Runner, config: Mapping[str, Any], data: EvalData, *, source: str, where: str,
@@ -134,7 +137,7 @@ def evaluate_runner_on(runner: Runner, config: Mapping[str, Any], data: EvalData
         raise ConfigError(f"{source}: an ONNX file does not record its training data: give --data (and --val-list)")
     if image_size:
         runner.image_size = image_size
-    _, val_set = run_datasets(spec, config, data, runner.image_size)
+    _, val_set = run_datasets(spec, config, data, runner.image_size, reading=runner.reading)
     if on_start is not None:
         on_start(f"evaluating {runner.description} on {spec} ({len(val_set)} images, {geometry(runner)}) "
                  f"on {where}; {params.method} clustering")

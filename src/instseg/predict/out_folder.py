@@ -7,10 +7,11 @@ time, and every file the run would write is checked before the first image is re
   and each holds its part's own (`.instseg-shard-K-of-N.lock`): N parts write side by side,
   two copies of one part do not. POSIX only; where the file system has no locks (some cluster
   file systems), runs are not serialised.
-- The plan: `<name>_<kind>.png` for every input and every kind of picture asked for. A file
+- The plan: `<name>_label.png` (or `.tif`), `<name>_<kind>.png` for every kind of picture
+  asked for, `<name>_rois.zip` and `<name>.geojson` when asked, for every input. A file
   that already exists is replaced only with `overwrite`, or with `skip_existing` when it is an
   instseg output of the same kind (an interrupted run's); an input counts as done only when all
-  its outputs exist and are complete PNGs. A file that is one of the run's inputs (an image to
+  its outputs exist and are complete (`is_complete`). A file that is one of the run's inputs (an image to
   predict, a ground-truth file) is never replaced, not even with `overwrite`.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import zipfile
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,8 @@ from typing import Iterator, Mapping, Sequence
 
 from instseg.errors import OutputError
 from instseg.io.atomic import cannot_write
-from instseg.io.images import display_path, png_is_complete, prediction_output_kind
+from instseg.io.annotations import annotation_output_kind
+from instseg.io.images import display_path, png_is_complete, prediction_output_kind, tiff_is_complete
 
 try:
     import fcntl
@@ -119,27 +122,53 @@ class Plan:
     replace: set[Path] = field(default_factory=set)  # existing outputs this run replaces
 
 
-def output_files(out_dir: Path, name: str, kinds: Sequence[str]) -> list[Path]:
-    """An input's output files, one per kind (`label` first)."""
-    return [out_dir / f"{name}_{kind}.png" for kind in kinds]
+def output_files(out_dir: Path, name: str, endings: Mapping[str, str]) -> list[Path]:
+    """An input's output files, one per kind (`label` first): its name, then the kind's ending."""
+    return [out_dir / f"{name}{ending}" for ending in endings.values()]
 
 
-def plan_outputs(inputs: Sequence[tuple[Path, str]], out_dir: Path, kinds: Sequence[str], *, overwrite: bool,
+def is_complete(path: Path) -> bool:
+    """Whether an output file is whole (one renamed into place before a power cut may be empty
+    or cut short): a PNG ends with IEND, a TIFF's pixels lie inside it, a zip ends with its
+    directory, a GeoJSON file ends as `annotations.qupath_geojson` ends it."""
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        return png_is_complete(path)
+    if suffix in (".tif", ".tiff"):
+        return tiff_is_complete(path)
+    if suffix == ".zip":
+        return zipfile.is_zipfile(path)
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(handle.tell() - 2, 0))
+            return handle.read() == b"}\n"
+    except OSError:
+        return False
+
+
+def output_kind(path: Path) -> str | None:
+    """What instseg output a file is (`label`, `overlay`, `rois`, ...), None for any other file."""
+    return annotation_output_kind(path) if path.suffix.lower() in (".zip", ".geojson") else prediction_output_kind(path)
+
+
+def plan_outputs(inputs: Sequence[tuple[Path, str]], out_dir: Path, endings: Mapping[str, str], *, overwrite: bool,
                  skip_existing: bool, protected: Sequence[Path] = ()) -> Plan:
-    """The plan for `inputs` (path, output name) writing `kinds` into `out_dir`, or an
-    OutputError naming the first file it must not replace. `protected`: files read by the run
-    besides the inputs (ground truth), which are never replaced either."""
+    """The plan for `inputs` (path, output name) writing a file per kind of `endings` (kind ->
+    what follows the name) into `out_dir`, or an OutputError naming the first file it must not
+    replace. `protected`: files read by the run besides the inputs (ground truth), which are
+    never replaced either."""
     plan, clashes, sources = Plan(), [], {}
     for path, name in inputs:
-        files = output_files(out_dir, name, kinds)
-        present = [(file, kind) for file, kind in zip(files, kinds) if file.exists() or file.is_symlink()]
-        if skip_existing and len(present) == len(files) and all(png_is_complete(file) for file in files):
+        files = output_files(out_dir, name, endings)
+        present = [(file, kind) for file, kind in zip(files, endings) if file.exists() or file.is_symlink()]
+        if skip_existing and len(present) == len(files) and all(is_complete(file) for file in files):
             plan.done.append(path)
             continue
         plan.todo.append((path, name))
         for file, kind in present:
             sources[file] = f"the prediction of {display_path(path)}"
-            replaceable = overwrite or (skip_existing and prediction_output_kind(file) == kind)
+            replaceable = overwrite or (skip_existing and output_kind(file) == kind)
             (plan.replace.add if replaceable else clashes.append)(file)
     refuse_inputs(sources, [path for path, _ in plan.todo] + list(protected))
     if clashes:

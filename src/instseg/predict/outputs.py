@@ -4,6 +4,7 @@ predicted and written (what `instseg predict` and `instseg infer` do, as a libra
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import AbstractSet, Any, Callable, Iterator, Sequence
 
@@ -11,9 +12,12 @@ import numpy as np
 
 from instseg.errors import ConfigError, DataError, OutputError
 from instseg.instances.clustering import ClusterParams
-from instseg.io.atomic import cannot_write, sync_folder
+from instseg.io.annotations import imagej_rois, outlines, qupath_geojson, require_packages
+from instseg.io.atomic import atomic_write_bytes, cannot_write, sync_folder
 from instseg.io.coco import CocoLabels
-from instseg.io.images import display_path, prediction_output_kind, read_label_map, write_label_map, write_rgb
+from instseg.io.coco_results import instance_scores
+from instseg.io.images import (LABEL_SUFFIXES, check_label_fits, display_path, prediction_output_kind, read_label_map,
+                               read_pixel_size, write_label_map, write_rgb)
 from instseg.io.inputs import match_key, output_names
 from instseg.io.pictures import colorize, embedding_rgb, overlay, panel
 from instseg.metrics.scores import count_instances
@@ -21,6 +25,7 @@ from instseg.instances.size import AUTO
 from instseg.predict.out_folder import locked, plan_outputs
 from instseg.predict.pipeline import Failure, Prediction, Runner, read_sources
 from instseg.predict.sizing import ObjectSize, predict_sized, run_size, scaled
+from instseg.predict.slides import SlideResult, find_slides, predict_slides
 from instseg.predict.stages import StageTimes, bounded_threads, predict_overlapped
 
 
@@ -29,28 +34,55 @@ class OutputOptions:
     overlay: bool = True
     panels: bool = False  # input / prediction / ground truth (when found in gt_files)
     embeddings: bool = False  # PCA picture of the embedding map
-    gt_files: dict[str, Path | CocoLabels] = field(default_factory=dict)  # match key -> label PNG or COCO annotations
+    gt_files: dict[str, Path | CocoLabels] = field(default_factory=dict)  # match key -> label map or COCO annotations
     overwrite: bool = False  # replace existing outputs of the same names (never done unasked; never an input)
     skip_existing: bool = False  # skip inputs whose outputs are all in the output folder already
     fsync: bool = False  # fsync every file before it is renamed into place (default: the folder, once per batch)
+    label_format: str = "png"  # "png" (16-bit) or "tif" (16- or 32-bit, with the input's pixel size)
+    rois: bool = False  # an ImageJ ROI zip of the instances' outlines
+    geojson: bool = False  # a QuPath GeoJSON FeatureCollection of them
 
-    def kinds(self) -> list[str]:
-        """The files written per input, as `<name>_<kind>.png`: the label map, then the pictures asked for."""
-        return ["label", *(kind for kind, asked in (("overlay", self.overlay), ("panel", self.panels),
-                                                    ("embedding", self.embeddings)) if asked)]
+    def __post_init__(self) -> None:
+        """Refuse an unknown label format, and outlines without their packages, before any work."""
+        if self.label_format not in LABEL_SUFFIXES:
+            raise ConfigError(f"--label-format {self.label_format}: choose from {', '.join(LABEL_SUFFIXES)}")
+        for option, asked in (("--rois", self.rois), ("--geojson", self.geojson)):
+            if asked:
+                require_packages(option)
+
+    def endings(self) -> dict[str, str]:
+        """The files written per input, kind -> what follows the input's name: the label map,
+        then the pictures asked for (`_<kind>.png`), then the outline files asked for."""
+        pictures = (("overlay", self.overlay), ("panel", self.panels), ("embedding", self.embeddings))
+        return {"label": f"_label{LABEL_SUFFIXES[self.label_format]}",
+                **{kind: f"_{kind}.png" for kind, asked in pictures if asked},
+                **({"rois": "_rois.zip"} if self.rois else {}), **({"geojson": ".geojson"} if self.geojson else {})}
 
 
-def ground_truth_files(gt: Path | None) -> dict[str, Path | CocoLabels]:
-    """`--gt`: a COCO file's images, or a folder's label maps, by match key (none: {})."""
+def check_gt_suffix(gt: Path | None, suffix: str | None) -> None:
+    """A ConfigError when `--gt-suffix` has no --gt folder to pick files in (or is no suffix)."""
+    from instseg.io.inputs import check_suffix
+
+    check_suffix("--gt-suffix", suffix)
+    if suffix is not None and gt is None:
+        raise ConfigError("--gt-suffix picks files in a --gt folder: give --gt DIR with it")
+    if suffix is not None and gt.suffix.lower() == ".json":
+        raise ConfigError(f"--gt-suffix picks files in a --gt folder, and {display_path(gt)} is a COCO file")
+
+
+def ground_truth_files(gt: Path | None, suffix: str | None = None) -> dict[str, Path | CocoLabels]:
+    """`--gt`: a COCO file's images, or a folder's label maps (PNG or TIFF; with `suffix`, those
+    whose stem ends with it, matched without it: `--gt-suffix`), by match key (none: {})."""
     from instseg.io.coco import load_coco
     from instseg.io.inputs import label_files
 
+    check_gt_suffix(gt, suffix)
     if gt is None:
         return {}
     if gt.suffix.lower() == ".json":
         coco = load_coco(gt).require_usable()
         return {match_key(image.file_name): coco.labels(image) for image in coco.images}
-    return label_files(gt)
+    return label_files(gt, suffix)
 
 
 def _ground_truth(prediction: Prediction, gt_files: dict[str, Path]) -> np.ndarray | None:
@@ -83,23 +115,44 @@ def _pictures(prediction: Prediction, options: OutputOptions) -> dict[str, np.nd
     return pictures
 
 
+def _outlines(prediction: Prediction, options: OutputOptions) -> dict[str, bytes]:
+    """The outline files asked for, as their bytes (`io.annotations`)."""
+    if not (options.rois or options.geojson):
+        return {}
+    traced, files = outlines(prediction.labels), {}
+    if options.rois:
+        files["rois"] = imagej_rois(traced)
+    if options.geojson:
+        scores = instance_scores(prediction.labels, prediction.probability)
+        files["geojson"] = qupath_geojson(traced, prediction.labels, scores).encode()
+    return files
+
+
 def write_prediction(prediction: Prediction, out_dir: Path, options: OutputOptions = OutputOptions(),
                      replace: AbstractSet[Path] = frozenset()) -> list[Path]:
-    """Write `<name>_label.png` (16-bit ids, input size) and the pictures asked for
-    (`<name>_overlay.png`, `_panel.png`, `_embedding.png`); all are drawn before any is written.
-    An existing file is replaced only with `options.overwrite` or when it is in `replace` (the
-    run's plan, `out_folder.plan_outputs`). Each file is renamed into place whole; without
-    `options.fsync` it is left to the caller to sync the folder (`predict_folder` does, per batch)."""
-    pictures = _pictures(prediction, options)
-    files = [(out_dir / f"{prediction.name}_{kind}.png", kind, array)
-             for kind, array in [("label", prediction.labels), *pictures.items()]]
-    clash = next((path for path, _, _ in files if (path.exists() or path.is_symlink()) and path not in replace), None)
+    """Write `<name>_label.png` (16-bit ids, input size; `.tif` with `options.label_format`,
+    with the input's pixel size), the pictures asked for (`<name>_overlay.png`, `_panel.png`,
+    `_embedding.png`) and the outlines (`<name>_rois.zip`, `<name>.geojson`); all are drawn
+    before any is written. An existing file is replaced only with `options.overwrite` or when it
+    is in `replace` (the run's plan, `out_folder.plan_outputs`). Each file is renamed into place
+    whole; without `options.fsync` it is left to the caller to sync the folder (`predict_folder`
+    does, per batch)."""
+    files = [(out_dir / f"{prediction.name}{ending}", kind) for kind, ending in options.endings().items()]
+    clash = next((path for path, _ in files if (path.exists() or path.is_symlink()) and path not in replace), None)
     if clash is not None and not options.overwrite:
         raise OutputError(f"{display_path(clash)}: exists and this run did not write it, so it is not replaced "
                           f"(the output of {display_path(prediction.path)}; pass --overwrite, or choose another --out)")
-    for path, kind, array in files:
-        (write_label_map if kind == "label" else write_rgb)(path, array, output=kind, durable=options.fsync)
-    return [path for path, _, _ in files]
+    check_label_fits(files[0][0], prediction.labels)
+    pictures, outlines = _pictures(prediction, options), _outlines(prediction, options)
+    for path, kind in files:
+        if kind == "label":
+            pixel_size = read_pixel_size(prediction.path) if options.label_format == "tif" else None
+            write_label_map(path, prediction.labels, output=kind, durable=options.fsync, pixel_size=pixel_size)
+        elif kind in outlines:
+            atomic_write_bytes(path, outlines[kind], durable=options.fsync)
+        else:
+            write_rgb(path, pictures[kind], output=kind, durable=options.fsync)
+    return [path for path, _ in files]
 
 
 @dataclass
@@ -113,6 +166,7 @@ class FolderResult:
     skipped: list[Path] = field(default_factory=list)
     done: list[Path] = field(default_factory=list)
     stage_times: StageTimes = field(default_factory=StageTimes)  # where the time went (pipelined)
+    slides: int = 0  # written inputs that were slides (`predict.slides`: not in the stage times)
 
 
 def earlier_outputs(paths: Sequence[Path], out_dir: Path) -> list[Path]:
@@ -131,7 +185,7 @@ def make_folder(folder: Path) -> None:
 def _overlapped(runner: Runner, scale: float | None, *args: Any) -> Iterator[Any]:
     """`stages.predict_overlapped(*args)` with the runner at fixed `scale` (None: its own)."""
     with scaled(runner, scale):
-        yield from predict_overlapped(args[0], args[1], runner, *args[2:])
+        yield from predict_overlapped(args[0], args[1], runner, *args[2:], reading=runner.reading)
 
 
 def _sync(folder: Path) -> None:
@@ -174,9 +228,12 @@ def _predict_into(paths: Sequence[Path], runner: Runner, out_dir: Path, params: 
     result = FolderResult(skipped=earlier_outputs(paths, out_dir))
     skipped = set(result.skipped)
     inputs = [(path, name) for path, name in zip(paths, output_names(paths)) if path not in skipped]
-    plan = plan_outputs(inputs, out_dir, options.kinds(), overwrite=options.overwrite,
+    plan = plan_outputs(inputs, out_dir, options.endings(), overwrite=options.overwrite,
                         skip_existing=options.skip_existing, protected=ground_truth_paths(options.gt_files))
     result.done = plan.done
+    tiled = runner.scale is not None or object_size not in (None, AUTO)
+    slides = find_slides((path for path, _ in plan.todo), tiled)  # big TIFFs predicted from disk (predict.slides)
+    slide_inputs, plan.todo = plan.todo, [item for item in plan.todo if item[0] not in slides]
 
     def write(item: Prediction | Failure) -> tuple[Prediction | Failure, str | None]:
         if isinstance(item, Failure):
@@ -189,15 +246,22 @@ def _predict_into(paths: Sequence[Path], runner: Runner, out_dir: Path, params: 
 
     paths_todo, names_todo = [path for path, _ in plan.todo], [name for _, name in plan.todo]
     if object_size == AUTO:
-        written = (write(item) for item in predict_sized(read_sources(paths_todo, names_todo), runner, params,
-                                                         batch_size, AUTO))
+        sources = read_sources(paths_todo, names_todo, runner.reading)
+        written = (write(item) for item in predict_sized(sources, runner, params, batch_size, AUTO))
     else:
         fixed = None if object_size is None else run_size(runner) / float(object_size)
         written = _overlapped(runner, fixed, paths_todo, names_todo, params, batch_size, write, threads,
                               result.stage_times)
+    if slides:
+        written = chain(written, predict_slides(
+            slides, slide_inputs, runner, params, out_dir, options.endings(), durable=options.fsync, workers=threads,
+            scale=None if object_size in (None, AUTO) else run_size(runner) / float(object_size),
+            auto=object_size == AUTO, reading=runner.reading))
     for item, failure in written:
         if failure is None:
-            result.instances.append(int(item.labels.max(initial=0)))
+            slide = isinstance(item, SlideResult)
+            result.instances.append(item.instances if slide else int(item.labels.max(initial=0)))
+            result.slides += slide
             if not options.fsync and len(result.instances) % batch_size == 0:
                 _sync(out_dir)
         else:

@@ -30,6 +30,8 @@ A runner is a callable with a few attributes:
     multiple_of: int             H and W the runner accepts must divide by this (1 = any);
                                  the pipeline pads (edge values) and crops the outputs
     static_size: (H, W) or None  a runner fixed to one size gets every image resized to it
+    reading: Reading             which channels of a file feed the model and how its intensities
+                                 are scaled to [0, 1] (`io.microscopy`), as in training
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from instseg.instances.clustering import ClusterParams, instances_from_outputs
 from instseg.instances.postprocess import relabel_sequential
 from instseg.io.images import read_image, resize_image, resize_labels, working_size
 from instseg.io.inputs import output_names
+from instseg.io.microscopy import FIXED, Reading
 from instseg.predict.tiling import Stitcher, plan_tiles
 
 
@@ -57,6 +60,7 @@ class Runner(Protocol):
     cluster: ClusterParams
     multiple_of: int
     static_size: tuple[int, int] | None
+    reading: Reading
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
@@ -93,17 +97,19 @@ class Failure:
     index: int = 0
 
 
-def read_sources(paths: Sequence[Path], names: Sequence[str] | None = None) -> Iterator[Source | Failure]:
+def read_sources(paths: Sequence[Path], names: Sequence[str] | None = None,
+                 reading: Reading = FIXED) -> Iterator[Source | Failure]:
     """Image files as sources, read one at a time; an unreadable file is a Failure naming it.
-    `names`: their output names (default `output_names(paths)`)."""
+    `names`: their output names (default `output_names(paths)`); `reading`: the model's channels
+    and intensity scaling (`io.microscopy`; a model from before they were recorded reads by dtype)."""
     for index, (path, name) in enumerate(zip(paths, names or output_names(paths))):
-        yield read_source(path, name, index)
+        yield read_source(path, name, index, reading)
 
 
-def read_source(path: Path, name: str, index: int) -> Source | Failure:
-    """One image file as a source, or a Failure naming it when it cannot be read."""
+def read_source(path: Path, name: str, index: int, reading: Reading = FIXED) -> Source | Failure:
+    """One image file as a source read as `reading` says, or a Failure naming it when it cannot be read."""
     try:
-        return Source(path, name, read_image(path), index)
+        return Source(path, name, read_image(path, reading), index)
     except DataError as exc:
         return Failure(path, name, str(exc), index)
 
@@ -301,4 +307,4 @@ def predict_sources(sources: Iterable[Source | Failure], runner: Runner, params:
 def predict(paths: Sequence[Path], runner: Runner, params: ClusterParams | None = None,
             batch_size: int = 4, names: Sequence[str] | None = None) -> Iterator[Prediction | Failure]:
     """Predict image files (unreadable files are failures naming the file)."""
-    return predict_sources(read_sources(paths, names), runner, params, batch_size)
+    return predict_sources(read_sources(paths, names, runner.reading), runner, params, batch_size)

@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 from threadpoolctl import threadpool_limits
 
 from instseg.instances.clustering import ClusterParams
+from instseg.io.microscopy import FIXED, Reading
 from instseg.limits import usable_cpus
 from instseg.predict.pipeline import (
     Batch,
@@ -120,7 +121,7 @@ def ordered_map(fn: Callable[[In], Out], items: Iterable[In], workers: int, dept
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _read(job: tuple[Path, str, int]) -> Source | Failure:
+def _read(job: tuple[Path, str, int, Reading]) -> Source | Failure:
     return read_source(*job)
 
 
@@ -134,11 +135,12 @@ def _flatten(groups: Iterable[list[Outputs] | Prediction | Failure]) -> Iterator
 
 def predict_overlapped(paths: Sequence[Path], names: Sequence[str], runner: Runner, params: ClusterParams,
                        batch_size: int, write: Callable[[Prediction | Failure], Out], workers: int,
-                       times: StageTimes | None = None) -> Iterator[Out]:
+                       times: StageTimes | None = None, reading: Reading = FIXED) -> Iterator[Out]:
     """`write(result)` for every input, in `pipeline.predict`'s order, with the stages
-    overlapped. At most 8 x batch_size + 6 x workers images are held at once: read ahead
-    (workers + batch_size), waiting for a batch (4 x batch_size), two batches at the network
-    plus the one being handed on, 2 x workers at clustering and 2 x workers writing."""
+    overlapped; images read as `reading` says (`pipeline.read_source`). At most 8 x batch_size
+    + 6 x workers images are held at once: read ahead (workers + batch_size), waiting for a
+    batch (4 x batch_size), two batches at the network plus the one being handed on, 2 x
+    workers at clustering and 2 x workers writing."""
     times = times or StageTimes()
     times.threads.update(read=workers, cluster=workers, write=workers)
 
@@ -150,7 +152,7 @@ def predict_overlapped(paths: Sequence[Path], names: Sequence[str], runner: Runn
     def cluster(item: Outputs | Prediction | Failure) -> Prediction | Failure:
         return item if isinstance(item, (Prediction, Failure)) else cluster_outputs(item, runner.max_instances, params)
 
-    jobs = ((path, name, index) for index, (path, name) in enumerate(zip(paths, names)))
+    jobs = ((path, name, index, reading) for index, (path, name) in enumerate(zip(paths, names)))
     sources = ordered_map(times.timed("read", _read), jobs, workers, workers + batch_size)
     outputs = ordered_map(times.timed("network", network), batches(sources, runner, batch_size), 1, 2)
     predictions = ordered_map(times.timed("cluster", cluster), _flatten(outputs), workers, 2 * workers)

@@ -13,7 +13,14 @@ Stitching, tile by tile in raster order: an instance that shares at least half o
 the same object: it extends that one. An instance cut by an inner tile edge is left to the
 neighbouring tile unless its center lies in this tile's own share of the image (its "core").
 Everything else is new. So an object cut by a tile border comes out as one instance as long as
-it is smaller than the overlap.
+it is smaller than the overlap. Every id handed out keeps at least half of its pixels (an
+instance that shares less than half with placed ones is new, and only free pixels are written),
+so the ids come out 1..N with none missing.
+
+A slide (`predict.slides`) is stitched in a band: tiles come in raster order, so once a row of
+tiles is placed, the rows above the next row's start are final, and `Stitcher.release` hands them
+on (to the label file on disk) and reuses their memory. Its label map in memory is then one tile
+high, whatever the slide's height.
 """
 
 from __future__ import annotations
@@ -90,18 +97,23 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
 
 
 class Stitcher:
-    """The label map of a whole image, assembled from tiles' label maps."""
+    """The label map of a whole image (or of a band of its rows, `rows`), assembled from tiles'
+    label maps placed in raster order."""
 
-    def __init__(self, height: int, width: int) -> None:
-        self.labels = np.zeros((height, width), dtype=np.int32)
+    def __init__(self, height: int, width: int, rows: int | None = None) -> None:
+        self.height, self.width = height, width
+        self.top = 0  # the image row the band's first row is
+        self.labels = np.zeros((height if rows is None else min(rows, height), width), dtype=np.int32)
         self.next_id = 1
 
     def add(self, tile: Tile, local: np.ndarray) -> None:
         """Place one tile's instances (`local`: its label map, ids 1..N, 0 = background)."""
-        placed = self.labels[tile.box]
+        if tile.y0 < self.top or tile.y1 > self.top + len(self.labels):
+            raise ValueError(f"tile rows {tile.y0}..{tile.y1} lie outside the band of rows "
+                             f"{self.top}..{self.top + len(self.labels)}")
+        placed = self.labels[tile.y0 - self.top:tile.y1 - self.top, tile.x0:tile.x1]
         inside_counts = np.bincount(placed.ravel())
-        height, width = self.labels.shape
-        inner = (tile.y0 > 0, tile.y1 < height, tile.x0 > 0, tile.x1 < width)  # edges shared with a neighbour
+        inner = (tile.y0 > 0, tile.y1 < self.height, tile.x0 > 0, tile.x1 < self.width)  # edges shared with a neighbour
         for instance, box in enumerate(ndimage.find_objects(local), start=1):
             if box is None:
                 continue
@@ -114,6 +126,18 @@ class Stitcher:
                 owner = self.next_id
                 self.next_id += 1
             target[mask & (target == 0)] = owner
+
+    def release(self, row: int) -> np.ndarray:
+        """The final rows from the band's top up to image row `row` (a copy), their memory
+        cleared for the rows below: call it only when no later tile starts above `row`."""
+        count = row - self.top
+        if not 0 <= count <= len(self.labels):
+            raise ValueError(f"cannot release rows {self.top}..{row} of a band of {len(self.labels)} rows")
+        done = self.labels[:count].copy()
+        self.labels[:len(self.labels) - count] = self.labels[count:]
+        self.labels[len(self.labels) - count:] = 0
+        self.top = row
+        return done
 
     @staticmethod
     def _same_object(under: np.ndarray, size: int, inside_counts: np.ndarray) -> int | None:

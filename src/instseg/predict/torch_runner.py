@@ -10,6 +10,7 @@ import torch
 from instseg.checkpoint import Checkpoint
 from instseg.device import DeviceChoice, resolve_device
 from instseg.instances.clustering import ClusterParams
+from instseg.io.microscopy import FIXED, Reading
 from instseg.predict.tiling import default_tiling
 
 
@@ -41,6 +42,7 @@ class TorchRunner:
         self.checkpoint_path: str | None = checkpoint.path if checkpoint else None
         self.epoch: int | None = checkpoint.epoch if checkpoint else None
         self.object_size: float | None = checkpoint.model.object_size if checkpoint else None
+        self.reading: Reading = Reading.of(checkpoint.model) if checkpoint else FIXED  # channels, intensity scaling
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto") -> "TorchRunner":

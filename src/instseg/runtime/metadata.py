@@ -19,6 +19,7 @@ from typing import Any, Mapping
 from instseg import limits
 from instseg.errors import CheckpointError, ConfigError
 from instseg.instances.clustering import ClusterParams
+from instseg.io.microscopy import NORMALIZE, valid_channels
 
 FORMAT_KEY = "instseg.format"
 FORMAT_VERSION = 1
@@ -60,6 +61,8 @@ class ModelInfo:
     cluster: ClusterParams = field(default_factory=ClusterParams)
     scale: float | None = None  # fixed resize factor instead of shorter side -> image_size
     object_size: float | None = None  # training objects' typical size at the working scale (instances.size)
+    normalize: str = "fixed"  # how image intensities become [0, 1] before the graph (io.microscopy)
+    channels: tuple[int, ...] | None = None  # the channels of a file that feed the graph (None: grey / RGB)
 
     @property
     def dynamic_hw(self) -> bool:
@@ -103,6 +106,8 @@ class ModelInfo:
             "instseg.mean": json.dumps(list(self.mean)),
             "instseg.std": json.dumps(list(self.std)),
             "instseg.cluster": json.dumps(asdict(self.cluster), sort_keys=True),
+            "instseg.normalize": self.normalize,
+            "instseg.channels": "" if self.channels is None else json.dumps(list(self.channels)),
         }
 
     @classmethod
@@ -146,6 +151,8 @@ class ModelInfo:
             cluster=_cluster(reader.json("instseg.cluster", dict), where),
             scale=reader.optional_number("instseg.scale", limits.scale_range(image_size)),  # absent before
             object_size=reader.optional_number("instseg.object_size", limits.OBJECT_SIZE),  # absent before
+            normalize=reader.choice("instseg.normalize", NORMALIZE),  # absent before: fixed
+            channels=reader.optional_channels("instseg.channels"),  # absent before: grey / RGB
         )
 
 
@@ -185,6 +192,23 @@ class _Reader:
             raise CheckpointError(f"{self.where}: metadata {key} is {value!r}, expected a number in "
                                   f"{limits.describe(bounds)}")
         return number
+
+    def choice(self, key: str, allowed: tuple[str, ...]) -> str:
+        """One of `allowed`; absent or empty (files before the key existed) is the first."""
+        value = self.props.get(key) or allowed[0]
+        if value not in allowed:
+            raise CheckpointError(f"{self.where}: metadata {key} is {value!r}, expected one of {', '.join(allowed)}")
+        return value
+
+    def optional_channels(self, key: str) -> tuple[int, ...] | None:
+        """Channel indices (`io.microscopy.valid_channels`); absent or empty is None."""
+        if not self.props.get(key):
+            return None
+        values = self.json(key, list)
+        if not valid_channels(values):
+            raise CheckpointError(f"{self.where}: metadata {key} is {values!r}, expected 1 to 3 channel indices "
+                                  "from 0")
+        return tuple(values)
 
     def channels(self, key: str, positive: bool) -> tuple[float, ...]:
         """Three finite per-channel numbers (positive ones for a std)."""

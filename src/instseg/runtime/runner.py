@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from instseg.errors import CheckpointError, DataError
+from instseg.io.microscopy import Reading
 from instseg.predict.tiling import default_tiling
 from instseg.runtime.builds import ort, pybind  # one line, not a traceback, where onnxruntime is missing
 from instseg.runtime.metadata import INPUT_NAME, OUTPUT_NAMES, ModelInfo
@@ -41,6 +42,7 @@ class OnnxRunner:
         self.tile, self.tile_overlap = default_tiling(self.image_size)
         self.scale = info.scale
         self.object_size = info.object_size
+        self.reading = Reading.of(info)  # channels, intensity scaling (absent from older files: by dtype)
         self.cluster = info.cluster
         self.static_size = info.static_size
         self.multiple_of = 1 if info.static_size is not None else info.multiple_of

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from instseg import limits
 from instseg.errors import CheckpointError, ConfigError
 from instseg.instances.clustering import AUTO, CLUSTER_METHODS
+from instseg.io.microscopy import NORMALIZE, valid_channels
 
 if TYPE_CHECKING:
     from instseg.checkpoint import Checkpoint
@@ -44,6 +45,8 @@ class TrainConfig:
     data: str = "synthetic"
     image_size: int = 128  # working size (shorter side), or the side of the training crops with `scale`
     scale: float | None = None  # fixed resize factor: objects keep their pixel size (microscopy)
+    normalize: str = "fixed"  # intensities scaled by dtype, or per image by percentiles (io.microscopy)
+    channels: tuple[int, ...] | None = None  # the channels of each file that feed the network (None: grey / RGB)
     train_size: int = 384  # synthetic images per epoch
     val_size: int = 32  # synthetic validation images
     val_split: float = 0.2  # file datasets: seeded fraction of images for validation
@@ -128,6 +131,8 @@ class TrainConfig:
             "loss_weights": (set(self.loss_weights) <= set(LOSS_TERMS)
                              and all(_is_finite(v) and v >= 0 for v in self.loss_weights.values()),
                              f"terms of {', '.join(LOSS_TERMS)}, each a number >= 0"),
+            "normalize": (self.normalize in NORMALIZE, f"one of {', '.join(NORMALIZE)}"),
+            "channels": (self.channels is None or valid_channels(self.channels), "1 to 3 channel indices from 0"),
             "name": (self.name is None or is_run_name(self.name),
                      "one folder name: no '/', not '.' or '..', not starting with '.'"),
         }

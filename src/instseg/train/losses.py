@@ -63,9 +63,17 @@ def compact_labels(labels: Tensor) -> Tensor:
     return compact.view_as(labels)
 
 
+DIFFERENCE_ELEMENTS = 2**24  # B x K x K x D mean differences up to this many are formed exactly
+
+
 def _pair_distances(centers: Tensor) -> Tensor:
-    """B x K x K distances between cluster means, from ||a||^2 + ||b||^2 - 2 a.b: memory B x K x K
-    (differences would take B x K x K x D); sqrt(max(., eps)) keeps the gradient at 0 finite."""
+    """B x K x K distances between cluster means. From their differences while those are small
+    (exact: two processes of a DDP run agree with one to rounding), from ||a||^2 + ||b||^2 - 2 a.b
+    beyond (memory B x K x K: a crowded crop's K x K x D differences took GBs); sqrt(max(., eps))
+    keeps the gradient at 0 finite either way."""
+    batch, k, dim = centers.shape
+    if batch * k * k * dim <= DIFFERENCE_ELEMENTS:
+        return _safe_norm(centers.unsqueeze(2) - centers.unsqueeze(1), dim=3)
     squared = centers.pow(2).sum(dim=2)
     gram = centers @ centers.transpose(1, 2)
     return (squared.unsqueeze(2) + squared.unsqueeze(1) - 2 * gram).clamp_min(_EPS).sqrt()

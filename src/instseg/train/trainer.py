@@ -37,6 +37,7 @@ from instseg.data import build_datasets, estimate_mean_std, estimate_object_size
 from instseg.device import DeviceChoice, check_training_device, resolve_device
 from instseg.errors import CheckpointError, ConfigError, TrainingError
 from instseg.instances.clustering import AUTO, ClusterParams
+from instseg.io.microscopy import Reading
 from instseg.metrics.scores import summarize
 from instseg.models.factory import model_from_record
 from instseg.models.registry import get_registry, plugin_requirements
@@ -113,7 +114,7 @@ class Trainer:
         self.train_set, self.val_set = build_datasets(
             cfg.data, image_size=cfg.image_size, seed=cfg.seed, train_size=cfg.train_size, val_size=cfg.val_size,
             val_split=cfg.val_split, val_list=cfg.val_list, augment=cfg.augment, scale=cfg.scale,
-            zoom=tuple(cfg.zoom))
+            zoom=tuple(cfg.zoom), reading=Reading.of(cfg))
         largest = max(dataset.verify() for dataset in (self.train_set, self.val_set))
         if largest > cfg.max_instances:  # the count target is normalised by it, never clipped
             self.report.note(f"--max-instances raised from {cfg.max_instances} to {largest}: the largest count in the data")
