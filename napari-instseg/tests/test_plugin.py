@@ -128,7 +128,7 @@ def test_segmenting_errors_are_one_line_notifications(make_napari_viewer, qtbot,
     widget.segment()  # no image yet
     viewer.add_image(np.zeros((3, 32, 32), np.uint8), name="stack")
     widget.segment()
-    viewer.add_image(np.arange(32 * 32, dtype=np.int64).reshape(32, 32), name="counts")
+    viewer.add_image(np.arange(32 * 32, dtype=np.int64).reshape(32, 32) * 100, name="counts")  # past 16 bits
     widget.segment()
     qtbot.waitUntil(lambda: widget._segment.enabled, timeout=WAIT_MS)
     widget._object_size.value = "-3"
@@ -137,7 +137,8 @@ def test_segmenting_errors_are_one_line_notifications(make_napari_viewer, qtbot,
         "load a model first: a run directory, a checkpoint (.pt) or an exported .onnx file",
         "no image to segment: open or add an image layer first",
         "image 'stack' has 3 dimensions (3 x 32 x 32): instseg segments one 2-D picture (greyscale or RGB)",
-        "image 'counts': image array of dtype int64: expected uint8, uint16 or float in [0, 1]",
+        "image 'counts': image array: int64 values 0..102300 lie outside 0..65535, which fixed scaling reads as "
+        "16-bit; train with --normalize percentile",
         "object size '-3': expected a number of pixels > 0, 'auto', or nothing (the run's own geometry)",
     ]
     assert [layer.name for layer in viewer.layers] == ["stack", "counts"]  # nothing added

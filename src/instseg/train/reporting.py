@@ -47,7 +47,8 @@ class TrainingReporter:
             + ("  [green]best[/]" if best else "") + (f"  [yellow]{skipped} step(s) skipped[/]" if skipped else ""))
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]{shown(message)}[/]", highlight=False)
+        self.console.print(f"[yellow]{shown(message)}[/]", highlight=False, soft_wrap=True)
 
     def note(self, message: str) -> None:
-        self.console.print(shown(message), highlight=False)
+        """One line, never wrapped: notes name paths a user copies."""
+        self.console.print(shown(message), highlight=False, soft_wrap=True)
