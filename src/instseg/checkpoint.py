@@ -81,8 +81,7 @@ def config_fields(config: dict[str, Any]) -> dict[str, Check]:
     """What the "config" fields that loading a model reads must be, where present (training
     validated them; a hand-edited file may not have been): the working size and scale, and what
     the run's clustering defaults are made of (`instances.clustering.ClusterParams.from_config`)."""
-    size = config.get("image_size")
-    scales = limits.scale_range(size) if limits.is_int_in(size, limits.IMAGE_SIZE) else limits.SCALE
+    scales = limits.scale_range(config.get("image_size"))
     return {
         "image_size": (_integer(limits.IMAGE_SIZE), f"{limits.describe(limits.IMAGE_SIZE)} pixels"),
         "scale": (_optional(scales), f"null or {limits.describe(scales)} (at most image_size / {limits.MIN_TILE})"),

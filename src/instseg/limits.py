@@ -40,15 +40,24 @@ CLUSTER_MAX_CLUSTERS = (1, 1024)
 CLUSTER_MIN_SIZE = (0, 2**31 - 1)  # pixels
 
 
+def is_int(value: Any) -> bool:
+    """An int, not a bool (JSON and config values: True is an int to Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float, not a bool (JSON reads `1e400` as inf, and Python's reader takes NaN)."""
+    return is_int(value) or isinstance(value, float) and math.isfinite(value)
+
+
 def is_int_in(value: Any, bounds: tuple[int, int]) -> bool:
     """An int (not a bool) within `bounds`, inclusive."""
-    return isinstance(value, int) and not isinstance(value, bool) and bounds[0] <= value <= bounds[1]
+    return is_int(value) and bounds[0] <= value <= bounds[1]
 
 
 def is_number_in(value: Any, bounds: tuple[float, float]) -> bool:
     """A finite int or float (not a bool) within `bounds`, inclusive."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            and bounds[0] <= value <= bounds[1])
+    return is_number(value) and bounds[0] <= value <= bounds[1]
 
 
 def describe(bounds: tuple[float, float]) -> str:
@@ -58,9 +67,12 @@ def describe(bounds: tuple[float, float]) -> str:
     return f"{text(low)}..{text(high)}"
 
 
-def scale_range(image_size: int) -> tuple[float, float]:
+def scale_range(image_size: Any) -> tuple[float, float]:
     """The fixed resize factors a run of this working size may have: within SCALE, and small enough
-    that a tile (one working size) covers MIN_TILE pixels of the image; past that, tiles of a pixel."""
+    that a tile (one working size) covers MIN_TILE pixels of the image; past that, tiles of a pixel.
+    An invalid working size (refused on its own) leaves SCALE."""
+    if not is_int_in(image_size, IMAGE_SIZE):
+        return SCALE
     return SCALE[0], min(SCALE[1], image_size / MIN_TILE)
 
 
@@ -71,6 +83,13 @@ def usable_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS and Windows have no affinity masks
         return max(1, os.cpu_count() or 1)
+
+
+def at_most_cpus(asked: int) -> int:
+    """A thread or process count no larger than the available CPUs: more only queue for the same
+    cores, and thousands of them take minutes to start (ONNX Runtime's intra-op pool, DataLoader
+    workers)."""
+    return min(asked, usable_cpus())
 
 
 # The instances one training image may hold: the discriminative loss compares every pair of a tile's

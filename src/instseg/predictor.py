@@ -152,7 +152,7 @@ def load(path: str | os.PathLike, *, device: str = "auto", provider: str = "auto
 def load_onnx(path: str | os.PathLike, *, provider: str = "auto", intra_op_threads: int = 0) -> Predictor:
     """An exported model as a Predictor, whatever its file name (`instseg infer`): torch-free.
     `intra_op_threads`: at most the available CPUs (0: ONNX Runtime's default)."""
-    from instseg.predict.stages import at_most_cpus
+    from instseg.limits import at_most_cpus
     from instseg.runtime import OnnxRunner
 
     runner = OnnxRunner.open(path, provider, at_most_cpus(intra_op_threads))

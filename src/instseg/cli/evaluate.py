@@ -14,7 +14,7 @@ from rich.table import Table
 
 from instseg.cli.console import err, fmt_mean_std, out, shown
 from instseg.cli.options import (Bandwidth, Cluster, Device, FillHoles, MinSize, ObjectSize, Tile, TileOverlap,
-                                 plain)
+                                 check_batch_size, plain)
 from instseg import limits
 from instseg.instances.size import parse_object_size
 from instseg.errors import ConfigError
@@ -146,8 +146,7 @@ def _check_sizes(image_size: int | None, batch_size: int, val_size: int | None) 
     """The same ranges `train` and `predict` use, checked before a model is loaded."""
     if image_size is not None and not limits.is_int_in(image_size, limits.IMAGE_SIZE):
         raise ConfigError(f"--image-size {image_size}: expected {limits.describe(limits.IMAGE_SIZE)} pixels")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
+    check_batch_size(batch_size)
     if val_size is not None and val_size < 1:
         raise ConfigError(f"--val-size {val_size}: must be at least 1")
 

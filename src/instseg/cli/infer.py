@@ -32,7 +32,8 @@ def infer(
     """Write <stem>_label.png (16-bit instance ids, input size; or .tif) and <stem>_overlay.png per image
     (and the outlines asked for), as `instseg predict` does, with ONNX Runtime. Sizes, clustering
     defaults and normalisation come from the model file."""
-    from instseg.predict.stages import at_most_cpus, threads_note
+    from instseg.limits import at_most_cpus
+    from instseg.predict.stages import threads_note
     from instseg.predictor import load_onnx
 
     options.check()

@@ -164,6 +164,12 @@ def coco_results(path: Path | None, gt: Path | None, overwrite: bool, skip_exist
     return ResultsFile(path, coco_ground_truth(gt), overwrite)
 
 
+def check_batch_size(batch_size: int) -> None:
+    """Every verb's `--batch-size` rule (predict, infer, evaluate)."""
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
+
+
 @dataclass(frozen=True)
 class PredictOptions:
     """The options `predict` and `infer` share, each written once here: its name (the field's,
@@ -200,8 +206,7 @@ class PredictOptions:
         from instseg.predict.outputs import check_gt_suffix
 
         check_gt_suffix(self.gt, self.gt_suffix)
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size {self.batch_size}: must be at least 1")
+        check_batch_size(self.batch_size)
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads {self.threads}: must be at least 1")
         if self.max_pixels is not None:

@@ -13,10 +13,9 @@ from pathlib import Path
 
 from instseg.data.samples import Layout, Sample, index_by_stem, list_files, unmatched
 from instseg.errors import DataError
-from instseg.io.images import IMAGE_SUFFIXES, display_path
+from instseg.io.images import IMAGE_SUFFIXES, LABEL_FILE_SUFFIXES, display_path
 
 IMAGES, MASKS = "images", "masks"
-MASK_SUFFIXES = (".png", ".tif", ".tiff")
 
 
 def looks_like_folder(root: Path) -> bool:
@@ -33,9 +32,9 @@ def discover_folder(root: Path) -> Layout:
     notes = [f"{display_path(p)}: ignored (not an image)" for p in image_files
              if p.suffix.lower() not in IMAGE_SUFFIXES]
     problems = [f"{display_path(p)}: masks must be PNG or TIFF (lossless), not {p.suffix or 'no suffix'}"
-                for p in mask_files if p.suffix.lower() not in MASK_SUFFIXES]
+                for p in mask_files if p.suffix.lower() not in LABEL_FILE_SUFFIXES]
     images, duplicates = index_by_stem([p for p in image_files if p.suffix.lower() in IMAGE_SUFFIXES])
-    masks, more = index_by_stem([p for p in mask_files if p.suffix.lower() in MASK_SUFFIXES])
+    masks, more = index_by_stem([p for p in mask_files if p.suffix.lower() in LABEL_FILE_SUFFIXES])
     problems += duplicates + more
     if not images:
         raise DataError(f"{display_path(images_dir)}: no images ({', '.join(IMAGE_SUFFIXES)})")

@@ -35,8 +35,9 @@ from PIL import Image
 
 from instseg.errors import DataError
 from instseg.instances.postprocess import relabel_sequential
-from instseg.io.coco_geometry import geometry_problem, has_mask, is_int, short
-from instseg.io.images import display_path
+from instseg.io.coco_geometry import geometry_problem, has_mask, short
+from instseg.limits import is_int
+from instseg.io.images import display_path, over_decode_limit
 from instseg.metrics.scores import IGNORE
 
 KEEP = 3  # lines of one kind a report lists in full; the rest are counted (`Findings`)
@@ -204,10 +205,9 @@ def _image(entry: Any, index: int, shown: str, problems: Findings) -> CocoImage 
         problems.add("image size", f"{shown}: image {entry['id']} has width {short(width)} and height "
                                    f"{short(height)}; give positive whole numbers, or neither")
         return None
-    limit = Image.MAX_IMAGE_PIXELS
-    if height is not None and limit is not None and height * width > limit:
+    if height is not None and over_decode_limit(height * width):
         problems.add("image size", f"{shown}: image {entry['id']} is {short(width)}x{short(height)} (width x "
-                                   f"height), more than the {limit} pixels an image file may have")
+                                   f"height), more than the {Image.MAX_IMAGE_PIXELS} pixels an image file may have")
         return None
     return CocoImage(entry["id"], entry["file_name"], height, width)
 

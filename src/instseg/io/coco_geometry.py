@@ -11,25 +11,17 @@ without width and height) only the form is checked, and the rest once the image 
 
 from __future__ import annotations
 
-import math
 import reprlib
 from typing import Any
 
 import numpy as np
 
+from instseg.limits import is_int, is_number
+
 BOX_SLACK = 1.0  # pixels a box may reach past the image border (exports round coordinates)
 RLE_DIGITS = 6  # characters of one compressed RLE run pycocotools decodes without overflowing a C int
 _SHORT = reprlib.Repr()  # JSON values in messages: a few items and 40 characters, however big or deep
 _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxlong, _SHORT.maxother = 2, 6, 4, 40, 40, 40
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: Any) -> bool:
-    """A finite int or float, not a bool (JSON reads `1e400` as inf, and Python's reader takes NaN)."""
-    return is_int(value) or isinstance(value, float) and math.isfinite(value)
 
 
 def short(value: Any) -> str:

@@ -100,6 +100,13 @@ def _opened(path: str | os.PathLike) -> Iterator[Image.Image]:
             yield image
 
 
+def over_decode_limit(pixels: int) -> bool:
+    """Whether an image of this many pixels is past Pillow's decompression-bomb limit, the bound
+    every reader applies (`--max-pixels` moves it; None: no limit)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return limit is not None and pixels > limit
+
+
 MAX_ASPECT = 20  # images are scaled so that their shorter side is the working size: bound the longer one
 
 
@@ -241,6 +248,16 @@ def read_label_map(path: str | os.PathLike) -> np.ndarray:
     return labels
 
 
+TIFF_SUFFIXES = (".tif", ".tiff")
+LABEL_FILE_SUFFIXES = (".png", *TIFF_SUFFIXES)  # label maps instseg reads (masks, other tools' outputs)
+
+
+def tiff_named(path: str | os.PathLike) -> bool:
+    """Whether a path is named as a TIFF (outputs to write, by name; `microscopy.is_tiff` reads a
+    file's first bytes)."""
+    return Path(path).suffix.lower() in TIFF_SUFFIXES
+
+
 PNG_MAX_ID = 65535  # the largest id a 16-bit PNG holds; larger label maps go to 32-bit TIFF
 LABEL_SUFFIXES = {"png": ".png", "tif": ".tif"}  # --label-format -> file suffix
 
@@ -254,7 +271,7 @@ def write_label_map(path: str | os.PathLike, labels: np.ndarray, output: str | N
         raise ValueError(f"label map must be 2-D, got shape {labels.shape}")
     if labels.size and labels.min() < 0:
         raise ValueError("label ids must not be negative")
-    if Path(path).suffix.lower() in (".tif", ".tiff"):
+    if tiff_named(path):
         atomic_write_bytes(path, tiff_label_bytes(labels, output, pixel_size), durable=durable)
         return
     check_label_fits(path, labels)
@@ -264,7 +281,7 @@ def write_label_map(path: str | os.PathLike, labels: np.ndarray, output: str | N
 def check_label_fits(path: str | os.PathLike, labels: np.ndarray) -> None:
     """A DataError naming the option to pass when `labels` go to a PNG and an id is above what
     16 bits hold (checked before a prediction's pictures are drawn, so nothing is written)."""
-    if Path(path).suffix.lower() not in (".tif", ".tiff") and labels.size and labels.max() > PNG_MAX_ID:
+    if not tiff_named(path) and labels.size and labels.max() > PNG_MAX_ID:
         raise DataError(f"{display_path(path)}: instance ids reach {int(labels.max())}, more than a 16-bit PNG "
                         f"holds ({PNG_MAX_ID}); pass --label-format tif (a 32-bit TIFF)")
 
@@ -287,7 +304,7 @@ def read_pixel_size(path: str | os.PathLike) -> PixelSize | None:
     resolution tags (in ImageJ's unit when it wrote them), else the PNG / JPEG dpi; None when the
     file states none or a unit that is not a length (the label map is then written without one)."""
     try:
-        if Path(path).suffix.lower() in (".tif", ".tiff"):
+        if tiff_named(path):
             return _tiff_pixel_size(path)
         with Image.open(path) as image:
             dpi = image.info.get("dpi")
@@ -373,7 +390,7 @@ def write_image(path: str | os.PathLike, image: Image.Image, output: str | None 
 def prediction_output_kind(path: str | os.PathLike) -> str | None:
     """What prediction output a PNG or TIFF is (`label`, `overlay`, ...), None for any other
     file; reads the header chunks (the TIFF's first page's tags) only."""
-    if Path(path).suffix.lower() in (".tif", ".tiff"):
+    if tiff_named(path):
         return _tiff_output_kind(path)
     try:
         with Image.open(path) as image:

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Sequence
 
 from instseg.errors import ConfigError, DataError
-from instseg.io.images import IMAGE_SUFFIXES
+from instseg.io.images import IMAGE_SUFFIXES, LABEL_FILE_SUFFIXES, tiff_named
 
 GLOB_CHARS = re.compile(r"[*?\[]")
 UNSAFE_CHARS = re.compile(r"[^\w.-]")
 MATCH_SUFFIXES = ("_label", "_rgb")  # CVPPP: plant001_rgb.png <-> plant001_label.png
-LABEL_FILE_SUFFIXES = (".png", ".tif", ".tiff")  # label maps another tool wrote (Cellpose, StarDist, Fiji)
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -55,7 +54,7 @@ def safe_name(path: str | os.PathLike) -> str:
     OME-TIFF's `.ome` (x.ome.tif -> x), with anything but letters, digits, '.', '-', '_'
     replaced and leading dots removed."""
     stem = Path(path).stem
-    if Path(path).suffix.lower() in (".tif", ".tiff") and stem.lower().endswith(".ome"):
+    if tiff_named(path) and stem.lower().endswith(".ome"):
         stem = stem[:-len(".ome")]
     return UNSAFE_CHARS.sub("_", stem).lstrip(".") or "image"
 

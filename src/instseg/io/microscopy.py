@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from instseg import limits
 from instseg.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ FIXED = Reading()
 def valid_channels(value: Any) -> bool:
     """Whether `value` is 1 to 3 channel indices, each 0 or more (the file decides how many it has)."""
     return (isinstance(value, (list, tuple)) and 1 <= len(value) <= MAX_CHANNELS
-            and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= MAX_CHANNEL_INDEX for c in value))
+            and all(limits.is_int_in(c, (0, MAX_CHANNEL_INDEX)) for c in value))
 
 
 def check_channels(channels: tuple[int, ...]) -> None:

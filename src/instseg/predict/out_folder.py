@@ -28,7 +28,7 @@ from typing import Iterator, Mapping, Sequence
 from instseg.errors import OutputError
 from instseg.io.atomic import cannot_write
 from instseg.io.annotations import annotation_output_kind
-from instseg.io.images import display_path, png_is_complete, prediction_output_kind, tiff_is_complete
+from instseg.io.images import display_path, png_is_complete, prediction_output_kind, tiff_is_complete, tiff_named
 
 try:
     import fcntl
@@ -134,7 +134,7 @@ def is_complete(path: Path) -> bool:
     suffix = path.suffix.lower()
     if suffix == ".png":
         return png_is_complete(path)
-    if suffix in (".tif", ".tiff"):
+    if tiff_named(path):
         return tiff_is_complete(path)
     if suffix == ".zip":
         return zipfile.is_zipfile(path)

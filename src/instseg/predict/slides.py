@@ -33,7 +33,7 @@ import numpy as np
 from instseg.errors import ConfigError, DataError, OutputError
 from instseg.instances.clustering import ClusterParams
 from instseg.io.atomic import cannot_write, sync_folder
-from instseg.io.images import OUTPUT_KEY, display_path, read_pixel_size, write_rgb
+from instseg.io.images import OUTPUT_KEY, display_path, over_decode_limit, read_pixel_size, tiff_named, write_rgb
 from instseg.io.microscopy import FIXED, Reading
 from instseg.io.pictures import overlay
 from instseg.io.slides import Slide, SlideHeader, slide_header
@@ -63,11 +63,9 @@ def find_slides(paths: Iterable[Path], tiled: bool = True) -> dict[Path, SlideHe
     """The inputs that are slides (`io.slides.slide_header`), by path. `tiled`: the run predicts at
     a fixed scale (its own, or `--object-size PIXELS`); a run that resizes whole images reads a big
     TIFF whole as before, and only one over the decode limit is a slide (refused, naming the fix)."""
-    from PIL import Image
-
     headers = ((path, slide_header(path)) for path in paths)
     return {path: header for path, header in headers
-            if header is not None and (tiled or header.height * header.width > (Image.MAX_IMAGE_PIXELS or 0))}
+            if header is not None and (tiled or over_decode_limit(header.height * header.width))}
 
 
 def refuse_coco(paths: Iterable[Path]) -> None:
@@ -91,7 +89,7 @@ def refusal(header: SlideHeader, path: Path, runner: Runner, files: Mapping[str,
     if runner.scale is None:
         return (f"{shown}, which needs a run at a fixed scale (this one resizes whole images to its working "
                 f"size): give --object-size PIXELS, the nuclei's size in this slide")
-    if files["label"].suffix.lower() not in (".tif", ".tiff"):
+    if not tiff_named(files["label"]):
         return f"{shown}, its label map written as it goes, which only a TIFF can be: pass --label-format tif"
     asked = [WHOLE_IMAGE_OUTPUTS.get(kind, kind) for kind in files if kind not in ("label", "overlay")]
     if asked:

@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from instseg.instances.clustering import ClusterParams
 from instseg.io.microscopy import FIXED, Reading
-from instseg.limits import usable_cpus
+from instseg.limits import at_most_cpus, usable_cpus
 from instseg.predict.pipeline import (
     Batch,
     Failure,
@@ -50,12 +50,6 @@ def default_workers() -> int:
     level on 256 px images and 1.3x faster on CVPPP's 530 x 500 plants, where clustering at
     full resolution is the slowest stage."""
     return min(4, usable_cpus())
-
-
-def at_most_cpus(asked: int) -> int:
-    """A thread count no larger than the available CPUs: more threads only queue for the same
-    cores, and thousands of them take minutes to start (ONNX Runtime's intra-op pool)."""
-    return min(asked, usable_cpus())
 
 
 def bounded_threads(asked: int | None) -> int:

@@ -91,59 +91,46 @@ class TrainConfig:
         if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise ConfigError("--tensorboard needs the tensorboard package: pip install 'instseg[tensorboard]'")
 
-
-    def _scale_range(self) -> tuple[float, float]:
-        """The checkpoint's rule, so that training never writes a run that loading refuses."""
-        return (limits.scale_range(self.image_size) if limits.is_int_in(self.image_size, limits.IMAGE_SIZE)
-                else limits.SCALE)
-
     def _checks(self) -> dict[str, tuple[bool, str]]:
         """Each option: (whether its value is valid, the rule as the error message states it)."""
         return {
-            "epochs": (_is_int(self.epochs) and self.epochs >= 1, "an integer >= 1"),
-            "batch_size": (_is_int(self.batch_size) and self.batch_size >= 1, "an integer >= 1"),
+            "epochs": (limits.is_int(self.epochs) and self.epochs >= 1, "an integer >= 1"),
+            "batch_size": (limits.is_int(self.batch_size) and self.batch_size >= 1, "an integer >= 1"),
             "image_size": (limits.is_int_in(self.image_size, limits.IMAGE_SIZE), f"{limits.describe(limits.IMAGE_SIZE)} pixels"),
-            "scale": (self.scale is None or limits.is_number_in(self.scale, self._scale_range()),
-                      f"{limits.describe(self._scale_range())} at image_size {self.image_size}"),
-            "lr": (_is_finite(self.lr) and self.lr > 0, "a number > 0"),
-            "weight_decay": (_is_finite(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
-            "warmup_epochs": (_is_finite(self.warmup_epochs) and self.warmup_epochs >= 0, "a number >= 0"),
-            "delta_v": (_is_finite(self.delta_v) and self.delta_v > 0, "a number > 0"),
-            "delta_d": (_is_finite(self.delta_d) and self.delta_d > 0, "a number > 0"),
+            # the checkpoint's rule, so that training never writes a run that loading refuses
+            "scale": (self.scale is None or limits.is_number_in(self.scale, limits.scale_range(self.image_size)),
+                      f"{limits.describe(limits.scale_range(self.image_size))} at image_size {self.image_size}"),
+            "lr": (limits.is_number(self.lr) and self.lr > 0, "a number > 0"),
+            "weight_decay": (limits.is_number(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
+            "warmup_epochs": (limits.is_number(self.warmup_epochs) and self.warmup_epochs >= 0, "a number >= 0"),
+            "delta_v": (limits.is_number(self.delta_v) and self.delta_v > 0, "a number > 0"),
+            "delta_d": (limits.is_number(self.delta_d) and self.delta_d > 0, "a number > 0"),
             "embedding_dim": (limits.is_int_in(self.embedding_dim, limits.EMBEDDING_DIM),
                               limits.describe(limits.EMBEDDING_DIM)),
-            "position_scale": (_is_finite(self.position_scale) and self.position_scale >= 0
+            "position_scale": (limits.is_number(self.position_scale) and self.position_scale >= 0
                                and (not self.position_scale or self.embedding_dim >= 2),
                                "a number >= 0, and embedding_dim >= 2 when not 0"),
             "max_instances": (limits.is_int_in(self.max_instances, limits.MAX_INSTANCES),
                               limits.describe(limits.MAX_INSTANCES)),
             "width": (self.width is None or limits.is_int_in(self.width, limits.WIDTH), limits.describe(limits.WIDTH)),
-            "train_size": (_is_int(self.train_size) and self.train_size >= 1, "an integer >= 1"),
-            "val_size": (_is_int(self.val_size) and self.val_size >= 1, "an integer >= 1"),
-            "workers": (_is_int(self.workers) and self.workers >= 0, "an integer >= 0"),
+            "train_size": (limits.is_int(self.train_size) and self.train_size >= 1, "an integer >= 1"),
+            "val_size": (limits.is_int(self.val_size) and self.val_size >= 1, "an integer >= 1"),
+            "workers": (limits.is_int(self.workers) and self.workers >= 0, "an integer >= 0"),
             "seed": (limits.is_int_in(self.seed, limits.SEED), limits.describe(limits.SEED)),
-            "grad_clip": (_is_finite(self.grad_clip) and self.grad_clip >= 0, "a number >= 0"),
-            "val_split": (_is_finite(self.val_split) and 0 < self.val_split < 1, "between 0 and 1"),
-            "accumulate": (_is_int(self.accumulate) and self.accumulate >= 1, "an integer >= 1"),
-            "max_nonfinite": (_is_int(self.max_nonfinite) and self.max_nonfinite >= 1, "an integer >= 1"),
+            "grad_clip": (limits.is_number(self.grad_clip) and self.grad_clip >= 0, "a number >= 0"),
+            "val_split": (limits.is_number(self.val_split) and 0 < self.val_split < 1, "between 0 and 1"),
+            "accumulate": (limits.is_int(self.accumulate) and self.accumulate >= 1, "an integer >= 1"),
+            "max_nonfinite": (limits.is_int(self.max_nonfinite) and self.max_nonfinite >= 1, "an integer >= 1"),
             "zoom": (len(self.zoom) == 2 and all(limits.is_number_in(z, limits.ZOOM) for z in self.zoom)
                      and self.zoom[0] <= self.zoom[1], f"MIN,MAX within {limits.describe(limits.ZOOM)}, MIN <= MAX"),
             "loss_weights": (set(self.loss_weights) <= set(LOSS_TERMS)
-                             and all(_is_finite(v) and v >= 0 for v in self.loss_weights.values()),
+                             and all(limits.is_number(v) and v >= 0 for v in self.loss_weights.values()),
                              f"terms of {', '.join(LOSS_TERMS)}, each a number >= 0"),
             "normalize": (self.normalize in NORMALIZE, f"one of {', '.join(NORMALIZE)}"),
             "channels": (self.channels is None or valid_channels(self.channels), "1 to 3 channel indices from 0"),
             "name": (self.name is None or is_run_name(self.name),
                      "one folder name: no '/', not '.' or '..', not starting with '.'"),
         }
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def is_run_name(name: str) -> bool:

@@ -146,13 +146,16 @@ INSTANCE_SAMPLE = 64  # instances per image the instance-level term scores per s
 
 
 def sample_instances(labels: Tensor, count: int) -> Tensor:
-    """Compacted `labels` with at most `count` instances per image kept, drawn at random (torch's
-    generator, so a seeded run repeats), renumbered 1..count; the others become background."""
-    batch = labels.shape[0]
-    flat = labels.reshape(batch, -1)
-    k = int(flat.max().clamp_min(0).item()) + 1
-    if k - 1 <= count:
+    """`labels` with at most `count` instances per image kept, drawn at random (torch's generator,
+    so a seeded run repeats), renumbered 1..count; the others become background. Labels whose ids
+    all lie within `count` come back as they are."""
+    if int(labels.max().clamp_min(0).item()) <= count:
         return labels
+    batch = labels.shape[0]
+    flat = compact_labels(labels).reshape(batch, -1)
+    k = int(flat.max().item()) + 1
+    if k - 1 <= count:
+        return flat.view_as(labels)
     ids = torch.arange(k, device=labels.device).expand(batch, k)
     n = flat.max(dim=1, keepdim=True).values.clamp_min(0)  # compacted: image b holds ids 1..n_b
     keys = torch.where(ids <= n, torch.rand(batch, k, device=labels.device), torch.full_like(ids, 2, dtype=torch.float))
@@ -177,7 +180,7 @@ def instance_dice_loss(embedding: Tensor, labels: Tensor, *, delta_v: float = 0.
     """
     batch, dim = embedding.shape[:2]
     embedding = embedding.float()
-    labels = sample_instances(compact_labels(labels.long()), max_instances)
+    labels = sample_instances(labels.long(), max_instances)
     k = int(labels.max().clamp_min(0).item()) + 1 if labels.numel() else 1
     pixels = embedding.flatten(2).transpose(1, 2)  # B x HW x D
     flat = labels.reshape(batch, -1)

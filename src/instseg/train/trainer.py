@@ -163,7 +163,7 @@ class Trainer:
             num_replicas=self.dist.world_size, rank=self.dist.rank, seed=cfg.seed)
         self.steps_per_epoch = self.train_sampler.steps_per_epoch
         self.loader_generator = torch.Generator()
-        self.workers = min(cfg.workers, limits.usable_cpus())  # more processes than CPUs only contend
+        self.workers = limits.at_most_cpus(cfg.workers)
         self.train_loader = DataLoader(
             self.train_set, batch_size=cfg.batch_size, sampler=self.train_sampler, num_workers=self.workers,
             worker_init_fn=seed_worker, generator=self.loader_generator, pin_memory=self.device.is_cuda,
