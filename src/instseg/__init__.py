@@ -5,8 +5,8 @@
     labels = model.segment(image)                # an H x W instance label map
     instseg.export("runs/unet-cbam-...", out="model.onnx")
 
-Plugins: `hookimpl`, `ModelSpec`, `BackboneSpec`, `ExportCaps`, `Backbone`, `Decoder`;
-`create_model`, `list_models`. Names are imported when first used, so `import instseg` is cheap and
+Plugins: `hookimpl`, `ModelSpec`, `BackboneSpec`, `ExportCaps`, `ObjectiveSpec`, `Backbone`,
+`Decoder`; `create_model`, `list_models`. Names are imported when first used, so `import instseg` is cheap and
 the ONNX path stays torch-free.
 """
 
@@ -16,7 +16,7 @@ import importlib
 from typing import Any
 
 from instseg.errors import ConfigError, InstsegError, PluginError, RegistryError
-from instseg.models.specs import BackboneSpec, ExportCaps, ModelSpec
+from instseg.models.specs import BackboneSpec, ExportCaps, ModelSpec, ObjectiveSpec
 from instseg.version import __version__
 
 _LAZY = {  # imported on first use: torch-backed names, and the predictor (numpy, Pillow, scipy)
@@ -38,7 +38,8 @@ _LAZY = {  # imported on first use: torch-backed names, and the predictor (numpy
 }
 
 __all__ = [
-    "Backbone", "BackboneSpec", "ConfigError", "Decoder", "ExportCaps", "InstsegError", "ModelSpec", "PluginError",
+    "Backbone", "BackboneSpec", "ConfigError", "Decoder", "ExportCaps", "InstsegError", "ModelSpec", "ObjectiveSpec",
+    "PluginError",
     "Predictor", "RegistryError", "SegOutput", "SegmentationModel", "create_backbone", "create_model", "export",
     "get_registry", "hookimpl", "hookspec", "list_backbones", "list_models", "load", "__version__",
 ]

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from instseg.cli.main import main
+from cli_support import run_main
 from instseg.io.images import write_label_map, write_rgb
 from onnx_files import tiny_onnx
 
@@ -196,20 +196,6 @@ CASES: dict[str, Build] = {
                                                                 w.file("notes.onnx", "mine")],
     "evaluate: --pred without --gt": lambda w: ["evaluate", "--pred", w.folder("p")],
 }
-
-
-def run_main(args: list, capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    """`instseg ARGS` through `main()`, as a shell would run it: (exit status, stderr)."""
-    argv = sys.argv
-    sys.argv = ["instseg", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        sys.argv = argv
-    return code, capsys.readouterr().err
 
 
 def snapshot(root: Path) -> dict[Path, bytes]:

@@ -13,8 +13,8 @@ import typer
 from rich.table import Table
 
 from instseg.cli.console import err, fmt_mean_std, out, shown
-from instseg.cli.options import (Bandwidth, Cluster, Device, FillHoles, MinSize, ObjectSize, Tile, TileOverlap,
-                                 check_batch_size, plain)
+from instseg.cli.options import (Bandwidth, Cluster, Device, FillHoles, MinSize, ObjectSize, SeedThreshold, Tile,
+                                 TileOverlap, check_batch_size, plain)
 from instseg import limits
 from instseg.instances.size import parse_object_size
 from instseg.errors import ConfigError
@@ -50,6 +50,7 @@ def evaluate(
     min_size: MinSize = None,
     fill_holes: FillHoles = None,
     bandwidth: Bandwidth = None,
+    seed_threshold: SeedThreshold = None,
     tile: Tile = None,
     tile_overlap: TileOverlap = None,
     object_size: ObjectSize = None,
@@ -70,7 +71,8 @@ def evaluate(
         report = _score_folders(pred, gt, pred_suffix, gt_suffix)
         target = out_dir or pred / "eval"
     else:
-        overrides = {"method": plain(cluster), "min_size": min_size, "fill_holes": fill_holes, "bandwidth": bandwidth}
+        overrides = {"method": plain(cluster), "min_size": min_size, "fill_holes": fill_holes, "bandwidth": bandwidth,
+                     "seed_threshold": seed_threshold}
         report = _score_model(checkpoint, EvalData(data, str(val_list) if val_list else None, val_size=val_size),
                               image_size, batch_size, device, overrides, (tile, tile_overlap),
                               parse_object_size(object_size))

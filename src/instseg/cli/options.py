@@ -66,6 +66,9 @@ FillHoles = Annotated[Optional[bool], typer.Option(
     "--fill-holes/--no-fill-holes", help="Give background enclosed by one instance to it (default on).")]
 Bandwidth = Annotated[Optional[float], typer.Option(
     "--bandwidth", help="meanshift radius in embedding space (default: the run's delta_d).")]
+SeedThreshold = Annotated[Optional[float], typer.Option(
+    "--seed-threshold", help="seeds (spatial objective): no instance starts at a seed scoring below this "
+                             "(default 0.5).")]
 
 
 ObjectSize = Annotated[Optional[str], typer.Option(
@@ -183,6 +186,7 @@ class PredictOptions:
     min_size: MinSize = None
     fill_holes: FillHoles = None
     bandwidth: Bandwidth = None
+    seed_threshold: SeedThreshold = None
     overlays: Overlays = True
     panels: Panels = False
     gt: GroundTruth = None
@@ -224,7 +228,7 @@ class PredictOptions:
     def cluster_overrides(self) -> dict[str, Any]:
         """The clustering options given (ClusterParams fields), for `Predictor.cluster_params`."""
         given = {"method": plain(self.cluster), "min_size": self.min_size, "fill_holes": self.fill_holes,
-                 "bandwidth": self.bandwidth}
+                 "bandwidth": self.bandwidth, "seed_threshold": self.seed_threshold}
         return {k: v for k, v in given.items() if v is not None}
 
     def write_options(self) -> dict[str, Any]:

@@ -16,13 +16,14 @@ from rich.table import Table
 from instseg.cli.console import err, fmt_mean_std, out, shown
 from instseg.cli.options import (DEVICE_METAVAR, Channels, Normalize, NormalizeChoice, TrainCluster, check_device,
                                  choices, plain)
-from instseg.train.config import (LOSS_TERMS, OPTIMIZERS, SCHEDULERS, TrainConfig, parse_loss_weights,
-                                  parse_model_options, parse_zoom)
+from instseg.train.config import (DISCRIMINATIVE_WEIGHTS, OPTIMIZERS, PHOTOMETRIC, SCHEDULERS, TrainConfig,
+                                  parse_loss_weights, parse_model_options, parse_zoom)
 from instseg.io.microscopy import parse_channels
 from instseg.train.presets import AUTO, PRESETS
 
 D = TrainConfig()  # the defaults live in one place
 Optimizer = choices("Optimizer", OPTIMIZERS)
+Photometric = choices("Photometric", PHOTOMETRIC)
 Scheduler = choices("Scheduler", SCHEDULERS)
 Preset = choices("Preset", (AUTO, "none", *PRESETS))
 CLI_TO_CONFIG = {"out_dir": "out", "compile_": "compile", "model_option": "model_kwargs", "loss_weight": "loss_weights"}  # parameter names that differ from TrainConfig's
@@ -40,6 +41,10 @@ def train(
     weights: Annotated[Optional[str], typer.Option(
         help="Local state dict for the backbone, or a run's checkpoint: a run of the same model starts every "
              "weight but the input normalisation (fine-tuning), another model's its backbone.* weights.")] = None,
+    objective: Annotated[str, typer.Option(
+        help="Instance objective: discriminative (pull / push, the paper this project implements) or spatial "
+             "(offsets to each object's centre with a learned bandwidth and seeds, Neven et al. 2019; no count "
+             "needed), or one a plugin registers.")] = D.objective,
     data: Annotated[str, typer.Option(help="'synthetic', 'cvppp:PATH', 'folder:PATH', "
                                                  "'coco:ANNOTATIONS.json[:IMAGE_DIR]' or a dataset folder.")] = D.data,
     preset: Annotated[Preset, typer.Option(
@@ -52,6 +57,10 @@ def train(
     zoom: Annotated[str, typer.Option(
         metavar="MIN,MAX", help="Dataset folders: random zoom range around the working scale (log-uniform); "
                                 "wider covers objects of more sizes.")] = ",".join(f"{z:g}" for z in D.zoom),
+    photometric: Annotated[Photometric, typer.Option(
+        help="Dataset folders: intensity augmentation; colour: brightness, contrast, saturation, blur; microscopy: "
+             "also gamma, dimming, camera noise, inversion and stain shifts (held-out microscopes).")
+    ] = Photometric(D.photometric),
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = D.epochs,
     image_size: Annotated[int, typer.Option(help="Training crop size (square); images are scaled so that their "
                                                  "shorter side is this, here and at prediction.")] = D.image_size,
@@ -75,8 +84,9 @@ def train(
     ] = D.delta_d,
     loss_weight: Annotated[Optional[List[str]], typer.Option(
         "--loss-weight", metavar="NAME=VALUE",
-        help=f"Weight of one loss term ({', '.join(LOSS_TERMS)}; instance: the instance-level Dice term, "
-             "0 by default); repeatable.")] = None,
+        help=f"Weight of one loss term of the objective (discriminative: {', '.join(DISCRIMINATIVE_WEIGHTS)}; "
+             "instance: the instance-level Dice term, 0 by default; spatial: instance, smooth, seed, cross_entropy, "
+             "dice, count); repeatable.")] = None,
     position_scale: Annotated[float, typer.Option(
         help="Add each pixel's (row, column) / this many pixels to two embedding channels, so the head learns "
              "offsets to its object's centre (semi-convolutional embeddings; 0 = off).")] = D.position_scale,
@@ -111,8 +121,9 @@ def train(
     from instseg.checkpoint import load_resume_checkpoint
     from instseg.data.layouts import parse_data_spec
     from instseg.metrics.scores import METRIC_LABELS
+    from instseg.objectives import objective_spec, with_objective
     from instseg.train.distributed import DistContext
-    from instseg.train.presets import apply_preset, resolve_preset
+    from instseg.train.presets import apply_preset, preset_values, resolve_preset
     from instseg.train.state import TrainingState
     from instseg.train.trainer import Trainer, resume_config
 
@@ -122,14 +133,17 @@ def train(
     options["val_list"] = str(val_list.absolute()) if val_list else None
     options["model_kwargs"] = parse_model_options(model_option or [])
     recipe = resolve_preset(plain(preset), spec.kind)
-    options["loss_weights"] = parse_loss_weights(loss_weight or [], PRESETS.get(recipe or "", {}).get("loss_weights"))
+    goal = objective_spec(objective) if resume is None else None
+    if goal is not None:
+        options["loss_weights"] = parse_loss_weights(loss_weight or [], preset_values(recipe, goal.name).get("loss_weights"),
+                                                     goal.loss_weights)
     options["zoom"] = parse_zoom(zoom)
     options["channels"] = parse_channels(channels)
     options["weights"] = str(Path(weights).absolute()) if weights else None
     checkpoint = None
     given = {CLI_TO_CONFIG.get(k, k) for k in ctx.params if k != "resume" and _given(ctx, k)}
-    if resume is None:
-        config = TrainConfig(**apply_preset(options, given, recipe))
+    if goal is not None:
+        config = TrainConfig(**apply_preset(with_objective(options, given, goal), given, recipe))
     else:
         checkpoint = load_resume_checkpoint(resume)
         if TrainingState.finished(checkpoint):

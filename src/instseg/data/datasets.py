@@ -22,7 +22,7 @@ from instseg.data.coco import split_coco
 from instseg.data.layouts import DataSpec, discover, parse_data_spec
 from instseg.data.samples import Sample, read_sample, scan_sizes, split_samples
 from instseg.data.synthetic import render_plant
-from instseg.data.transforms import Augment, TrainTransform
+from instseg.data.transforms import TrainTransform, training_augment
 from instseg.errors import ConfigError
 from instseg.io.microscopy import FIXED, Reading
 
@@ -149,6 +149,7 @@ def build_datasets(
     augment: bool = True,
     scale: float | None = None,
     zoom: tuple[float, float] | None = None,
+    photometric: str = "colour",
     reading: Reading = FIXED,
 ) -> tuple[ItemDataset, ItemDataset]:
     """Train and validation datasets for a `--data` spec.
@@ -158,9 +159,12 @@ def build_datasets(
     split by `val_list` (stems) or a seeded `val_split` fraction; `train_size` / `val_size`
     do not apply to them. `scale`: training crops at that fixed resize factor (see
     `TrainTransform`) instead of shorter side -> `image_size`. `zoom`: the augmentation's random
-    zoom range (None: `Augment`'s). `reading`: which channels of the files are used and how their
-    intensities are scaled (`io.microscopy`; synthetic data is rendered in [0, 1] already).
+    zoom range (None: `Augment`'s). `photometric`: the intensity augmentation, "colour" (jitter and
+    blur) or "microscopy" (also grey, inversion, stain, gamma, dimming, noise: `data.photometric`).
+    `reading`: which channels of the files are used and how their intensities are scaled
+    (`io.microscopy`; synthetic data is rendered in [0, 1] already).
     """
+    aug = training_augment(photometric, zoom, percentile=reading.normalize == "percentile")
     data = parse_data_spec(spec)
     if data.kind == "synthetic":
         if val_list is not None:
@@ -174,7 +178,6 @@ def build_datasets(
         train, val = split_coco(layout, data.images, val_split=val_split, val_list=val_list, seed=seed)
     else:
         train, val = split_samples(layout.require_labels(), val_split=val_split, val_list=val_list, seed=seed)
-    aug = Augment() if zoom is None else Augment(zoom=tuple(zoom))
     transform = TrainTransform(image_size, aug if augment else None, scale)
     check = TrainingCheck(train + val, layout.root, str(data), reading)
     return LabelledImages(train, transform, check, reading), LabelledImages(val, None, check, reading)

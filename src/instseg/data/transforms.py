@@ -9,6 +9,11 @@ Resize policy (as `instseg.io.images.working_size`): an image is scaled so that 
 is `image_size`, or by the run's fixed `scale` factor (objects keep their size in pixels), times a
 random zoom, and an `image_size` square is cropped from it. The crop is taken at the original
 resolution first and then resized, so a large image costs no more than a small one.
+
+Intensity (`Augment.microscopy`, `--photometric`): "colour" is brightness / contrast / saturation
+jitter and blur; "microscopy" adds, after them, the steps of `photometric` (grey, inversion, stain
+shift, gamma, dimming, camera noise) so that a model holds on other microscopes. Its draws come
+after all of colour's, so a seed gives the same crop and labels under both.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma
+from instseg.data.photometric import PHOTOMETRIC, Microscopy, grey, microscopy_photometric, uniform
+from instseg.errors import ConfigError
 
 
 def resize_image_tensor(image: Tensor, size: tuple[int, int]) -> Tensor:
@@ -56,10 +62,17 @@ class Augment:
     saturation: float = 0.2
     blur_p: float = 0.2
     blur_sigma: tuple[float, float] = (0.3, 1.2)  # pixels at the training size
+    microscopy: Microscopy | None = None  # --photometric microscopy: also grey, inversion, stain, gamma, dim, noise
 
 
-def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
-    return low + (high - low) * float(torch.rand((), generator=generator))
+def training_augment(photometric: str = "colour", zoom: tuple[float, float] | None = None,
+                     percentile: bool = False) -> Augment:
+    """The run's `Augment`: `zoom` (None: the default range), and for "microscopy" the
+    `photometric` steps (`percentile`: the images are read with percentile normalisation)."""
+    if photometric not in PHOTOMETRIC:
+        raise ConfigError(f"--photometric {photometric!r}: expected one of {', '.join(PHOTOMETRIC)}")
+    microscopy = Microscopy(restretch=percentile) if photometric == "microscopy" else None
+    return Augment(microscopy=microscopy) if zoom is None else Augment(zoom=tuple(zoom), microscopy=microscopy)
 
 
 def _randint(low: int, high: int, generator: torch.Generator | None) -> int:
@@ -97,7 +110,7 @@ def random_dihedral(image: Tensor, labels: Tensor, generator: torch.Generator | 
     """One of the 8 flips / 90-degree rotations / transposes of a square, uniformly."""
     k = _randint(0, 3, generator)
     image, labels = torch.rot90(image, k, (1, 2)), torch.rot90(labels, k, (0, 1))
-    if _uniform(0, 1, generator) < 0.5:
+    if uniform(0, 1, generator) < 0.5:
         image, labels = image.transpose(1, 2), labels.transpose(0, 1)
     return image, labels
 
@@ -114,18 +127,13 @@ def rotate(image: Tensor, labels: Tensor, degrees: float) -> tuple[Tensor, Tenso
     return image, labels
 
 
-def grey(image: Tensor) -> Tensor:
-    weights = torch.tensor(GREY_WEIGHTS, dtype=image.dtype).view(3, 1, 1)
-    return (image * weights).sum(dim=0, keepdim=True)
-
-
 def color_jitter(image: Tensor, aug: Augment, generator: torch.Generator | None) -> Tensor:
     """Brightness, contrast (around the mean grey) and saturation (around the pixel's grey)."""
-    image = image * _uniform(1 - aug.brightness, 1 + aug.brightness, generator)
+    image = image * uniform(1 - aug.brightness, 1 + aug.brightness, generator)
     mean = grey(image).mean()
-    image = (image - mean) * _uniform(1 - aug.contrast, 1 + aug.contrast, generator) + mean
+    image = (image - mean) * uniform(1 - aug.contrast, 1 + aug.contrast, generator) + mean
     luma = grey(image)
-    image = luma + (image - luma) * _uniform(1 - aug.saturation, 1 + aug.saturation, generator)
+    image = luma + (image - luma) * uniform(1 - aug.saturation, 1 + aug.saturation, generator)
     return image.clamp(0.0, 1.0)
 
 
@@ -156,14 +164,16 @@ class TrainTransform:
         zoom = 1.0
         if aug is not None:
             low, high = math.log(aug.zoom[0]), math.log(aug.zoom[1])
-            zoom = math.exp(_uniform(low, high, generator))
+            zoom = math.exp(uniform(low, high, generator))
         image, labels = random_scaled_crop(item["image"], item["labels"], self.image_size, zoom, generator,
                                            self.scale)
         if aug is not None:
             image, labels = random_dihedral(image, labels, generator)
-            if _uniform(0, 1, generator) < aug.rotation_p:
-                image, labels = rotate(image, labels, _uniform(-aug.rotation, aug.rotation, generator))
+            if uniform(0, 1, generator) < aug.rotation_p:
+                image, labels = rotate(image, labels, uniform(-aug.rotation, aug.rotation, generator))
             image = color_jitter(image, aug, generator)
-            if _uniform(0, 1, generator) < aug.blur_p:
-                image = gaussian_blur(image, _uniform(*aug.blur_sigma, generator))
+            if uniform(0, 1, generator) < aug.blur_p:
+                image = gaussian_blur(image, uniform(*aug.blur_sigma, generator))
+            if aug.microscopy is not None:
+                image = microscopy_photometric(image, aug.microscopy, generator)
         return {"image": image.clamp(0.0, 1.0).contiguous(), "labels": labels.contiguous(), "name": item["name"]}

@@ -276,7 +276,8 @@ def model_info(request: ExportRequest, plan: ExportPlan) -> ModelInfo:
         multiple_of=model.multiple_of, static_size=plan.static_size, dynamic_batch=plan.dynamic_batch,
         mean=tuple(model.normalize.mean.flatten().tolist()), std=tuple(model.normalize.std.flatten().tolist()),
         cluster=request.cluster, scale=request.scale, object_size=request.object_size,
-        normalize=request.reading.normalize, channels=request.reading.channels)
+        normalize=request.reading.normalize, channels=request.reading.channels,
+        objective=str(request.run_config.get("objective", "discriminative")))
 
 
 def with_metadata(proto: onnx.ModelProto, info: ModelInfo) -> onnx.ModelProto:

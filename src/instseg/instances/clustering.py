@@ -18,6 +18,13 @@ cost hardly grows with the image) and then give every foreground pixel its neare
   to tell touching objects apart, never distant ones (which collide when there are hundreds),
   and the cost grows with the number of regions, not with its square.
 
+The spatial objective's embeddings (position + offset, a bandwidth, a seed logit: `seeds.py`) are
+read by one method of their own, no count needed:
+
+- `seeds`: the highest remaining seed's centre and bandwidth claim every foreground pixel whose
+  Gaussian probability for it exceeds 0.5; repeat until no seed is above `seed_threshold`
+  (Neven et al. 2019).
+
 Post-processing (`postprocess.postprocess`): drop instances under `min_size` pixels, fill
 holes (a background region enclosed by one instance joins it), relabel 1..N.
 """
@@ -34,9 +41,12 @@ from scipy import ndimage
 from instseg import limits
 from instseg.errors import ConfigError, DataError
 from instseg.instances.postprocess import postprocess, split_pieces
+from instseg.instances.seeds import seed_labels
 
-CLUSTER_METHODS = ("kmeans", "meanshift", "regions")
+CLUSTER_METHODS = ("kmeans", "meanshift", "regions", "seeds")
 DEFAULT_METHOD = "kmeans"
+# which methods read which embeddings (an objective's `ObjectiveSpec.embeddings`); the first is the default
+METHODS_FOR = {"discriminative": ("kmeans", "meanshift", "regions"), "spatial": ("seeds",)}
 AUTO = "auto"  # a training run's choice, measured on its validation images (train/cluster_choice.py)
 CROWDED = 64  # more instances per image than this: `auto` guesses `regions` until it has measured
 SCREENING_STEPS = 3  # Lloyd steps that rank a k-means++ seeding before the best one is refined
@@ -44,15 +54,25 @@ SCREENING_STEPS = 3  # Lloyd steps that rank a k-means++ seeding before the best
 
 def resolve_method(method: str, max_instances: int) -> str:
     """A run's method; `auto` before its measured choice (an unfinished run) is a guess from the
-    largest instance count of its data (`max_instances` is raised to it)."""
+    largest instance count of its data (`max_instances` is raised to it). Only discriminative
+    runs keep `auto`: a family with one method is given it when the run starts
+    (`objectives.check_config`)."""
     if method != AUTO:
         return method
     return "regions" if max_instances > CROWDED else "kmeans"
 
 
+def embeddings_read_by(method: str) -> str:
+    """The embeddings a method reads (METHODS_FOR): a run's method tells prediction what its
+    objective's embeddings are, with no need for the objective's plugin."""
+    return next(family for family, methods in METHODS_FOR.items() if method in methods)
+
+
 @dataclass(frozen=True)
 class ClusterParams:
     method: str = DEFAULT_METHOD
+    embeddings: str = "discriminative"  # what the embedding channels are (METHODS_FOR): which methods apply
+    seed_threshold: float = 0.5  # `seeds`: stop when no remaining seed scores above this
     bandwidth: float = 1.5  # meanshift radius in embedding space; the loss's delta_d by default
     min_size: int = 0  # instances with fewer pixels are dropped (0 keeps all)
     fill_holes: bool = True
@@ -68,9 +88,16 @@ class ClusterParams:
     def __post_init__(self) -> None:
         if self.method not in CLUSTER_METHODS:
             raise ConfigError(f"unknown clustering method '{self.method}'; choose from {', '.join(CLUSTER_METHODS)}")
+        if self.embeddings not in METHODS_FOR:
+            raise ConfigError(f"unknown embeddings '{self.embeddings}'; expected one of {', '.join(METHODS_FOR)}")
+        if self.method not in METHODS_FOR[self.embeddings]:
+            raise ConfigError(f"clustering method '{self.method}' does not read {self.embeddings} embeddings; "
+                              f"choose from {', '.join(METHODS_FOR[self.embeddings])}")
         # the ranges ONNX metadata and checkpoints are read with (limits.py): they bound the work
         bad = [f"{name}={getattr(self, name)!r} (expected {expected})" for name, ok, expected in (
             ("bandwidth", limits.is_number_in(self.bandwidth, (0, math.inf)) and self.bandwidth > 0, "a number > 0"),
+            ("seed_threshold", limits.is_number_in(self.seed_threshold, (0, 1)) and 0 < self.seed_threshold < 1,
+             "a number between 0 and 1"),
             ("min_size", limits.is_int_in(self.min_size, limits.CLUSTER_MIN_SIZE),
              limits.describe(limits.CLUSTER_MIN_SIZE)),
             ("sample_size", limits.is_int_in(self.sample_size, limits.CLUSTER_SAMPLE_SIZE),
@@ -87,10 +114,12 @@ class ClusterParams:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "ClusterParams":
-        """The clustering defaults of a training run (its config.json `config` section):
-        its method, and a bandwidth equal to the delta_d its loss was trained with."""
+        """The clustering defaults of a training run (its config.json `config` section): its
+        method (which says what its embeddings are), and a bandwidth equal to the delta_d its
+        loss was trained with."""
         method = resolve_method(config.get("cluster", DEFAULT_METHOD), int(config.get("max_instances", 20)))
-        return cls(method=method, bandwidth=float(config.get("delta_d", 1.5)), seed=int(config.get("seed", 0)))
+        return cls(method=method, embeddings=embeddings_read_by(method), bandwidth=float(config.get("delta_d", 1.5)),
+                   seed=int(config.get("seed", 0)))
 
     def override(self, **changes: Any) -> "ClusterParams":
         """A copy with the options that are not None replaced (CLI flags over run defaults)."""
@@ -283,7 +312,9 @@ def cluster_embeddings(
     fg = foreground.astype(bool)
     if not fg.any():
         return labels
-    if params.method == "regions":
+    if params.method == "seeds":
+        labels = split_pieces(seed_labels(embedding, fg, threshold=params.seed_threshold, min_size=params.min_size))
+    elif params.method == "regions":
         labels = split_pieces(region_labels(embedding, fg, params))
     else:
         points = embedding[:, fg].T

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:
-    from instseg.models.specs import ModelSpec
+    from instseg.models.specs import ModelSpec, ObjectiveSpec
 
 PROJECT = "instseg"
 
@@ -20,7 +20,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 class HookSpecs:
-    """The hooks a plugin may implement. Both receive a `register` callback."""
+    """The hooks a plugin may implement. Each receives a `register` callback."""
 
     @hookspec
     def register_backbones(self, register: Callable[..., None]) -> None:
@@ -34,4 +34,9 @@ class HookSpecs:
         """Call `register(ModelSpec(...))` for each model."""
 
 
-HOOK_NAMES = ("register_backbones", "register_models")
+    @hookspec
+    def register_objectives(self, register: Callable[["ObjectiveSpec"], None]) -> None:
+        """Call `register(ObjectiveSpec(...))` for each instance objective (`instseg train --objective`)."""
+
+
+HOOK_NAMES = ("register_backbones", "register_models", "register_objectives")

@@ -43,13 +43,15 @@ from instseg.models.discovery import (  # `_discover` is looked up here: tests p
     not_installed,
 )
 from instseg.models.hookspecs import HOOK_NAMES, PROJECT, HookSpecs
-from instseg.models.specs import BackboneSpec, ModelSpec, Spec
+from instseg.models.specs import BackboneSpec, ModelSpec, ObjectiveSpec, Spec
 
 
 def _keys(item: Spec) -> list[str]:
     """The registry keys an item claims: its kind-qualified name (and a model's aliases)."""
     if isinstance(item, BackboneSpec):
         return [f"backbone:{item.name}"]
+    if isinstance(item, ObjectiveSpec):
+        return [f"objective:{item.name}"]
     return [f"model:{n}" for n in (item.name, *item.aliases)]
 
 
@@ -65,6 +67,7 @@ class Registry:
         self.pm.add_hookspecs(HookSpecs)
         self._backbones: dict[str, BackboneSpec] = {}
         self._models: dict[str, ModelSpec] = {}
+        self._objectives: dict[str, ObjectiveSpec] = {}
         self._aliases: dict[str, str] = {}
         self._plugins: dict[str, PluginInfo] = {}
         self._skipped: list[PluginInfo] = []
@@ -130,6 +133,7 @@ class Registry:
                 self.pm.unregister(name=name)
             self._backbones = {k: v for k, v in self._backbones.items() if v.plugin != name}
             self._models = {k: v for k, v in self._models.items() if v.plugin != name}
+            self._objectives = {k: v for k, v in self._objectives.items() if v.plugin != name}
             self._aliases = {a: m for a, m in self._aliases.items() if m in self._models}
 
     def _register(self, plugin: Any, info: PluginInfo) -> None:
@@ -156,6 +160,8 @@ class Registry:
         for item in staged:
             if isinstance(item, BackboneSpec):
                 self._backbones[item.name] = item
+            elif isinstance(item, ObjectiveSpec):
+                self._objectives[item.name] = item
             else:
                 self._models[item.name] = item
                 self._aliases.update({alias: item.name for alias in item.aliases})
@@ -177,6 +183,12 @@ class Registry:
             def register(name: str, factory: Callable[..., Any], description: str = "") -> None:
                 staged.append(BackboneSpec(name, factory, _describe(factory, description),
                                            info.name, info.distribution))
+        elif hook_name == "register_objectives":
+            def register(spec: ObjectiveSpec) -> None:  # type: ignore[misc]
+                if not isinstance(spec, ObjectiveSpec):
+                    raise TypeError(f"register_objectives expects ObjectiveSpec, got {type(spec).__name__}")
+                staged.append(replace(spec, plugin=info.name, distribution=info.distribution,
+                                      description=_describe(spec.loss, spec.description)))
         else:
             def register(spec: ModelSpec) -> None:  # type: ignore[misc]
                 if not isinstance(spec, ModelSpec):
@@ -192,6 +204,8 @@ class Registry:
             claimed[f"backbone:{spec.name}"] = spec.plugin
         for spec in self._models.values():
             claimed.update({key: spec.plugin for key in _keys(spec)})
+        for objective in self._objectives.values():
+            claimed[f"objective:{objective.name}"] = objective.plugin
         for item in staged:
             for key in _keys(item):
                 if key in claimed:
@@ -232,6 +246,16 @@ class Registry:
         if key not in self._models:
             self._raise_unknown("model", name, [*self._models, *self._aliases])
         return self._models[key]
+
+    def list_objectives(self, pattern: str | None = None) -> list[str]:
+        self.ensure_loaded()
+        return _filter(self._objectives, pattern)
+
+    def objective_spec(self, name: str) -> ObjectiveSpec:
+        self.ensure_loaded()
+        if name not in self._objectives:
+            self._raise_unknown("objective", name, self._objectives)
+        return self._objectives[name]
 
     def backbone_spec(self, name: str) -> BackboneSpec:
         self.ensure_loaded()

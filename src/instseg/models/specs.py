@@ -1,4 +1,4 @@
-"""What a plugin registers: `ModelSpec`, `BackboneSpec` and a model's `ExportCaps`.
+"""What a plugin registers: `ModelSpec`, `BackboneSpec`, a model's `ExportCaps`, `ObjectiveSpec`.
 
 Plain frozen dataclasses that validate themselves, apart from the registry that stores them,
 so plugins, the exporter and the CLI share one description of a model without the discovery
@@ -118,4 +118,50 @@ class ModelSpec:
         return requested or self.default_backbone
 
 
-Spec = Union[BackboneSpec, ModelSpec]
+EMBEDDING_KINDS = ("discriminative", "spatial")  # how clustering reads an objective's embeddings
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """A registered instance objective: the loss that trains the embedding head, and what its
+    embeddings mean to clustering.
+
+    loss: `loss(config) -> nn.Module`, called with the run's TrainConfig; the module maps
+        `(SegOutput, labels)` (labels: B x H x W int64, 0 background, -1 ignored) to a dict of
+        scalar tensors with the weighted total under "loss" (the others are logged).
+    embeddings: which clustering family reads the embedding head: "discriminative" (points
+        grouped by k-means / mean-shift: `kmeans`, `meanshift`, `regions`) or "spatial"
+        (channels = position + offset, sigma, seed logit: `seeds`). A plugin objective reuses
+        one of them, so prediction, ONNX and evaluation need no code from it.
+    loss_weights: its loss terms and their default weights (what `--loss-weight` may name).
+    embedding_dim: the channel count its embeddings need (None: `--embedding-dim` decides).
+    position_scale: the coordinate grid it needs in pixels per unit (None: `--position-scale`).
+    """
+
+    name: str
+    loss: Callable[..., Any]
+    embeddings: str = "discriminative"
+    loss_weights: Mapping[str, float] = field(default_factory=dict)
+    embedding_dim: int | None = None
+    position_scale: float | None = None
+    description: str = ""
+    plugin: str = ""
+    distribution: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_name("objective", self.name)
+        if not callable(self.loss):
+            raise TypeError(f"objective '{self.name}': loss must be callable, got {type(self.loss).__name__}")
+        if self.embeddings not in EMBEDDING_KINDS:
+            raise ValueError(f"objective '{self.name}': embeddings must be one of {', '.join(EMBEDDING_KINDS)}, "
+                             f"got {self.embeddings!r}")
+        if not self.loss_weights or not all(isinstance(v, (int, float)) and v >= 0 for v in self.loss_weights.values()):
+            raise ValueError(f"objective '{self.name}': loss_weights must name its terms with weights >= 0")
+        object.__setattr__(self, "loss_weights", dict(self.loss_weights))
+        if self.embedding_dim is not None and (not isinstance(self.embedding_dim, int) or self.embedding_dim < 1):
+            raise ValueError(f"objective '{self.name}': embedding_dim must be an int >= 1, got {self.embedding_dim!r}")
+        if self.position_scale is not None and not self.position_scale > 0:
+            raise ValueError(f"objective '{self.name}': position_scale must be > 0, got {self.position_scale!r}")
+
+
+Spec = Union[BackboneSpec, ModelSpec, ObjectiveSpec]

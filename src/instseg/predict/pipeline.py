@@ -45,6 +45,7 @@ import numpy as np
 from instseg.errors import DataError
 from instseg.instances.clustering import ClusterParams, instances_from_outputs
 from instseg.instances.postprocess import relabel_sequential
+from instseg.instances.seeds import seed_scores
 from instseg.io.images import read_image, resize_image, resize_labels, working_size
 from instseg.io.inputs import output_names
 from instseg.io.microscopy import FIXED, Reading
@@ -86,7 +87,8 @@ class Prediction:
     embedding: np.ndarray | None  # D x h x w at the working size (None when tiled)
     foreground: np.ndarray | None  # h x w bool at the working size (None when tiled)
     index: int = 0  # the source's position in the input
-    probability: np.ndarray | None = None  # h x w foreground probability at the working size (instance scores)
+    probability: np.ndarray | None = None  # h x w at the working size whose mean over an instance is its score:
+    # the foreground probability, or the seed map of the spatial objective (`instance_probability`)
 
 
 @dataclass
@@ -184,6 +186,14 @@ def foreground_probability(semantic: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(np.clip(semantic[0] - semantic[1], -60, 60)))).astype(np.float32)
 
 
+def instance_probability(outputs: "Outputs", params: ClusterParams) -> np.ndarray:
+    """The map instance scores average: the seed map where seeds made the instances (a seed is the
+    network's confidence that an object is centred there), else the foreground probability."""
+    if params.method == "seeds":
+        return seed_scores(outputs.embedding)
+    return foreground_probability(outputs.semantic)
+
+
 def head_count(count: float, max_instances: int) -> float:
     """The counter head's output (normalised to [0, 1]) in instances."""
     return float(count) * max_instances
@@ -256,7 +266,7 @@ def cluster_outputs(outputs: Outputs, max_instances: int, params: ClusterParams)
         return Failure(source.path, source.name, f"{source.path}: {exc}", source.index)
     return Prediction(source.path, source.name, source.image, labels, head_count(outputs.count, max_instances),
                       outputs.embedding, outputs.semantic[1] > outputs.semantic[0], source.index,
-                      foreground_probability(outputs.semantic))
+                      instance_probability(outputs, params))
 
 
 def needs_tiles(size: tuple[int, int], runner: Runner) -> bool:

@@ -63,6 +63,7 @@ class ModelInfo:
     object_size: float | None = None  # training objects' typical size at the working scale (instances.size)
     normalize: str = "fixed"  # how image intensities become [0, 1] before the graph (io.microscopy)
     channels: tuple[int, ...] | None = None  # the channels of a file that feed the graph (None: grey / RGB)
+    objective: str = "discriminative"  # the instance objective it was trained with (its embeddings: cluster.embeddings)
 
     @property
     def dynamic_hw(self) -> bool:
@@ -108,6 +109,7 @@ class ModelInfo:
             "instseg.cluster": json.dumps(asdict(self.cluster), sort_keys=True),
             "instseg.normalize": self.normalize,
             "instseg.channels": "" if self.channels is None else json.dumps(list(self.channels)),
+            "instseg.objective": self.objective,
         }
 
     @classmethod
@@ -153,6 +155,7 @@ class ModelInfo:
             object_size=reader.optional_number("instseg.object_size", limits.OBJECT_SIZE),  # absent before
             normalize=reader.choice("instseg.normalize", NORMALIZE),  # absent before: fixed
             channels=reader.optional_channels("instseg.channels"),  # absent before: grey / RGB
+            objective=props.get("instseg.objective") or "discriminative",  # absent before: the only one
         )
 
 

@@ -14,6 +14,8 @@ from instseg.errors import CheckpointError, ConfigError
 from instseg.instances.clustering import AUTO, CLUSTER_METHODS
 from instseg.io.microscopy import NORMALIZE, valid_channels
 
+PHOTOMETRIC = ("colour", "microscopy")  # --photometric: colour jitter and blur; or also gamma, dimming, noise, inversion, stain
+
 if TYPE_CHECKING:
     from instseg.checkpoint import Checkpoint
 
@@ -22,11 +24,12 @@ SCHEDULERS = ("cosine", "constant")
 RESUME_OVERRIDES = ("device", "workers", "compile", "max_nonfinite", "accumulate", "tensorboard")  # how a run runs, not what it computes
 
 
+# the discriminative objective's loss terms (instance: the instance-level Dice term, off unless a recipe sets it)
+DISCRIMINATIVE_WEIGHTS = {"discriminative": 1.0, "cross_entropy": 1.0, "dice": 1.0, "count": 1.0, "instance": 0.0}
+
+
 def _default_loss_weights() -> dict[str, float]:
-    return {"discriminative": 1.0, "cross_entropy": 1.0, "dice": 1.0, "count": 1.0, "instance": 0.0}
-
-
-LOSS_TERMS = tuple(_default_loss_weights())  # what --loss-weight NAME=VALUE may name
+    return dict(DISCRIMINATIVE_WEIGHTS)
 
 
 @dataclass
@@ -39,6 +42,7 @@ class TrainConfig:
     width: int | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # from --model-option, see parse_model_options
     weights: str | None = None  # a local state dict for the backbone (--weights)
+    objective: str = "discriminative"  # the registered instance objective (instseg.objectives)
     embedding_dim: int = 32
     position_scale: float = 0.0  # pixels per embedding unit of the (row, column) channels; 0 = off
     max_instances: int = 20
@@ -53,6 +57,7 @@ class TrainConfig:
     val_list: str | None = None  # file datasets: stems of the validation images (overrides val_split)
     augment: bool = True  # file datasets: paired flips, rotations, zoom, color jitter, blur
     zoom: tuple[float, float] = (0.75, 1.33)  # file datasets: random zoom range, log-uniform, around the working scale
+    photometric: str = "colour"  # file datasets: intensity augmentation (data.transforms.PHOTOMETRIC)
     epochs: int = 6
     batch_size: int = 8  # per process; the global batch is batch_size x accumulate x processes
     accumulate: int = 1  # micro-batches whose gradients add up to one optimizer step
@@ -123,10 +128,11 @@ class TrainConfig:
             "max_nonfinite": (limits.is_int(self.max_nonfinite) and self.max_nonfinite >= 1, "an integer >= 1"),
             "zoom": (len(self.zoom) == 2 and all(limits.is_number_in(z, limits.ZOOM) for z in self.zoom)
                      and self.zoom[0] <= self.zoom[1], f"MIN,MAX within {limits.describe(limits.ZOOM)}, MIN <= MAX"),
-            "loss_weights": (set(self.loss_weights) <= set(LOSS_TERMS)
-                             and all(limits.is_number(v) and v >= 0 for v in self.loss_weights.values()),
-                             f"terms of {', '.join(LOSS_TERMS)}, each a number >= 0"),
+            # which terms exist is the objective's to say (objectives.check_config)
+            "loss_weights": (all(limits.is_number(v) and v >= 0 for v in self.loss_weights.values()),
+                             "each term a number >= 0"),
             "normalize": (self.normalize in NORMALIZE, f"one of {', '.join(NORMALIZE)}"),
+            "photometric": (self.photometric in PHOTOMETRIC, f"one of {', '.join(PHOTOMETRIC)}"),
             "channels": (self.channels is None or valid_channels(self.channels), "1 to 3 channel indices from 0"),
             "name": (self.name is None or is_run_name(self.name),
                      "one folder name: no '/', not '.' or '..', not starting with '.'"),
@@ -179,18 +185,19 @@ def parse_model_options(items: list[str]) -> dict[str, Any]:
     return options
 
 
-def parse_loss_weights(items: list[str], base: dict[str, float] | None = None) -> dict[str, float]:
+def parse_loss_weights(items: list[str], base: dict[str, float] | None = None,
+                       terms: dict[str, float] = DISCRIMINATIVE_WEIGHTS) -> dict[str, float]:
     """`NAME=VALUE` items (`--loss-weight instance=1`) on top of `base` (a preset's weights; None:
-    the defaults), so that naming one term keeps the recipe's others."""
-    weights = {**_default_loss_weights(), **(base or {})}
+    the objective's defaults `terms`), so that naming one term keeps the recipe's others."""
+    weights = {**terms, **(base or {})}
     for item in items:
         name, sep, value = item.partition("=")
         try:
             number = float(value)
         except ValueError:
             number = math.nan
-        if not sep or name.strip() not in LOSS_TERMS or not math.isfinite(number) or number < 0:
-            raise ConfigError(f"--loss-weight {item!r}: expected NAME=VALUE with NAME one of {', '.join(LOSS_TERMS)} "
+        if not sep or name.strip() not in terms or not math.isfinite(number) or number < 0:
+            raise ConfigError(f"--loss-weight {item!r}: expected NAME=VALUE with NAME one of {', '.join(terms)} "
                               "and VALUE a number >= 0")
         weights[name.strip()] = number
     return weights

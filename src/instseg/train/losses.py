@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -213,6 +214,28 @@ def soft_dice_loss(logits: Tensor, foreground: Tensor, valid: Tensor | None = No
     return (1 - (2 * inter + 1) / (denom + 1)).mean()
 
 
+class SemanticTerms(NamedTuple):
+    """The terms every objective shares, whatever its embedding loss."""
+
+    cross_entropy: Tensor
+    dice: Tensor
+    count: Tensor
+
+
+def semantic_terms(output: SegOutput, labels: Tensor, max_instances: int) -> SemanticTerms:
+    """Foreground cross-entropy and soft Dice over the non-IGNORE pixels, and the MSE of the
+    normalised count (clipped at `max_instances`), from B x H x W int64 label maps; compact the
+    labels first (`compact_labels`): counting costs memory in the largest id."""
+    foreground = labels > 0
+    valid = labels != IGNORE
+    ce_pixels = F.cross_entropy(output.semantic.float(), foreground.long(), reduction="none")
+    ce = (ce_pixels * valid).sum() / valid.sum().clamp_min(1)
+    dice = soft_dice_loss(output.semantic, foreground, valid)
+    target = instance_counts(labels).float().clamp_max(max_instances) / max_instances
+    count = F.mse_loss(output.count.float().view(-1), target)
+    return SemanticTerms(ce, dice, count)
+
+
 @dataclass(frozen=True)
 class LossWeights:
     discriminative: float = 1.0
@@ -241,13 +264,7 @@ class MultiTaskLoss(nn.Module):
     def forward(self, output: SegOutput, labels: Tensor) -> dict[str, Tensor]:
         labels = compact_labels(labels.long())
         disc = discriminative_loss(output.embedding, labels, delta_v=self.delta_v, delta_d=self.delta_d)
-        foreground = labels > 0
-        valid = labels != IGNORE
-        ce_pixels = F.cross_entropy(output.semantic.float(), foreground.long(), reduction="none")
-        ce = (ce_pixels * valid).sum() / valid.sum().clamp_min(1)
-        dice = soft_dice_loss(output.semantic, foreground, valid)
-        target = instance_counts(labels).float().clamp_max(self.max_instances) / self.max_instances
-        count = F.mse_loss(output.count.float().view(-1), target)
+        ce, dice, count = semantic_terms(output, labels, self.max_instances)
         w = self.weights
         total = w.discriminative * disc.total + w.cross_entropy * ce + w.dice * dice + w.count * count
         terms = {}

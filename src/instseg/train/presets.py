@@ -20,8 +20,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the instance-level Dice term: +0.023 SBD, |DiC| 0.70 -> 0.55 on the 20 tuning plants (bench/cvppp.py --split tune)
     "cvppp": {"image_size": 256, "epochs": 50, "batch_size": 8, "lr": 2e-3, "scheduler": "cosine",
               "loss_weights": {"discriminative": 1.0, "cross_entropy": 1.0, "dice": 1.0, "count": 1.0, "instance": 1.0}},
-    "nuclei": {"scale": 1.0, "image_size": 256, "epochs": 24, "batch_size": 8, "lr": 2e-3, "scheduler": "cosine"},
+    # held-out microscopes: intensities scaled per image by percentiles, and gamma / dimming / noise /
+    # inversion / stain augmentation (data.photometric)
+    "nuclei": {"scale": 1.0, "image_size": 256, "epochs": 24, "batch_size": 8, "lr": 2e-3, "scheduler": "cosine",
+               "normalize": "percentile", "photometric": "microscopy"},
 }
+# (preset, objective) -> values that differ for that objective
+OBJECTIVE_OVERRIDES: dict[tuple[str | None, str], dict[str, Any]] = {}
 AUTO = "auto"
 DATA_PRESETS = {"synthetic": "synthetic", "cvppp": "cvppp"}  # data kind -> preset chosen by `auto`
 
@@ -37,7 +42,16 @@ def resolve_preset(name: str, data_kind: str) -> str | None:
     return name
 
 
+def preset_values(preset: str | None, objective: str) -> dict[str, Any]:
+    """A preset's values for a run of `objective`: its loss weights are the discriminative
+    objective's terms, so another objective keeps its own (plus the preset's overrides for it)."""
+    values = dict(PRESETS.get(preset or "", {}))
+    if objective != "discriminative":
+        values.pop("loss_weights", None)
+    return {**values, **OBJECTIVE_OVERRIDES.get((preset, objective), {})}
+
+
 def apply_preset(options: Mapping[str, Any], given: set[str], preset: str | None) -> dict[str, Any]:
-    """`options` with the preset's values for every option the user did not type."""
-    values = PRESETS.get(preset or "", {})
+    """`options` with the preset's values (for the run's objective) for every option the user did not type."""
+    values = preset_values(preset, options.get("objective", "discriminative"))
     return {**options, **{k: v for k, v in values.items() if k not in given}, "preset": preset}

@@ -42,11 +42,11 @@ from instseg.metrics.scores import summarize
 from instseg.models.factory import model_from_record
 from instseg.models.registry import get_registry, plugin_requirements
 from instseg.models.weights import load_weights
+from instseg.objectives import check_config
 from instseg.predict.evaluation import evaluate_dataset, save_epoch_pictures
 from instseg.train.cluster_choice import choose_for_run
 from instseg.train.config import TrainConfig, resume_config
 from instseg.train.distributed import DistContext, GlobalBatchSampler
-from instseg.train.losses import LossWeights, MultiTaskLoss
 from instseg.train.optim import build_optimizer, build_scheduler
 from instseg.train.reporting import TrainingReporter
 from instseg.train.rundir import RunDirectory, config_record
@@ -71,6 +71,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, console: Console | None = None, *,
                  dist: DistContext | None = None, resume: Checkpoint | None = None) -> None:
         config.validate()
+        self.objective = check_config(config)  # before any work: options that do not fit the objective fail at once
         self.config = config
         self.dist = dist or DistContext.from_env()
         self.report = TrainingReporter(console or Console(stderr=True), self.dist.is_main)
@@ -114,7 +115,7 @@ class Trainer:
         self.train_set, self.val_set = build_datasets(
             cfg.data, image_size=cfg.image_size, seed=cfg.seed, train_size=cfg.train_size, val_size=cfg.val_size,
             val_split=cfg.val_split, val_list=cfg.val_list, augment=cfg.augment, scale=cfg.scale,
-            zoom=tuple(cfg.zoom), reading=Reading.of(cfg))
+            zoom=tuple(cfg.zoom), photometric=cfg.photometric, reading=Reading.of(cfg))
         largest = max(dataset.verify() for dataset in (self.train_set, self.val_set))
         if largest > cfg.max_instances:  # the count target is normalised by it, never clipped
             self.report.note(f"--max-instances raised from {cfg.max_instances} to {largest}: the largest count in the data")
@@ -152,7 +153,7 @@ class Trainer:
 
     def _build_optimization(self) -> None:
         cfg = self.config
-        self.loss_fn = MultiTaskLoss(cfg.max_instances, LossWeights(**cfg.loss_weights), cfg.delta_v, cfg.delta_d)
+        self.loss_fn = self.objective.loss(cfg)
         self.optimizer = build_optimizer(cfg, self.model.parameters())
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.amp_dtype == torch.float16)
 
