@@ -119,7 +119,7 @@ def test_a_record_asking_for_an_absurd_or_impossible_model_is_one_line(tmp_path,
     ({"seed": -1}, "field 'config.seed' has an invalid value -1 (expected 0..4294967295)"),
     ({"delta_d": float("nan")}, "field 'config.delta_d' has an invalid value nan (expected a finite number above 0)"),
     ({"cluster": "dbscan"}, "field 'config.cluster' has an invalid value 'dbscan' (expected one of auto, kmeans, "
-                            "meanshift, regions)"),
+                            "meanshift, regions, seeds)"),
     ({"image_size": 4096}, "field 'config.image_size' has an invalid value 4096 (expected 16..2048 pixels)"),
 ])
 def test_config_values_that_loading_uses_are_checked_with_their_range(tmp_path, change, message):
