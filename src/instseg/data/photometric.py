@@ -39,9 +39,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-PHOTOMETRIC = ("colour", "microscopy")  # --photometric (train.config keeps a torch-free copy)
+from instseg.io.microscopy import PERCENTILES
+from instseg.train.config import PHOTOMETRIC  # noqa: F401 - the names --photometric takes, defined torch-free there
+
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma
-PERCENTILES = (1.0, 99.8)  # as io.microscopy's percentile normalisation
 PERCENTILE_SAMPLE = 16384  # pixels per channel that percentile_stretch sorts, about
 
 

@@ -39,9 +39,9 @@ import numpy as np
 from scipy import ndimage
 
 from instseg import limits
-from instseg.errors import ConfigError, DataError
+from instseg.errors import ConfigError
 from instseg.instances.postprocess import postprocess, split_pieces
-from instseg.instances.seeds import seed_labels
+from instseg.instances.seeds import check_finite, seed_labels
 
 CLUSTER_METHODS = ("kmeans", "meanshift", "regions", "seeds")
 DEFAULT_METHOD = "kmeans"
@@ -124,11 +124,6 @@ class ClusterParams:
     def override(self, **changes: Any) -> "ClusterParams":
         """A copy with the options that are not None replaced (CLI flags over run defaults)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-
-def _check_finite(embedding: np.ndarray) -> None:
-    if not np.isfinite(embedding).all():
-        raise DataError("embedding contains NaN or Inf values; the model output is not usable")
 
 
 def _sq_dist(points: np.ndarray, centers: np.ndarray, norms: np.ndarray | None = None) -> np.ndarray:
@@ -307,7 +302,7 @@ def cluster_embeddings(
     """
     if embedding.ndim != 3 or foreground.shape != embedding.shape[1:]:
         raise ValueError(f"embedding {embedding.shape} and foreground {foreground.shape} do not match")
-    _check_finite(embedding)
+    check_finite(embedding)
     labels = np.zeros(foreground.shape, dtype=np.int32)
     fg = foreground.astype(bool)
     if not fg.any():

@@ -46,6 +46,12 @@ def seed_scores(embedding: np.ndarray) -> np.ndarray:
     return expit(np.asarray(embedding[-1], dtype=np.float32))
 
 
+def check_finite(embedding: np.ndarray) -> None:
+    """A DataError for NaN / Inf outputs (every clustering method's check: `clustering` uses it too)."""
+    if not np.isfinite(embedding).all():
+        raise DataError("embedding contains NaN or Inf values; the model output is not usable")
+
+
 def _bandwidths(sigma: np.ndarray) -> np.ndarray:
     """2 x N float64 bandwidths s = exp(10 sigma) from n_sigma x N raw sigmas (1 row: both axes)."""
     exponent = np.clip(SIGMA_SCALE * np.asarray(sigma, dtype=np.float64), -EXPONENT_LIMIT, EXPONENT_LIMIT)
@@ -170,8 +176,7 @@ def seed_labels(embedding: np.ndarray, foreground: np.ndarray, *, threshold: flo
     of the `foreground` pixels clustered around seeds scoring at least `threshold`."""
     _check_layout(embedding, foreground)
     embedding = np.asarray(embedding, dtype=np.float32)  # what the scores and the seed order are computed from
-    if not np.isfinite(embedding).all():
-        raise DataError("embedding contains NaN or Inf values; the model output is not usable")
+    check_finite(embedding)
     height, width = foreground.shape
     labels = np.zeros(height * width, dtype=np.int32)
     pixels = np.flatnonzero(foreground)

@@ -20,9 +20,6 @@ if TYPE_CHECKING:
     from instseg.models.specs import ObjectiveSpec
     from instseg.train.config import TrainConfig
 
-DEFAULT = "discriminative"
-
-
 def objective_spec(name: str) -> "ObjectiveSpec":
     """The registered objective called `name`; a ConfigError naming the known ones otherwise."""
     from instseg.models.registry import get_registry

@@ -27,8 +27,7 @@ def discriminative(config: "TrainConfig") -> "nn.Module":
 
 def spatial(config: "TrainConfig") -> "nn.Module":
     """Offsets to the object's centre with a learned bandwidth and seeds (Neven et al. 2019); seed clustering."""
-    return SpatialEmbeddingLoss(config.max_instances, config.position_scale,
-                                {**SPATIAL_WEIGHTS, **config.loss_weights})
+    return SpatialEmbeddingLoss(config.max_instances, config.position_scale, config.loss_weights)
 
 
 @hookimpl

@@ -20,14 +20,13 @@ from torch import Tensor, nn
 
 from instseg.metrics.scores import IGNORE
 from instseg.models.interfaces import SegOutput, add_positions
+from instseg.instances.seeds import EXPONENT_LIMIT, SIGMA_SCALE  # s = exp(10 sigma), exp(80) finite in float32
 from instseg.train.losses import compact_labels, sample_instances, semantic_terms
 
 # Neven et al. 2019's weights (instance 1, sigma smoothness 10, seed 1), plus the semantic and count heads'
 SPATIAL_WEIGHTS = {"instance": 1.0, "smooth": 10.0, "seed": 1.0, "cross_entropy": 1.0, "dice": 1.0, "count": 1.0}
 _TERM_OF_WEIGHT = {"instance": "instance", "smooth": "smooth", "seed": "seed",
                    "cross_entropy": "ce", "dice": "dice", "count": "count"}
-SIGMA_SCALE = 10.0  # s = exp(SIGMA_SCALE * sigma)
-_MAX_EXPONENT = 80.0  # exp(80) ~ 5.5e34: s stays finite in float32 (inf * 0 would give NaN)
 
 
 LOVASZ_TOP = 4096  # errors per instance the hinge sorts (the rest weigh at most the smallest of them)
@@ -100,7 +99,7 @@ WINDOW_MARGIN = 16  # pixels around each instance's box where the instance term 
 
 def _bandwidths(sigmas: Tensor) -> Tensor:
     """B x n_sigma x K raw sigmas -> B x 2 x K bandwidths s = exp(10 sigma) (one sigma: both axes)."""
-    return torch.exp((SIGMA_SCALE * sigmas).clamp_max(_MAX_EXPONENT)).expand(-1, 2, -1)
+    return torch.exp((SIGMA_SCALE * sigmas).clamp_max(EXPONENT_LIMIT)).expand(-1, 2, -1)
 
 
 def _windows(scored: Tensor, k: int, height: int, width: int, margin: int = WINDOW_MARGIN) -> Tensor:

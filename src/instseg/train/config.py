@@ -57,7 +57,7 @@ class TrainConfig:
     val_list: str | None = None  # file datasets: stems of the validation images (overrides val_split)
     augment: bool = True  # file datasets: paired flips, rotations, zoom, color jitter, blur
     zoom: tuple[float, float] = (0.75, 1.33)  # file datasets: random zoom range, log-uniform, around the working scale
-    photometric: str = "colour"  # file datasets: intensity augmentation (data.transforms.PHOTOMETRIC)
+    photometric: str = "colour"  # file datasets: intensity augmentation (PHOTOMETRIC, data.photometric)
     epochs: int = 6
     batch_size: int = 8  # per process; the global batch is batch_size x accumulate x processes
     accumulate: int = 1  # micro-batches whose gradients add up to one optimizer step

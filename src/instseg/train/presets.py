@@ -25,8 +25,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "nuclei": {"scale": 1.0, "image_size": 256, "epochs": 24, "batch_size": 8, "lr": 2e-3, "scheduler": "cosine",
                "normalize": "percentile", "photometric": "microscopy"},
 }
-# (preset, objective) -> values that differ for that objective
-OBJECTIVE_OVERRIDES: dict[tuple[str | None, str], dict[str, Any]] = {}
 AUTO = "auto"
 DATA_PRESETS = {"synthetic": "synthetic", "cvppp": "cvppp"}  # data kind -> preset chosen by `auto`
 
@@ -44,11 +42,11 @@ def resolve_preset(name: str, data_kind: str) -> str | None:
 
 def preset_values(preset: str | None, objective: str) -> dict[str, Any]:
     """A preset's values for a run of `objective`: its loss weights are the discriminative
-    objective's terms, so another objective keeps its own (plus the preset's overrides for it)."""
+    objective's terms, so another objective keeps its own."""
     values = dict(PRESETS.get(preset or "", {}))
     if objective != "discriminative":
         values.pop("loss_weights", None)
-    return {**values, **OBJECTIVE_OVERRIDES.get((preset, objective), {})}
+    return values
 
 
 def apply_preset(options: Mapping[str, Any], given: set[str], preset: str | None) -> dict[str, Any]:
