@@ -15,6 +15,7 @@ from typing import Iterator
 import torch
 from rich.console import Console
 
+from instseg.objectives import objective_spec, with_objective
 from instseg.train.config import TrainConfig
 
 # fp32 (amp=False): these runs compare weights to 1e-5, which bf16 autocast (on CPUs that have
@@ -24,7 +25,9 @@ TINY = dict(model="unet-cbam", width=4, image_size=32, train_size=8, val_size=3,
 
 
 def tiny_config(out: Path, **overrides) -> TrainConfig:
-    return TrainConfig(**{**TINY, "out": str(out), "name": "run", **overrides})
+    """A tiny run; an `objective` override brings the channels and grid it needs, as the CLI's does."""
+    values = {**TINY, "out": str(out), "name": "run", **overrides}
+    return TrainConfig(**with_objective(values, set(overrides), objective_spec(values.get("objective", "discriminative"))))
 
 
 def cli_args(config: TrainConfig) -> list[str]:
@@ -33,7 +36,7 @@ def cli_args(config: TrainConfig) -> list[str]:
             "--train-size", str(config.train_size), "--val-size", str(config.val_size),
             "--batch-size", str(config.batch_size), "--accumulate", str(config.accumulate),
             "--epochs", str(config.epochs), "--device", config.device, "--out", config.out, "--name", config.name,
-            "--amp" if config.amp else "--no-amp"]
+            "--objective", config.objective, "--amp" if config.amp else "--no-amp"]
 
 
 def recording_console() -> Console:

@@ -94,10 +94,11 @@ def test_sync_bn_on_cpu_is_refused(tmp_path):
                 dist=DistContext(rank=0, world_size=2, local_world_size=2))
 
 
-def test_two_gloo_processes_match_each_other_and_one_process(tmp_path):
+@pytest.mark.parametrize("objective", ["discriminative", "spatial"])
+def test_two_gloo_processes_match_each_other_and_one_process(tmp_path, objective):
     # 2 processes x accumulate 2 x batch 2 (no_sync on the first micro-batch) against
     # 1 process x accumulate 4 x batch 2: global batch 8, 2 steps per epoch, 2 epochs.
-    ddp = tiny_config(tmp_path / "ddp", train_size=16, epochs=2, accumulate=2)
+    ddp = tiny_config(tmp_path / "ddp", train_size=16, epochs=2, accumulate=2, objective=objective)
     launcher = tmp_path / "launch.py"
     launcher.write_text(DUMPING_LAUNCHER)
     result = subprocess.run(
@@ -118,7 +119,8 @@ def test_two_gloo_processes_match_each_other_and_one_process(tmp_path):
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2] and lines[-1]["step"] == 4
 
-    reference = Trainer(tiny_config(tmp_path / "single", train_size=16, epochs=2, accumulate=4), recording_console())
+    reference = Trainer(tiny_config(tmp_path / "single", train_size=16, epochs=2, accumulate=4, objective=objective),
+                        recording_console())
     reference.fit()
     expected = parameters(reference.model.state_dict(), reference.model)
     got = parameters(ranks[0], reference.model)

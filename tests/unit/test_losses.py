@@ -197,3 +197,18 @@ def test_mean_distances_agree_between_the_exact_and_the_compact_form(monkeypatch
     monkeypatch.setattr(losses, "DIFFERENCE_ELEMENTS", 0)  # the B x K x K form crowded crops take
     compact = discriminative_loss(embedding, labels)
     assert compact.distance.item() == pytest.approx(exact.distance.item(), rel=1e-5)
+
+
+def test_instance_dice_scores_instance_pixels_only_and_pads_images_apart():
+    e, labels = TWO
+    wider = torch.zeros(1, 2, 2, 3)
+    wider[..., :2] = e
+    wider[0, :, 0, 2] = 0.0  # a background pixel on instance 1's mean: clustering never sees it
+    with_background = torch.cat([labels, torch.zeros(1, 2, 1, dtype=torch.long)], dim=2)
+    assert instance_dice_loss(wider, with_background).item() == pytest.approx(instance_dice_loss(e, labels).item())
+    # a batch pads the smaller image's pixels: each image scores as it does alone
+    small_labels = torch.tensor([[[1, 0, 0], [0, 0, 0]]])
+    small = torch.rand(1, 2, 2, 3)
+    batch = instance_dice_loss(torch.cat([wider, small]), torch.cat([with_background, small_labels]))
+    alone = (2 * instance_dice_loss(wider, with_background) + instance_dice_loss(small, small_labels)) / 3
+    assert batch.item() == pytest.approx(alone.item(), rel=1e-6)  # the mean over the batch's 3 instances

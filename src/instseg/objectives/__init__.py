@@ -51,7 +51,8 @@ def with_objective(options: Mapping[str, Any], given: set[str], spec: "Objective
 def check_config(config: "TrainConfig") -> "ObjectiveSpec":
     """The run's objective, after checking that the run's options fit it; `--cluster auto` becomes
     the method when only one reads the objective's embeddings (so a run's method always says
-    what its embeddings are: `clustering.embeddings_read_by`)."""
+    what its embeddings are: `clustering.embeddings_read_by`), and the loss weights not given
+    take the objective's defaults."""
     from instseg.instances.clustering import AUTO, METHODS_FOR
 
     spec = objective_spec(config.objective)
@@ -65,6 +66,7 @@ def check_config(config: "TrainConfig") -> "ObjectiveSpec":
     if unknown:
         raise ConfigError(f"--loss-weight {', '.join(unknown)}: not a term of the {spec.name} objective "
                           f"(its terms: {', '.join(spec.loss_weights)})")
+    config.loss_weights = {**spec.loss_weights, **config.loss_weights}  # the run records every term's weight
     if spec.embedding_dim is not None and config.embedding_dim != spec.embedding_dim:
         raise ConfigError(f"the {spec.name} objective needs embedding_dim {spec.embedding_dim}, "
                           f"the run has {config.embedding_dim}")
