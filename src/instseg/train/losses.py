@@ -166,39 +166,49 @@ def sample_instances(labels: Tensor, count: int) -> Tensor:
     return torch.where(flat > 0, kept.gather(1, flat.clamp_min(0)), flat).view_as(labels)
 
 
+def _foreground_pixels(embedding: Tensor, flat: Tensor) -> tuple[Tensor, Tensor]:
+    """Each image's instance pixels first, in raster order, padded to the batch's largest count:
+    their B x P x D embeddings and B x P ids (0 in the padding)."""
+    foreground = flat > 0
+    counts = foreground.sum(dim=1, keepdim=True)
+    order = torch.argsort((~foreground).to(torch.uint8), dim=1, stable=True)[:, :int(counts.max())]
+    ids = flat.gather(1, order) * (torch.arange(order.shape[1], device=flat.device) < counts)
+    pixels = embedding.flatten(2).gather(2, order.unsqueeze(1).expand(-1, embedding.shape[1], -1))
+    return pixels.transpose(1, 2), ids
+
+
 def instance_dice_loss(embedding: Tensor, labels: Tensor, *, delta_v: float = 0.5,
                        max_instances: int = INSTANCE_SAMPLE) -> Tensor:
     """1 - Dice between each instance's soft mask and its true mask, averaged over instances.
 
-    The soft mask of instance c is exp(-||x_i - mu_c||^2 / (2 sigma^2)) over every pixel of its
-    image, with sigma chosen so that a pixel at the pull margin `delta_v` from the mean scores
-    0.5 (SPOCO's kernel): unlike pull / push, which see pixels one by one, it scores the mask
-    that clustering will cut, so stray pixels of a neighbour and missed pixels both count.
-    Distances come from one batched matrix product (||x||^2 + ||mu||^2 - 2 x.mu): memory
-    B x K x H x W, no loop over instances; K is at most `max_instances` (a random sample per
-    image, `sample_instances`), so crowded images cost what a rosette does. IGNORE pixels belong
-    to no mask and are left out.
+    The soft mask of instance c is exp(-||x_i - mu_c||^2 / (2 sigma^2)) over the instance pixels
+    of its image, with sigma chosen so that a pixel at the pull margin `delta_v` from the mean
+    scores 0.5 (SPOCO's kernel): unlike pull / push, which see pixels one by one, it scores the
+    mask that clustering will cut, so stray pixels of a neighbour and missed pixels both count.
+    Background is left out: clustering never sees it (the semantic head removes it first), and
+    CVPPP plants fill a median 14% of the frame, so the term costs a fraction of scoring every
+    pixel. Distances come from one batched matrix product (||x||^2 + ||mu||^2 - 2 x.mu): memory
+    B x K x P (P: the largest image's instance pixels), no loop over instances; K is at most
+    `max_instances` (a random sample per image, `sample_instances`), so crowded images cost what
+    a rosette does. IGNORE pixels belong to no mask and are left out.
     """
-    batch, dim = embedding.shape[:2]
-    embedding = embedding.float()
+    batch = embedding.shape[0]
     labels = sample_instances(labels.long(), max_instances)
-    k = int(labels.max().clamp_min(0).item()) + 1 if labels.numel() else 1
-    pixels = embedding.flatten(2).transpose(1, 2)  # B x HW x D
     flat = labels.reshape(batch, -1)
-    one_hot = torch.zeros(batch, flat.shape[1], k, device=embedding.device)
-    one_hot.scatter_(2, flat.clamp_min(0).unsqueeze(2), 1.0)
-    masks = one_hot[..., 1:]  # B x HW x (K-1): instance ids 1..K-1
-    sizes = masks.sum(dim=1)  # B x (K-1)
-    means = masks.transpose(1, 2) @ pixels / sizes.clamp_min(1).unsqueeze(2)  # B x (K-1) x D
-    squared = (pixels.pow(2).sum(2, keepdim=True) + means.pow(2).sum(2).unsqueeze(1)
-               - 2 * pixels @ means.transpose(1, 2)).clamp_min(0)  # B x HW x (K-1)
-    sigma2 = delta_v ** 2 / (2 * math.log(2))  # exp(-delta_v^2 / (2 sigma^2)) = 0.5
-    soft = torch.exp(-squared / (2 * sigma2)) * (flat >= 0).unsqueeze(2)
-    inter = (soft * masks).sum(dim=1)
-    dice = 2 * inter / (soft.pow(2).sum(dim=1) + masks.sum(dim=1)).clamp_min(_EPS)
-    present = sizes > 0
-    if not bool(present.any()):
+    k = int(flat.max().clamp_min(0).item()) if flat.numel() else 0
+    if k == 0:
         return embedding.sum() * 0.0
+    pixels, ids = _foreground_pixels(embedding.float(), flat)  # B x P x D, B x P
+    masks = torch.zeros(*ids.shape, k + 1, device=embedding.device).scatter_(2, ids.unsqueeze(2), 1.0)[..., 1:]
+    sizes = masks.sum(dim=1)  # B x K
+    means = masks.transpose(1, 2) @ pixels / sizes.clamp_min(1).unsqueeze(2)  # B x K x D
+    squared = (pixels.pow(2).sum(2, keepdim=True) + means.pow(2).sum(2).unsqueeze(1)
+               - 2 * pixels @ means.transpose(1, 2)).clamp_min(0)  # B x P x K
+    sigma2 = delta_v ** 2 / (2 * math.log(2))  # exp(-delta_v^2 / (2 sigma^2)) = 0.5
+    soft = torch.exp(-squared / (2 * sigma2)) * (ids > 0).unsqueeze(2)
+    inter = (soft * masks).sum(dim=1)
+    dice = 2 * inter / (soft.pow(2).sum(dim=1) + sizes).clamp_min(_EPS)
+    present = sizes > 0
     return ((1 - dice) * present).sum() / present.sum()
 
 
