@@ -64,7 +64,7 @@ def run(variant: str, model: str, data: str, epochs: int, out: Path, source: Pat
 
 
 def reference_checkout(ref: str, scratch: Path) -> Path:
-    """src/ of a temporary git worktree at commit `ref` (removed with the scratch folder)."""
+    """src/ of a temporary git worktree at commit `ref` under `scratch` (main removes it after its run)."""
     folder = scratch / "ref"
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), ref], check=True,
                    stdout=subprocess.DEVNULL)
