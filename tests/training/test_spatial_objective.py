@@ -187,7 +187,7 @@ class HalfDiscriminative:
     @hookimpl
     def register_objectives(self, register):
         def loss(config):
-            weights = LossWeights(**{**DISCRIMINATIVE_WEIGHTS, **config.loss_weights})
+            weights = LossWeights(**config.loss_weights)  # every term: the run's over the spec's
             return MultiTaskLoss(config.max_instances, weights, config.delta_v, config.delta_d)
 
         register(ObjectiveSpec("half-discriminative", loss, loss_weights={k: v / 2 for k, v in

@@ -201,9 +201,8 @@ def test_mean_distances_agree_between_the_exact_and_the_compact_form(monkeypatch
 
 def test_instance_dice_scores_instance_pixels_only_and_pads_images_apart():
     e, labels = TWO
-    wider = torch.zeros(1, 2, 2, 3)
+    wider = torch.zeros(1, 2, 2, 3)  # column 2: background pixels at (0, 0), instance 1's mean
     wider[..., :2] = e
-    wider[0, :, 0, 2] = 0.0  # a background pixel on instance 1's mean: clustering never sees it
     with_background = torch.cat([labels, torch.zeros(1, 2, 1, dtype=torch.long)], dim=2)
     assert instance_dice_loss(wider, with_background).item() == pytest.approx(instance_dice_loss(e, labels).item())
     # a batch pads the smaller image's pixels: each image scores as it does alone

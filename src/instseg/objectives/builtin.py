@@ -21,8 +21,8 @@ SPATIAL_SCALE = 64.0  # pixels per coordinate unit: an offset of 1 is 64 pixels
 
 def discriminative(config: "TrainConfig") -> "nn.Module":
     """Pull / push embeddings to their instance mean (De Brabandere et al. 2017); k-means, mean-shift or regions."""
-    weights = LossWeights(**{**DISCRIMINATIVE_WEIGHTS, **config.loss_weights})
-    return MultiTaskLoss(config.max_instances, weights, config.delta_v, config.delta_d)
+    # config.loss_weights holds every term: objectives.check_config filled the defaults in
+    return MultiTaskLoss(config.max_instances, LossWeights(**config.loss_weights), config.delta_v, config.delta_d)
 
 
 def spatial(config: "TrainConfig") -> "nn.Module":
