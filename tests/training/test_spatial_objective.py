@@ -30,8 +30,8 @@ from instseg.metrics.scores import symmetric_best_dice
 from instseg.models.hookspecs import hookimpl
 from instseg.models.registry import get_registry
 from instseg.models.specs import ObjectiveSpec
-from instseg.train.config import DISCRIMINATIVE_WEIGHTS
-from instseg.train.losses import LossWeights, MultiTaskLoss
+from instseg.train.config import DISCRIMINATIVE_WEIGHTS, LossWeights
+from instseg.train.losses import MultiTaskLoss
 from instseg.train.tensorboard import PICTURE_TAG
 from instseg.train.trainer import Trainer
 from training_support import one_thread, recording_console, tiny_config

@@ -153,6 +153,23 @@ def test_coord_conv_option_is_the_reseg_coord_model():
     assert n_params(via_option) == n_params(tiny_model("reseg-coord")) > n_params(tiny_model("reseg"))
 
 
+def test_unet_coord_conv_feeds_the_guides_to_every_decoder_level():
+    model = tiny_model("unet-cbam", coord_conv=True).eval()
+    seen = []
+    for block in model.decoder.blocks:
+        block.conv.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    with torch.no_grad():
+        model(torch.rand(1, 3, 48, 80))
+    assert [tuple(x.shape[-2:]) for x in seen] == [(6, 10), (12, 20), (24, 40), (48, 80)]
+    for x in seen:  # the last three channels of each level's input are that level's x, y, r maps
+        assert torch.equal(x[:, -3:], coordinate_channels(x[:, :1]))
+    plain = tiny_model("unet-cbam")
+    assert [b.conv[0][0].in_channels - 3 for b in model.decoder.blocks] == [
+        b.conv[0][0].in_channels for b in plain.decoder.blocks]
+    check_forward_shapes("unet", shapes=((64, 64), (72, 88)), coord_conv=True)
+    check_backward("unet", coord_conv=True)
+
+
 def test_unknown_option_names_what_the_model_takes():
     with pytest.raises(RegistryError, match=r"model 'reseg' does not take option\(s\) color; it takes: renet_layers"):
         create_model("reseg", width=4, color=1)

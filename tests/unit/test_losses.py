@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from instseg.models.interfaces import SegOutput
-from instseg.train.losses import LossWeights, MultiTaskLoss, discriminative_loss, instance_counts, instance_dice_loss
+from instseg.train.config import LossWeights
+from instseg.train.losses import MultiTaskLoss, discriminative_loss, instance_counts, instance_dice_loss
 
 
 def emb(values):

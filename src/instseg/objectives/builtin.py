@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from instseg.models.hookspecs import hookimpl
 from instseg.models.specs import ObjectiveSpec
 from instseg.objectives.spatial import SPATIAL_WEIGHTS, SpatialEmbeddingLoss
-from instseg.train.config import DISCRIMINATIVE_WEIGHTS
-from instseg.train.losses import LossWeights, MultiTaskLoss
+from instseg.train.config import DISCRIMINATIVE_WEIGHTS, LossWeights
+from instseg.train.losses import MultiTaskLoss
 
 if TYPE_CHECKING:
     from torch import nn

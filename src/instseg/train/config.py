@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +24,19 @@ SCHEDULERS = ("cosine", "constant")
 RESUME_OVERRIDES = ("device", "workers", "compile", "max_nonfinite", "accumulate", "tensorboard")  # how a run runs, not what it computes
 
 
-# the discriminative objective's loss terms (instance: the instance-level Dice term, off unless a recipe sets it)
-DISCRIMINATIVE_WEIGHTS = {"discriminative": 1.0, "cross_entropy": 1.0, "dice": 1.0, "count": 1.0, "instance": 0.0}
+@dataclass(frozen=True)
+class LossWeights:
+    """The discriminative objective's loss terms and their default weights (defined here, torch-free,
+    so that `--loss-weight`'s help and the run's config read the same defaults the loss uses)."""
+
+    discriminative: float = 1.0
+    cross_entropy: float = 1.0
+    dice: float = 1.0
+    count: float = 1.0
+    instance: float = 0.0  # the instance-level Dice term (off unless a recipe or --loss-weight sets it)
+
+
+DISCRIMINATIVE_WEIGHTS = asdict(LossWeights())
 
 
 @dataclass

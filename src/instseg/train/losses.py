@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from instseg.metrics.scores import IGNORE
 from instseg.models.interfaces import SegOutput
+from instseg.train.config import LossWeights
 
 _EPS = 1e-12
 
@@ -244,15 +245,6 @@ def semantic_terms(output: SegOutput, labels: Tensor, max_instances: int) -> Sem
     target = instance_counts(labels).float().clamp_max(max_instances) / max_instances
     count = F.mse_loss(output.count.float().view(-1), target)
     return SemanticTerms(ce, dice, count)
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    discriminative: float = 1.0
-    cross_entropy: float = 1.0
-    dice: float = 1.0
-    count: float = 1.0
-    instance: float = 0.0  # the instance-level Dice term (off unless a recipe or --loss-weight sets it)
 
 
 class MultiTaskLoss(nn.Module):

@@ -4,6 +4,9 @@ The decoder takes any registered backbone: it walks the feature pyramid from the
 map up, up-sampling (bilinear, or a transposed conv where the stride doubles) and fusing
 each skip with a double conv. Its output has the resolution of the backbone's first
 feature map; the model wrapper up-samples the heads if that is not the input's.
+`coord_conv=True` feeds x, y and radius guide channels (CoordConv, Liu et al. 2018) into every
+decoder level, not only the output, so that each level can tell apart identical-looking objects
+by where they are (the guides of Kulikov & Lempitsky's harmonic embeddings and of GMT).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from instseg import Backbone, Decoder, ModelSpec, hookimpl
-from instseg.models.architectures.blocks import DoubleConv
+from instseg.models.architectures.blocks import COORD_CHANNELS, DoubleConv, add_coordinates
 
 UP_MODES = ("bilinear", "transposed")
 
@@ -38,10 +41,10 @@ class UNetEncoder(Backbone):
 
 
 class UpBlock(nn.Module):
-    """Up-sample to the skip's size, concatenate the skip, double conv."""
+    """Up-sample to the skip's size, concatenate the skip (and the guides), double conv."""
 
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int, scale: int,
-                 up: str = "bilinear", attention: str | None = None) -> None:
+                 up: str = "bilinear", attention: str | None = None, coord_conv: bool = False) -> None:
         super().__init__()
         if up not in UP_MODES:
             raise ValueError(f"unknown up-sampling '{up}'; choose from {', '.join(UP_MODES)}")
@@ -49,26 +52,31 @@ class UpBlock(nn.Module):
         if self.transposed:
             self.up = nn.ConvTranspose2d(in_channels, in_channels // 2, kernel_size=2, stride=2)
             in_channels //= 2
-        self.conv = DoubleConv(in_channels + skip_channels, out_channels, attention)
+        self.coord_conv = coord_conv
+        guides = COORD_CHANNELS if coord_conv else 0
+        self.conv = DoubleConv(in_channels + skip_channels + guides, out_channels, attention)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         if self.transposed:
             x = self.up(x)
         elif x.shape[-2:] != skip.shape[-2:]:
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        return self.conv(torch.cat([x, skip], dim=1))
+        x = torch.cat([x, skip], dim=1)
+        return self.conv(add_coordinates(x) if self.coord_conv else x)
 
 
 class UNetDecoder(Decoder):
     """UNet expanding path over any backbone's feature pyramid."""
 
-    def __init__(self, backbone: Backbone, up: str = "bilinear", attention: str | None = None) -> None:
+    def __init__(self, backbone: Backbone, up: str = "bilinear", attention: str | None = None,
+                 coord_conv: bool = False) -> None:
         super().__init__()
         channels, strides = backbone.out_channels, backbone.strides
         blocks = []
         current = channels[-1]
         for i in reversed(range(len(channels) - 1)):
-            blocks.append(UpBlock(current, channels[i], channels[i], strides[i + 1] // strides[i], up, attention))
+            blocks.append(UpBlock(current, channels[i], channels[i], strides[i + 1] // strides[i], up, attention,
+                                  coord_conv))
             current = channels[i]
         self.blocks = nn.ModuleList(blocks)
         self.out_channels = channels[0]
@@ -92,6 +100,7 @@ def register_models(register) -> None:
     register(ModelSpec(
         name="unet",
         decoder=UNetDecoder,
-        description="UNet, 4 down / 4 up with skips; up='bilinear'|'transposed'; takes any backbone",
+        description="UNet, 4 down / 4 up with skips; up='bilinear'|'transposed', coord_conv=true for guide "
+                    "channels at every decoder level; takes any backbone",
         default_backbone="unet-encoder",
     ))
