@@ -2,6 +2,10 @@
 
     python bench/cvppp_crops.py --data PATH/A1 --model cvppp-bench/val/unet-cbam/last.pt
     python bench/cvppp_crops.py --data PATH/A1 --model RUN/last.pt --object-size none auto
+    python bench/cvppp_crops.py --data PATH/A1 --model cvppp-bench/tune/unet-cbam-TAG/last.pt --split tune
+
+`--split tune` crops the 20 tuning plants instead (with a model trained on the other 80, as
+`bench/cvppp.py --split tune` trains it), so that a robustness lever is ranked without the 28.
 
 Each validation plant is cropped to the bounding box of its leaves plus a 10% margin on every
 side and resized so that its shorter side is 64, 128, 256 and 320 px (labels by nearest
@@ -20,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 import instseg
-from instseg.io.images import read_image, read_label_map, resize_image, resize_labels, write_label_map, write_rgb
+from instseg.io.images import read_image, read_label_map, resize_image, resize_labels
+from instseg.io.writing import write_label_map, write_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
-VAL_LIST = ROOT / "splits" / "cvppp_a1_val.txt"
+SPLITS = {"val": ROOT / "splits" / "cvppp_a1_val.txt", "tune": ROOT / "splits" / "cvppp_a1_tune.txt"}
 SIDES = (64, 128, 256, 320)
 MARGIN = 0.10
 
@@ -56,10 +61,10 @@ def write_crops(data: Path, names: list[str], side: int, folder: Path) -> Path:
     return folder
 
 
-def score(model: instseg.Predictor, data: str, object_size: str | None) -> tuple[float, float]:
-    report = model.evaluate(data, val_list=str(VAL_LIST), object_size=None if object_size == "none" else object_size)
+def score(model: instseg.Predictor, data: str, val_list: Path, object_size: str) -> tuple[float, float, float]:
+    report = model.evaluate(data, val_list=str(val_list), object_size=None if object_size == "none" else object_size)
     summary = report.summary
-    return summary["sbd"]["mean"], summary["abs_dic"]["mean"]
+    return summary["sbd"]["mean"], summary["dic"]["mean"], summary["abs_dic"]["mean"]
 
 
 def main() -> None:
@@ -67,11 +72,14 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="The A1 folder.")
     parser.add_argument("--model", required=True, help="A run directory, checkpoint or .onnx file.")
     parser.add_argument("--object-size", nargs="+", default=["none", "auto"], help="none, auto or pixels.")
+    parser.add_argument("--split", choices=tuple(SPLITS), default="val",
+                        help="val: the 28 validation plants (reported); tune: the 20 tuning plants (ranking levers).")
     args = parser.parse_args()
     model = instseg.load(args.model)
-    names = stems(VAL_LIST)
+    val_list = SPLITS[args.split]
+    names = stems(val_list)
     # a folder dataset is split into training and validation images even when only scored: one
-    # training plant's crop fills the training side (it is never scored)
+    # plant's crop from outside the split fills the training side (it is never scored)
     filler = next(p.name.split("_")[0] for p in sorted(args.data.glob("plant*_rgb.png"))
                   if p.name.split("_")[0] not in names)
     rows = []
@@ -79,16 +87,16 @@ def main() -> None:
         folders = {side: write_crops(args.data, [*names, filler], side, Path(scratch) / f"crops-{side}")
                    for side in SIDES}
         for size in args.object_size:
-            full = score(model, f"cvppp:{args.data}", size)
+            full = score(model, f"cvppp:{args.data}", val_list, size)
             rows.append((size, "uncropped", *full, 0.0))
             for side, folder in folders.items():
-                sbd, dic = score(model, f"folder:{folder}", size)
-                rows.append((size, f"crop, shorter side {side}", sbd, dic, sbd - full[0]))
-    print(f"\n{args.model} on the {len(names)} validation plants\n")
-    print("| --object-size | images | SBD | \\|DiC\\| | SBD vs uncropped |")
-    print("|---|---|---|---|---|")
-    for size, what, sbd, dic, change in rows:
-        print(f"| {size} | {what} | {sbd:.3f} | {dic:.2f} | {change:+.3f} |")
+                sbd, dic, abs_dic = score(model, f"folder:{folder}", val_list, size)
+                rows.append((size, f"crop, shorter side {side}", sbd, dic, abs_dic, sbd - full[0]))
+    print(f"\n{args.model} on the {len(names)} plants of {val_list.name}\n")
+    print("| --object-size | images | SBD | DiC | \\|DiC\\| | SBD vs uncropped |")
+    print("|---|---|---|---|---|---|")
+    for size, what, sbd, dic, abs_dic, change in rows:
+        print(f"| {size} | {what} | {sbd:.3f} | {dic:+.2f} | {abs_dic:.2f} | {change:+.3f} |")
 
 
 if __name__ == "__main__":

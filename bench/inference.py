@@ -44,7 +44,8 @@ from instseg.data.synthetic import render_plant
 from instseg.exporters.onnx import ExportRequest, export_onnx, request_from_checkpoint, sample_images
 from instseg.exporters.quantize import export_int8
 from instseg.instances.clustering import ClusterParams
-from instseg.io.images import resize_image, write_rgb
+from instseg.io.images import resize_image
+from instseg.io.writing import write_rgb
 from instseg.models.registry import plugin_requirements
 from instseg.predict.evaluation import EvalData, evaluate_runner, run_datasets
 from instseg.predict.outputs import OutputOptions, predict_folder, write_prediction

@@ -28,14 +28,14 @@ from PIL import Image
 
 from instseg.data.synthetic import render_plant
 from instseg.io.atomic import atomic_write_bytes, sync_folder
-from instseg.io.images import PNG_COMPRESSION
+from instseg.io.writing import PNG_COMPRESSION
 from instseg.io.pictures import overlay
 
 MODES = ("per file (--fsync)", "per batch (default)")
 
 
 def png(array: np.ndarray) -> bytes:
-    """An array as the PNG bytes `io.images.write_image` writes."""
+    """An array as the PNG bytes `io.writing.write_image` writes."""
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG", **PNG_COMPRESSION)
     return buffer.getvalue()

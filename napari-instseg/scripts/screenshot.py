@@ -19,7 +19,7 @@ import numpy as np
 from qtpy.QtWidgets import QApplication
 
 from instseg.data.synthetic import render_plant
-from instseg.io.images import write_rgb
+from instseg.io.writing import write_rgb
 from napari_instseg._widget import InstsegWidget
 
 WINDOW = (1400, 900)  # the Xvfb screen above

@@ -12,7 +12,7 @@ from PIL import Image as PILImage
 from qtpy.QtCore import QTimer
 
 from instseg.data.synthetic import render_plant
-from instseg.io.images import write_label_map
+from instseg.io.writing import write_label_map
 from napari_instseg._layers import instance_features, parse_object_size
 from napari_instseg._reader import get_reader
 from napari_instseg._widget import InstsegWidget

@@ -10,7 +10,7 @@ from PIL import Image
 
 from cli_support import SIZES, invoke
 from instseg.data.synthetic import render_plant
-from instseg.io.images import write_rgb
+from instseg.io.writing import write_rgb
 from training_support import one_thread
 
 # A few epochs on synthetic leaves: enough for foreground and several instances per plant.

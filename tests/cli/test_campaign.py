@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 
 from cli_support import run_main
-from instseg.io.images import write_label_map, write_rgb
+from instseg.io.writing import write_label_map, write_rgb
 from onnx_files import tiny_onnx
 
 Build = Callable[["Workspace"], list]  # a case: the command's arguments, built in its own workspace

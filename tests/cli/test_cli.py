@@ -196,7 +196,7 @@ def test_help_shows_square_brackets_literally():
 
 def test_o_is_the_output_of_predict_and_export(trained_run, tmp_path):
     from instseg.data.synthetic import render_plant
-    from instseg.io.images import write_rgb
+    from instseg.io.writing import write_rgb
 
     run, _ = trained_run
     write_rgb(tmp_path / "plant.png", render_plant(7, 0, (64, 64), split="val")[0])

@@ -26,7 +26,7 @@ from instseg.errors import DataError
 from instseg.io import coco as coco_io
 from instseg.io.coco import load_coco
 from instseg.io.coco_geometry import rle_string_runs
-from instseg.io.images import write_rgb
+from instseg.io.writing import write_rgb
 from training_support import subprocess_env
 
 cli = CliRunner()

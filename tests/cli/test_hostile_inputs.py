@@ -26,7 +26,8 @@ from instseg.errors import CheckpointError, ConfigError, DataError
 from instseg.runtime.metadata import ModelInfo
 from instseg.testing import tiny_model
 from instseg.instances.clustering import ClusterParams
-from instseg.io.images import read_image, write_rgb
+from instseg.io.images import read_image
+from instseg.io.writing import write_rgb
 from instseg.io.inputs import gather_inputs
 from instseg.predict.pipeline import Failure, Prediction, predict
 from training_support import recording_console, subprocess_env, tiny_config

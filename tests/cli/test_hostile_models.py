@@ -27,7 +27,7 @@ from instseg.errors import CheckpointError, ConfigError, OutputError
 from instseg.exporters.onnx import ExportRequest, export_onnx
 from instseg.exporters.quantize import _workspace
 from instseg.instances.clustering import ClusterParams
-from instseg.io.images import write_rgb
+from instseg.io.writing import write_rgb
 from instseg.models import factory
 from instseg.models.registry import get_registry
 from instseg.runtime.metadata import ModelInfo

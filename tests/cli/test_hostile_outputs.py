@@ -23,8 +23,9 @@ from instseg.checkpoint import save_checkpoint
 from instseg.cli.main import app
 from instseg.errors import OutputError
 from instseg.instances.clustering import ClusterParams
-from instseg.io import images as image_files
-from instseg.io.images import read_label_map, resize_labels, write_label_map
+from instseg.io import writing as written_files
+from instseg.io.images import read_label_map, resize_labels
+from instseg.io.writing import write_label_map
 from instseg.io.inputs import gather_inputs
 from instseg.io.pictures import overlay
 from instseg.predict import out_folder, outputs, pipeline, stages
@@ -248,7 +249,7 @@ def test_skip_existing_finishes_inputs_a_full_disk_left_without_an_overlay(tmp_p
     again = predict_folder(paths, CodeRunner(), out, options=OutputOptions(skip_existing=True))
     assert again.done == [paths[0]] and not again.failures and len(again.instances) == 2  # 001 and 002 again
     assert (out / "plant000_rgb_label.png").stat().st_mtime_ns == kept
-    assert all(image_files.png_is_complete(p) for p in out.glob("*.png")) and len(list(out.glob("*.png"))) == 6
+    assert all(written_files.png_is_complete(p) for p in out.glob("*.png")) and len(list(out.glob("*.png"))) == 6
 
 
 def test_skip_existing_does_not_replace_a_file_instseg_did_not_write(tmp_path):
@@ -308,13 +309,13 @@ def test_prediction_files_are_synced_once_per_batch_unless_asked(tmp_path, monke
     write_images(tmp_path / "in", [(32, 32)] * 9)
     synced, flags = [], []
     monkeypatch.setattr(outputs, "sync_folder", synced.append)
-    real = image_files.atomic_write_bytes
+    real = written_files.atomic_write_bytes
 
     def recording(path, data, *, durable=True):
         flags.append(durable)
         real(path, data, durable=durable)
 
-    monkeypatch.setattr(image_files, "atomic_write_bytes", recording)
+    monkeypatch.setattr(written_files, "atomic_write_bytes", recording)
     result = predict_folder(gather_inputs([tmp_path / "in"]), CodeRunner(), tmp_path / "out", batch_size=4,
                             options=OutputOptions(fsync=fsync))
     assert len(result.instances) == 9 and flags == [fsync] * 18  # label map and overlay per image

@@ -21,7 +21,8 @@ from instseg.cli.main import app
 from instseg.errors import ConfigError, DataError, MissingDependencyError
 from instseg.io import annotations
 from instseg.io.coco_results import read_detections
-from instseg.io.images import prediction_output_kind, read_label_map, read_pixel_size, write_label_map, write_rgb
+from instseg.io.images import read_label_map
+from instseg.io.writing import prediction_output_kind, read_pixel_size, write_label_map, write_rgb
 from instseg.io.inputs import gather_inputs, label_files, match_key, output_names, safe_name
 from instseg.predict.outputs import OutputOptions, ground_truth_files, predict_folder, write_prediction
 from instseg.predict.pipeline import Prediction

@@ -13,7 +13,8 @@ from instseg.instances.clustering import ClusterParams
 from instseg.io.microscopy import FIXED
 from instseg.metrics.scores import symmetric_best_dice
 from instseg.errors import ConfigError, DataError
-from instseg.io.images import read_image, read_label_map, write_label_map, write_rgb
+from instseg.io.images import read_image, read_label_map
+from instseg.io.writing import write_label_map, write_rgb
 from instseg.io.inputs import gather_inputs, label_files, match_key, output_names, safe_name
 from instseg.predict.outputs import OutputOptions, write_prediction
 from instseg.predict.pipeline import Failure, Prediction, predict

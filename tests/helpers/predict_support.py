@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from instseg.instances.clustering import ClusterParams
-from instseg.io.images import write_rgb
+from instseg.io.writing import write_rgb
 from instseg.io.microscopy import FIXED
 
 

@@ -25,7 +25,8 @@ from cli_support import invoke, run_main
 from data_fixtures import nuclei_folder, nuclei_image
 from instseg.checkpoint import load_checkpoint, save_checkpoint
 from instseg.data.synthetic import render_plant
-from instseg.io.images import read_label_map, write_rgb
+from instseg.io.images import read_label_map
+from instseg.io.writing import write_rgb
 from instseg.metrics.scores import symmetric_best_dice
 from instseg.models.hookspecs import hookimpl
 from instseg.models.registry import get_registry

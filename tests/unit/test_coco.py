@@ -23,7 +23,7 @@ from instseg.errors import DataError
 from instseg.io.coco import load_coco
 from instseg.io.coco_results import (LabelMapCoco, ResultsFile, coco_ap, instance_scores, numbered,
                                            score_coco_files)
-from instseg.io.images import write_rgb
+from instseg.io.writing import write_rgb
 from instseg.metrics.scores import IGNORE, score_image
 from instseg.predict.pipeline import Prediction
 

@@ -3,7 +3,8 @@ import pytest
 from PIL import Image
 
 from instseg.errors import DataError
-from instseg.io.images import read_image, read_label_map, write_label_map, write_rgb
+from instseg.io.images import read_image, read_label_map
+from instseg.io.writing import write_label_map, write_rgb
 
 
 def test_rgba_grey_and_16_bit_become_rgb_floats(tmp_path):

@@ -14,8 +14,8 @@ from instseg.checkpoint import ModelRecord
 from instseg.cli.main import app
 from instseg.data.checks import check_dataset
 from instseg.errors import CheckpointError, ConfigError, DataError
-from instseg.io.images import (display_path, image_from_array, read_header, read_image, read_label_map,
-                               write_label_map)
+from instseg.io.images import display_path, image_from_array, read_header, read_image, read_label_map
+from instseg.io.writing import write_label_map
 from instseg.io.microscopy import (FIXED, Reading, parse_channels, percentile_scaled, pillow_array,
                                    scale_intensities)
 from instseg.runtime.metadata import ModelInfo

@@ -17,7 +17,8 @@ from instseg.cli.main import app
 from instseg.checkpoint import load_checkpoint
 from instseg.models.factory import build_model
 from instseg.data.synthetic import render_plant
-from instseg.io.images import read_label_map, write_rgb
+from instseg.io.images import read_label_map
+from instseg.io.writing import write_rgb
 from instseg.runtime import OnnxRunner
 
 DIST = "instseg-plugin-example"

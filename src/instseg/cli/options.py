@@ -103,7 +103,7 @@ SkipExisting = Annotated[bool, typer.Option(
 Fsync = Annotated[bool, typer.Option(
     help="fsync every output file before it is renamed into place, not the folder once per batch "
          "(slower: milliseconds per file; for outputs that must survive a power cut one by one).")]
-LabelFormat = choices("LabelFormat", ("png", "tif"))  # io.images.LABEL_SUFFIXES
+LabelFormat = choices("LabelFormat", ("png", "tif"))  # io.writing.LABEL_SUFFIXES
 LabelFormatOption = Annotated[LabelFormat, typer.Option(
     "--label-format", help="png: 16-bit <stem>_label.png (up to 65535 instances); tif: <stem>_label.tif, 16-bit, "
                            "or 32-bit above 65535 instances, with the input's pixel size (Fiji, QuPath, napari).")]

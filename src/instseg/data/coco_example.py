@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
 from instseg.io.atomic import atomic_write_text
-from instseg.io.images import write_image
+from instseg.io.writing import write_image
 
 VERTICES = 24
 

@@ -23,7 +23,8 @@ from instseg.data.samples import Layout, Sample, index_by_stem, list_files, unma
 from instseg.data.synthetic import SyntheticConfig, render_plant
 from instseg.errors import DataError
 from instseg.io.atomic import atomic_write_text
-from instseg.io.images import display_path, write_image
+from instseg.io.images import display_path
+from instseg.io.writing import write_image
 
 RGB, LABEL, FG = "_rgb", "_label", "_fg"
 

@@ -191,7 +191,7 @@ def write_photos(folder: str, count: int, size: int = 256, seed: int = 0) -> lis
     try `instseg predict` and `instseg.load(...).segment` on."""
     from pathlib import Path
 
-    from instseg.io.images import write_rgb
+    from instseg.io.writing import write_rgb
 
     Path(folder).mkdir(parents=True, exist_ok=True)
     paths = [str(Path(folder) / f"plant{i}.png") for i in range(count)]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from instseg.errors import MissingDependencyError
-from instseg.io.images import OUTPUT_KEY
+from instseg.io.writing import OUTPUT_KEY
 
 EXTRA = "fiji"  # the optional dependencies: pip install "instseg[fiji]"
 ROIS_COMMENT = f"{OUTPUT_KEY}: rois".encode()  # the zip comment that marks a ROI zip as instseg's

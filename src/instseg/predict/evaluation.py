@@ -19,7 +19,8 @@ from instseg.device import DeviceChoice
 from instseg.errors import ConfigError, DataError
 from instseg.instances.clustering import ClusterParams
 from instseg.io.coco_results import LabelMapCoco, instance_scores
-from instseg.io.images import resize_image, resize_labels, working_size, write_rgb
+from instseg.io.images import resize_image, resize_labels, working_size
+from instseg.io.writing import write_rgb
 from instseg.io.microscopy import FIXED, Reading
 from instseg.io.pictures import colorize, embedding_rgb, panel, read_metrics, training_curves
 from instseg.metrics.reports import ImageRow, Report

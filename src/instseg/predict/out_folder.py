@@ -28,7 +28,8 @@ from typing import Iterator, Mapping, Sequence
 from instseg.errors import OutputError
 from instseg.io.atomic import cannot_write
 from instseg.io.annotations import annotation_output_kind
-from instseg.io.images import display_path, png_is_complete, prediction_output_kind, tiff_is_complete, tiff_named
+from instseg.io.images import display_path, tiff_named
+from instseg.io.writing import png_is_complete, prediction_output_kind, tiff_is_complete
 
 try:
     import fcntl

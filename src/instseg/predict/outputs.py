@@ -16,8 +16,9 @@ from instseg.io.annotations import imagej_rois, outlines, qupath_geojson, requir
 from instseg.io.atomic import atomic_write_bytes, cannot_write, sync_folder
 from instseg.io.coco import CocoLabels
 from instseg.io.coco_results import instance_scores
-from instseg.io.images import (LABEL_SUFFIXES, check_label_fits, display_path, prediction_output_kind, read_label_map,
-                               read_pixel_size, write_label_map, write_rgb)
+from instseg.io.images import display_path, read_label_map
+from instseg.io.writing import (
+    LABEL_SUFFIXES, check_label_fits, prediction_output_kind, read_pixel_size, write_label_map, write_rgb)
 from instseg.io.inputs import match_key, output_names
 from instseg.io.pictures import colorize, embedding_rgb, overlay, panel
 from instseg.metrics.scores import count_instances

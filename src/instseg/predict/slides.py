@@ -33,7 +33,8 @@ import numpy as np
 from instseg.errors import ConfigError, DataError, OutputError
 from instseg.instances.clustering import ClusterParams
 from instseg.io.atomic import cannot_write, sync_folder
-from instseg.io.images import OUTPUT_KEY, display_path, over_decode_limit, read_pixel_size, tiff_named, write_rgb
+from instseg.io.images import display_path, over_decode_limit, tiff_named
+from instseg.io.writing import OUTPUT_KEY, read_pixel_size, write_rgb
 from instseg.io.microscopy import FIXED, Reading
 from instseg.io.pictures import overlay
 from instseg.io.slides import Slide, SlideHeader, slide_header
