@@ -70,6 +70,8 @@ MODEL_FIELDS: dict[str, Check] = {  # what each field of a "model" record must b
     "mean": (lambda v: _channels(v, positive=False), "three finite numbers"),
     "std": (lambda v: _channels(v, positive=True), "three finite positive numbers"),
     "position_scale": (_optional((0, math.inf)), "a finite number, 0 or more"),
+    "counter_pooling": (lambda v: v is None or v in limits.COUNTER_POOLING,
+                        f"null or one of {', '.join(limits.COUNTER_POOLING)}"),
     "kwargs": (lambda v: isinstance(v, dict), "a mapping of architecture options"),
     "object_size": (_optional(limits.OBJECT_SIZE), f"null or {limits.describe(limits.OBJECT_SIZE)}"),
     "normalize": (lambda v: v is None or v in NORMALIZE, f"null or one of {', '.join(NORMALIZE)}"),
@@ -111,6 +113,7 @@ class ModelRecord:
     backbone: str | None = None
     width: int | None = None
     position_scale: float = 0.0
+    counter_pooling: str = "image"  # what the counter head averages over (limits.COUNTER_POOLING)
     kwargs: dict[str, Any] = field(default_factory=dict)
     object_size: float | None = None  # its training objects' typical size at the working scale (instances.size)
     normalize: str = "fixed"  # how its images' intensities are scaled (io.microscopy; absent before: fixed)
@@ -122,13 +125,15 @@ class ModelRecord:
         """The record of a run (`config`: its TrainConfig; mean / std / object size: its data's)."""
         return cls(name=config.model, embedding_dim=config.embedding_dim, max_instances=config.max_instances,
                    mean=tuple(mean), std=tuple(std), backbone=config.backbone, width=config.width,
-                   position_scale=config.position_scale, kwargs=dict(config.model_kwargs), object_size=object_size,
+                   position_scale=config.position_scale, counter_pooling=config.counter_pooling,
+                   kwargs=dict(config.model_kwargs), object_size=object_size,
                    normalize=config.normalize, channels=None if config.channels is None else tuple(config.channels))
 
     def to_payload(self) -> dict[str, Any]:
         return {"name": self.name, "backbone": self.backbone, "width": self.width,
                 "embedding_dim": self.embedding_dim, "max_instances": self.max_instances, "mean": list(self.mean),
-                "std": list(self.std), "position_scale": self.position_scale, "kwargs": dict(self.kwargs),
+                "std": list(self.std), "position_scale": self.position_scale,
+                "counter_pooling": self.counter_pooling, "kwargs": dict(self.kwargs),
                 "object_size": self.object_size, "normalize": self.normalize,
                 "channels": None if self.channels is None else list(self.channels)}
 
@@ -141,6 +146,7 @@ class ModelRecord:
                    max_instances=payload["max_instances"], mean=tuple(payload["mean"]), std=tuple(payload["std"]),
                    backbone=payload.get("backbone"), width=payload.get("width"),
                    position_scale=float(payload.get("position_scale") or 0.0),  # absent before it existed
+                   counter_pooling=payload.get("counter_pooling") or "image",  # absent before: the whole image
                    kwargs=dict(payload["kwargs"]), object_size=payload.get("object_size"),  # absent before
                    normalize=payload.get("normalize") or "fixed",  # absent before: scaled by dtype
                    channels=None if payload.get("channels") is None else tuple(payload["channels"]))

@@ -123,3 +123,14 @@ def test_a_checkpoint_written_by_the_previous_layout_still_loads_and_predicts_th
     labels = instseg.load(LEGACY / "unet-w4.pt", device="cpu").segment(LEGACY / "plant.png")
     expected = np.asarray(Image.open(LEGACY / "plant_label.png"))
     assert labels.shape == expected.shape and (labels == expected).mean() > 0.99
+
+
+def test_round_trip_keeps_the_counter_pooling(tmp_path):
+    model = tiny_model("unet", counter_pooling="foreground").eval()
+    save_checkpoint(tmp_path / "m.pt", checkpoint_of(model, model=record(counter_pooling="foreground")))
+    rebuilt = build_model(load_checkpoint(tmp_path / "m.pt"))
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert rebuilt.counter_pooling == "foreground" and torch.equal(model(x).count, rebuilt(x).count)
+    legacy = build_model(load_checkpoint(LEGACY / "unet-w4.pt"))  # written before the option: the whole image
+    assert legacy.counter_pooling == "image"

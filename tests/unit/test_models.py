@@ -88,3 +88,31 @@ def test_position_scale_adds_pixel_coordinates_to_two_embedding_channels():
 def test_position_scale_must_be_off_or_positive(bad):
     with pytest.raises(ValueError, match="position_scale"):
         tiny_model("unet", position_scale=bad)
+
+
+def test_foreground_pooled_count_ignores_background_added_beside_the_objects():
+    """A photo framed wider (more background) keeps its count; the whole-image pooling does not."""
+    from instseg.models.interfaces import CounterHead
+
+    torch.manual_seed(0)
+    head = CounterHead(8).eval()
+    x, extra = torch.rand(1, 8, 32, 32), torch.rand(1, 8, 32, 32)
+    foreground = torch.zeros(1, 1, 32, 32)
+    foreground[..., 8:20, 8:20] = 1.0
+    wider_x = torch.cat([x, extra], dim=3)  # 32 more columns, outside every foreground pixel's receptive field
+    wider_foreground = torch.cat([foreground, torch.zeros(1, 1, 32, 32)], dim=3)
+    with torch.no_grad():
+        assert torch.allclose(head(x, foreground), head(wider_x, wider_foreground), atol=1e-6)
+        assert (head(x) - head(wider_x)).abs().item() > 1e-5
+
+
+def test_foreground_counter_reads_the_semantic_head_without_steering_it():
+    model = tiny_model("unet", counter_pooling="foreground")
+    model(torch.rand(2, 3, 64, 64)).count.sum().backward()
+    assert model.counter_head.fc.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.semantic_head.parameters())
+
+
+def test_counter_pooling_is_checked():
+    with pytest.raises(ValueError, match="counter_pooling"):
+        tiny_model("unet", counter_pooling="everything")

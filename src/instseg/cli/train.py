@@ -19,11 +19,13 @@ from instseg.cli.options import (DEVICE_METAVAR, Channels, Normalize, NormalizeC
 from instseg.train.config import (DISCRIMINATIVE_WEIGHTS, OPTIMIZERS, PHOTOMETRIC, SCHEDULERS, TrainConfig,
                                   parse_loss_weights, parse_model_options, parse_zoom)
 from instseg.io.microscopy import parse_channels
+from instseg.limits import COUNTER_POOLING
 from instseg.train.presets import AUTO, PRESETS
 
 D = TrainConfig()  # the defaults live in one place
 Optimizer = choices("Optimizer", OPTIMIZERS)
 Photometric = choices("Photometric", PHOTOMETRIC)
+CounterPooling = choices("CounterPooling", COUNTER_POOLING)
 Scheduler = choices("Scheduler", SCHEDULERS)
 Preset = choices("Preset", (AUTO, "none", *PRESETS))
 CLI_TO_CONFIG = {"out_dir": "out", "compile_": "compile", "model_option": "model_kwargs", "loss_weight": "loss_weights"}  # parameter names that differ from TrainConfig's
@@ -90,6 +92,10 @@ def train(
     position_scale: Annotated[float, typer.Option(
         help="Add each pixel's (row, column) / this many pixels to two embedding channels, so the head learns "
              "offsets to its object's centre (semi-convolutional embeddings; 0 = off).")] = D.position_scale,
+    counter_pooling: Annotated[CounterPooling, typer.Option(
+        help="What the counter head averages over: the whole image, or the foreground the semantic head finds "
+             "(a count that does not move with how much background a photo frames).")
+    ] = CounterPooling(D.counter_pooling),
     cluster: Annotated[TrainCluster, typer.Option(
         help="The run's clustering method (prediction default); auto: each method scored on validation at the "
              "end.")] = TrainCluster(D.cluster),

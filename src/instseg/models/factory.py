@@ -46,6 +46,7 @@ def create_model(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     position_scale: float = 0.0,
+    counter_pooling: str = "image",
     backbone_kwargs: Mapping[str, Any] | None = None,
     registry: Registry | None = None,
     **decoder_kwargs: Any,
@@ -77,7 +78,7 @@ def create_model(
     return SegmentationModel(
         encoder, decoder, embedding_dim=embedding_dim, max_instances=max_instances,
         multiple_of=multiple, mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD,
-        position_scale=position_scale)
+        position_scale=position_scale, counter_pooling=counter_pooling)
 
 
 def model_from_record(record: ModelRecord) -> "SegmentationModel":
@@ -116,7 +117,8 @@ def _bytes(size: int) -> str:
 def _create(record: ModelRecord) -> "SegmentationModel":
     return create_model(record.name, backbone=record.backbone, width=record.width,
                         embedding_dim=record.embedding_dim, max_instances=record.max_instances,
-                        mean=record.mean, std=record.std, position_scale=record.position_scale, **record.kwargs)
+                        mean=record.mean, std=record.std, position_scale=record.position_scale,
+                        counter_pooling=record.counter_pooling, **record.kwargs)
 
 
 def build_model(checkpoint: Checkpoint) -> "SegmentationModel":

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from instseg import limits
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -104,7 +106,9 @@ class CounterHead(nn.Module):
     """Normalised instance count: two strided convs, global avg+max pooling, linear, sigmoid.
 
     The strided convs give the pooled descriptor a receptive field larger than one pixel,
-    so it can respond to leaf tips and boundaries rather than only to mean color.
+    so it can respond to leaf tips and boundaries rather than only to mean color. Given a
+    foreground probability map, both poolings are weighted by it: the descriptor of a plant
+    then stays the same however much background the photo frames around it.
     """
 
     def __init__(self, in_channels: int, hidden: int = 64) -> None:
@@ -119,9 +123,15 @@ class CounterHead(nn.Module):
         )
         self.fc = nn.Linear(2 * hidden, 1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, foreground: Tensor | None = None) -> Tensor:
         f = self.features(x)
-        pooled = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
+        if foreground is None:
+            pooled = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
+        else:  # B x 1 x H x W probabilities, at the features' stride (a point sample: they are smooth)
+            w = F.interpolate(foreground, size=f.shape[-2:], mode="bilinear", align_corners=False)
+            weighted = f * w  # f >= 0 (ReLU): background pixels drop out of the max too
+            mean = weighted.sum(dim=(2, 3)) / w.sum(dim=(2, 3)).clamp_min(1e-6)
+            pooled = torch.cat([mean, weighted.amax(dim=(2, 3))], dim=1)
         return torch.sigmoid(self.fc(pooled))
 
 
@@ -173,8 +183,11 @@ class SegmentationModel(nn.Module):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         position_scale: float = 0.0,
+        counter_pooling: str = "image",
     ) -> None:
         super().__init__()
+        if counter_pooling not in limits.COUNTER_POOLING:
+            raise ValueError(f"counter_pooling must be 'image' or 'foreground', got {counter_pooling!r}")
         if not (math.isfinite(position_scale) and position_scale >= 0):
             raise ValueError(f"position_scale must be 0 (off) or a positive number of pixels, got {position_scale}")
         if position_scale and embedding_dim < 2:
@@ -193,13 +206,16 @@ class SegmentationModel(nn.Module):
         self.max_instances = max_instances
         self.multiple_of = max(1, int(multiple_of))
         self.position_scale = float(position_scale)
+        self.counter_pooling = counter_pooling
 
     def forward(self, x: Tensor) -> SegOutput:
         x, h, w = pad_to_multiple(self.normalize(x), self.multiple_of)
         features = self.decoder(self.backbone(x))
         semantic = self.semantic_head(features)
         embedding = self.embedding_head(features)
-        count = self.counter_head(features)
+        # the counter's weights come from the semantic head without steering it (detached)
+        foreground = torch.softmax(semantic.detach(), dim=1)[:, 1:] if self.counter_pooling == "foreground" else None
+        count = self.counter_head(features, foreground)
         if self.decoder.out_stride != 1:
             size = (x.shape[-2], x.shape[-1])
             semantic = F.interpolate(semantic, size=size, mode="bilinear", align_corners=False)

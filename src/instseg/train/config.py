@@ -52,6 +52,7 @@ class TrainConfig:
     objective: str = "discriminative"  # the registered instance objective (instseg.objectives)
     embedding_dim: int = 32
     position_scale: float = 0.0  # pixels per embedding unit of the (row, column) channels; 0 = off
+    counter_pooling: str = "image"  # what the counter head averages over (limits.COUNTER_POOLING)
     max_instances: int = 20
     data: str = "synthetic"
     image_size: int = 128  # working size (shorter side), or the side of the training crops with `scale`
@@ -139,6 +140,8 @@ class TrainConfig:
             "loss_weights": (all(limits.is_number(v) and v >= 0 for v in self.loss_weights.values()),
                              "each term a number >= 0"),
             "normalize": (self.normalize in NORMALIZE, f"one of {', '.join(NORMALIZE)}"),
+            "counter_pooling": (self.counter_pooling in limits.COUNTER_POOLING,
+                                f"one of {', '.join(limits.COUNTER_POOLING)}"),
             "photometric": (self.photometric in PHOTOMETRIC, f"one of {', '.join(PHOTOMETRIC)}"),
             "channels": (self.channels is None or valid_channels(self.channels), "1 to 3 channel indices from 0"),
             "name": (self.name is None or is_run_name(self.name),
