@@ -113,7 +113,7 @@ class ModelRecord:
     backbone: str | None = None
     width: int | None = None
     position_scale: float = 0.0
-    counter_pooling: str = "image"  # how the counter head reads its features (limits.COUNTER_POOLING)
+    counter_pooling: str = "image"  # what the counter head pools over (limits.COUNTER_POOLING)
     kwargs: dict[str, Any] = field(default_factory=dict)
     object_size: float | None = None  # its training objects' typical size at the working scale (instances.size)
     normalize: str = "fixed"  # how its images' intensities are scaled (io.microscopy; absent before: fixed)

@@ -21,9 +21,9 @@ MAX_INSTANCES = (1, 2**16 - 1)  # label maps are 16-bit
 # A network's base channel count: 2x the original networks' 64 (parameters grow with its square;
 # MODEL_BYTES bounds what an architecture's other options make of it).
 WIDTH = (1, 128)
-# How the counter head reads its features: pooled over the whole image (the original), over the
-# foreground the semantic head sees, or as a foreground density summed (models.interfaces.CounterHead).
-COUNTER_POOLING = ("image", "foreground", "density")
+# What the counter head pools over: the whole image (the original), or the foreground the semantic
+# head sees, so that a plant's count does not move with the background around it (models.interfaces).
+COUNTER_POOLING = ("image", "foreground")
 MULTIPLE_OF = (1, 1024)  # the padding multiple a network needs
 SCALE = (1 / 64, 64)  # a run's fixed resize factor (microscopy)
 EPOCH = (0, 10**9)

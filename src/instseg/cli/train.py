@@ -93,9 +93,8 @@ def train(
         help="Add each pixel's (row, column) / this many pixels to two embedding channels, so the head learns "
              "offsets to its object's centre (semi-convolutional embeddings; 0 = off).")] = D.position_scale,
     counter_pooling: Annotated[CounterPooling, typer.Option(
-        help="How the counter head reads the image: pooled over all of it; pooled over the foreground the "
-             "semantic head finds; or a density summed over that foreground (a count that does not move with how "
-             "much background a photo frames).")
+        help="What the counter head pools over: the whole image, or the foreground the semantic head finds "
+             "(a count that does not move with how much background a photo frames).")
     ] = CounterPooling(D.counter_pooling),
     cluster: Annotated[TrainCluster, typer.Option(
         help="The run's clustering method (prediction default); auto: each method scored on validation at the "

@@ -338,8 +338,7 @@ def region_labels(embedding: np.ndarray, foreground: np.ndarray, params: Cluster
 
 
 def instance_count(count: float, max_instances: int) -> int:
-    """The counter head's normalised output as a number of instances: 1 to `max_instances` (a
-    `density` counter may count past the most its run was trained on)."""
+    """The counter head's normalised output as a number of instances: 1 to `max_instances`."""
     return min(max_instances, max(1, int(round(float(count) * max_instances))))
 
 

@@ -26,8 +26,7 @@ class SegOutput(NamedTuple):
 
     semantic:  B x 2 x H x W logits (background, foreground).
     embedding: B x D x H x W pixel embeddings for the discriminative loss.
-    count:     B x 1 normalised instance count, count / max_instances (in [0, 1] but for the
-               `density` counter, which may pass 1).
+    count:     B x 1 normalised instance count in [0, 1] (count / max_instances).
     """
 
     semantic: Tensor
@@ -104,16 +103,12 @@ class EmbeddingHead(nn.Module):
 
 
 class CounterHead(nn.Module):
-    """Normalised instance count: two strided convs, then one of three readouts (`pooling`).
+    """Normalised instance count: two strided convs, global avg+max pooling, linear, sigmoid.
 
     The strided convs give the descriptor a receptive field larger than one pixel, so it can
-    respond to leaf tips and boundaries rather than only to mean color.
-    - `image`: global avg + max pooling, linear, sigmoid (the original).
-    - `foreground`: both poolings weighted by the foreground probability: a plant's descriptor
-      stays the same however much background the photo frames around it.
-    - `density`: a per-position density (softplus, times the foreground probability) summed over
-      the image (Lempitsky & Zisserman's counting by density): framing-invariant like
-      `foreground`, and it still sees how large the plant is, at the working scale.
+    respond to leaf tips and boundaries rather than only to mean color. `pooling="foreground"`
+    weights both poolings by the foreground probability: a plant's descriptor then stays the
+    same however much background the photo frames around it.
     """
 
     def __init__(self, in_channels: int, hidden: int = 64, pooling: str = "image") -> None:
@@ -129,14 +124,10 @@ class CounterHead(nn.Module):
             nn.BatchNorm2d(hidden),
             nn.ReLU(inplace=True),
         )
-        if pooling == "density":
-            self.density = nn.Conv2d(hidden, 1, 1)
-            nn.init.constant_(self.density.bias, DENSITY_BIAS)
-        else:
-            self.fc = nn.Linear(2 * hidden, 1)
+        self.fc = nn.Linear(2 * hidden, 1)
 
     def forward(self, x: Tensor, foreground: Tensor | None = None) -> Tensor:
-        """`foreground`: B x 1 x H x W probabilities, needed unless pooling is `image`."""
+        """`foreground`: B x 1 x H x W probabilities, needed by the `foreground` pooling."""
         f = self.features(x)
         if self.pooling == "image":
             return torch.sigmoid(self.fc(torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)))
@@ -144,15 +135,9 @@ class CounterHead(nn.Module):
             raise ValueError(f"the {self.pooling} counter needs the foreground probabilities")
         # sampled at the features' stride (a point sample: the probabilities are smooth)
         w = F.interpolate(foreground, size=f.shape[-2:], mode="bilinear", align_corners=False)
-        if self.pooling == "density":
-            return (F.softplus(self.density(f)) * w).sum(dim=(2, 3))  # max_instances scales it (SegmentationModel)
         weighted = f * w  # f >= 0 (ReLU): background positions drop out of the max too
         mean = weighted.sum(dim=(2, 3)) / w.sum(dim=(2, 3)).clamp_min(1e-6)
         return torch.sigmoid(self.fc(torch.cat([mean, weighted.amax(dim=(2, 3))], dim=1)))
-
-
-# softplus(-6) = 0.0025 instances per position at stride 4: ~10 over a 256 px image's foreground
-DENSITY_BIAS = -6.0
 
 
 class Normalize(nn.Module):
@@ -232,10 +217,8 @@ class SegmentationModel(nn.Module):
         semantic = self.semantic_head(features)
         embedding = self.embedding_head(features)
         # the counter's weights come from the semantic head without steering it (detached)
-        foreground = torch.softmax(semantic.detach(), dim=1)[:, 1:] if self.counter_pooling != "image" else None
+        foreground = torch.softmax(semantic.detach(), dim=1)[:, 1:] if self.counter_pooling == "foreground" else None
         count = self.counter_head(features, foreground)
-        if self.counter_pooling == "density":
-            count = count / self.max_instances
         if self.decoder.out_stride != 1:
             size = (x.shape[-2], x.shape[-1])
             semantic = F.interpolate(semantic, size=size, mode="bilinear", align_corners=False)

@@ -52,7 +52,7 @@ class TrainConfig:
     objective: str = "discriminative"  # the registered instance objective (instseg.objectives)
     embedding_dim: int = 32
     position_scale: float = 0.0  # pixels per embedding unit of the (row, column) channels; 0 = off
-    counter_pooling: str = "image"  # how the counter head reads its features (limits.COUNTER_POOLING)
+    counter_pooling: str = "image"  # what the counter head pools over (limits.COUNTER_POOLING)
     max_instances: int = 20
     data: str = "synthetic"
     image_size: int = 128  # working size (shorter side), or the side of the training crops with `scale`
