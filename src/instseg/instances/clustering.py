@@ -338,8 +338,8 @@ def region_labels(embedding: np.ndarray, foreground: np.ndarray, params: Cluster
 
 
 def instance_count(count: float, max_instances: int) -> int:
-    """The counter head's normalised output as a number of instances: 1 to `max_instances`."""
-    return min(max_instances, max(1, int(round(float(count) * max_instances))))
+    """The counter head's normalised output as a number of instances (at least 1)."""
+    return max(1, int(round(float(count) * max_instances)))
 
 
 def instances_from_outputs(

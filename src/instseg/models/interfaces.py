@@ -130,14 +130,16 @@ class CounterHead(nn.Module):
         """`foreground`: B x 1 x H x W probabilities, needed by the `foreground` pooling."""
         f = self.features(x)
         if self.pooling == "image":
-            return torch.sigmoid(self.fc(torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)))
-        if foreground is None:
+            mean, peak = f.mean(dim=(2, 3)), f.amax(dim=(2, 3))
+        elif foreground is None:
             raise ValueError(f"the {self.pooling} counter needs the foreground probabilities")
-        # sampled at the features' stride (a point sample: the probabilities are smooth)
-        w = F.interpolate(foreground, size=f.shape[-2:], mode="bilinear", align_corners=False)
-        weighted = f * w  # f >= 0 (ReLU): background positions drop out of the max too
-        mean = weighted.sum(dim=(2, 3)) / w.sum(dim=(2, 3)).clamp_min(1e-6)
-        return torch.sigmoid(self.fc(torch.cat([mean, weighted.amax(dim=(2, 3))], dim=1)))
+        else:
+            # sampled at the features' stride (a point sample: the probabilities are smooth)
+            w = F.interpolate(foreground, size=f.shape[-2:], mode="bilinear", align_corners=False)
+            weighted = f * w  # f >= 0 (ReLU): background positions drop out of the max too
+            mean = weighted.sum(dim=(2, 3)) / w.sum(dim=(2, 3)).clamp_min(1e-6)
+            peak = weighted.amax(dim=(2, 3))
+        return torch.sigmoid(self.fc(torch.cat([mean, peak], dim=1)))
 
 
 class Normalize(nn.Module):
@@ -209,7 +211,11 @@ class SegmentationModel(nn.Module):
         self.max_instances = max_instances
         self.multiple_of = max(1, int(multiple_of))
         self.position_scale = float(position_scale)
-        self.counter_pooling = counter_pooling
+
+    @property
+    def counter_pooling(self) -> str:
+        """What the counter head pools over (limits.COUNTER_POOLING)."""
+        return self.counter_head.pooling
 
     def forward(self, x: Tensor) -> SegOutput:
         x, h, w = pad_to_multiple(self.normalize(x), self.multiple_of)
