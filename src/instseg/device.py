@@ -121,3 +121,20 @@ def check_compile_supported(device: torch.device) -> None:
     if shutil.which(compiler) is None:
         raise ConfigError(f"--compile on the CPU needs a C++ compiler (torch.compile builds C++ kernels) "
                           f"and '{compiler}' was not found: install one, set CXX, or drop --compile")
+
+
+# oneDNN's NHWC 1x1 strided weight gradient reads and writes past its workspace when a conv has
+# fewer input channels than the kernel's channel block (8 with AVX2, 16 with AVX-512): it hangs,
+# crashes or returns wrong gradients (uxlfoundation/oneDNN#6035, seen with torch 2.13 on AVX2).
+ONEDNN_NHWC_MIN_CHANNELS = 16
+
+
+def channels_last_hazard(model: torch.nn.Module) -> str | None:
+    """The first conv that makes channels-last training unsafe on the CPU, described, or None."""
+    for name, module in model.named_modules():
+        if (isinstance(module, torch.nn.Conv2d) and module.kernel_size == (1, 1) and module.stride != (1, 1)
+                and module.in_channels // module.groups < ONEDNN_NHWC_MIN_CHANNELS):
+            sh, sw = module.stride
+            stride = str(sh) if sh == sw else f"{sh}x{sw}"
+            return f"{name} is a 1x1 stride-{stride} conv on {module.in_channels // module.groups} channels"
+    return None
