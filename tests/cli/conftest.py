@@ -1,9 +1,7 @@
-"""The CLI lane: one torch thread everywhere, and the trained tiny run (with images to predict)
+"""The CLI lane: the trained tiny run (with images to predict)
 that test_infer.py and test_quantize.py share - trained once per session."""
 
 from __future__ import annotations
-
-from typing import Iterator
 
 import pytest
 from PIL import Image
@@ -11,35 +9,17 @@ from PIL import Image
 from cli_support import SIZES, invoke
 from instseg.data.synthetic import render_plant
 from instseg.io.writing import write_rgb
-from training_support import one_thread
 
 # A few epochs on synthetic leaves: enough for foreground and several instances per plant.
 TRAIN = ["--model", "unet-cbam", "--width", "8", "--image-size", "64", "--epochs", "4", "--train-size", "48",
          "--val-size", "8", "--batch-size", "8", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_threaded_module() -> Iterator[None]:
-    """Module-scoped fixtures (trained runs, exports) run on one thread too: ONNX Runtime and
-    PyTorch are compared on the same shared CPU."""
-    with one_thread():
-        yield
-
-
-@pytest.fixture(autouse=True)
-def single_threaded_torch() -> Iterator[None]:
-    """Each test starts on one thread, and one that changes the count (torch.set_num_threads)
-    does not pass it on."""
-    with one_thread():
-        yield
-
-
 @pytest.fixture(scope="session")
 def run(tmp_path_factory):
     """A unet-cbam run of `instseg train` (4 epochs at 64 px), trained once per session."""
     out = tmp_path_factory.mktemp("runs")
-    with one_thread():  # set up before any module's single_threaded_module
-        result = invoke("train", *TRAIN, "--out", out, "--name", "run")
+    result = invoke("train", *TRAIN, "--out", out, "--name", "run")
     assert result.exit_code == 0, result.output
     return out / "run"
 

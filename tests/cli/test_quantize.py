@@ -54,7 +54,7 @@ def test_int8_export_is_refused_when_validation_sbd_drops_and_kept_with_force(ru
 
     monkeypatch.setattr(quantize, "task_parity", dropped)
     target = tmp_path / "m.onnx"
-    refused = invoke("export", run, "--onnx", "--int8", "-o", target)
+    refused = invoke("export", run, "--onnx", "--int8", "-o", target, "--calibration", images)
     assert isinstance(refused.exception, ExportError), refused.output
     assert "validation SBD drops by 0.0500, more than --sbd-tolerance 0.01" in str(refused.exception)
     assert "tolerance -0.01: FAILED" in refused.output
@@ -67,7 +67,8 @@ def test_int8_export_is_refused_when_validation_sbd_drops_and_kept_with_force(ru
     assert "calibrated on 4 images of" in forced.output
     assert json.loads(metadata(target)["instseg.quantization"])["validation"]["forced"]
 
-    looser = invoke("export", run, "--onnx", "--int8", "-o", tmp_path / "loose.onnx", "--sbd-tolerance", "0.1")
+    looser = invoke("export", run, "--onnx", "--int8", "-o", tmp_path / "loose.onnx", "--sbd-tolerance", "0.1",
+                    "--calibration", images)
     assert looser.exit_code == 0 and "tolerance -0.1: ok" in looser.output, looser.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loose.onnx", "m.onnx", "m.parity-failed.onnx"]
 

@@ -35,7 +35,7 @@ from instseg.train.config import DISCRIMINATIVE_WEIGHTS, LossWeights
 from instseg.train.losses import MultiTaskLoss
 from instseg.train.tensorboard import PICTURE_TAG
 from instseg.train.trainer import Trainer
-from training_support import one_thread, recording_console, tiny_config
+from training_support import recording_console, tiny_config
 
 TINY = ["--model", "unet-cbam", "--width", "4", "--image-size", "64", "--epochs", "2", "--train-size", "16",
         "--val-size", "4", "--batch-size", "4", "--device", "cpu", "--no-amp"]
@@ -44,8 +44,7 @@ TINY = ["--model", "unet-cbam", "--width", "4", "--image-size", "64", "--epochs"
 @pytest.fixture(scope="module")
 def spatial_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("spatial")
-    with one_thread():
-        result = invoke("train", *TINY, "--objective", "spatial", "--tensorboard", "--out", out, "--name", "run")
+    result = invoke("train", *TINY, "--objective", "spatial", "--tensorboard", "--out", out, "--name", "run")
     assert result.exit_code == 0, result.output
     return out / "run"
 

@@ -8,6 +8,7 @@ per module and restores the environment afterwards.
 from __future__ import annotations
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from instseg.cli.main import app
@@ -39,3 +40,12 @@ def trained_run(request, tmp_path_factory):
                                           "--out", str(out), "--name", "run"])
     assert result.exit_code == 0, result.output
     return out / "run"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tests share the CPU with other pytest workers: one torch thread, no OpenMP oversubscription."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
