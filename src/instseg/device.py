@@ -132,9 +132,11 @@ ONEDNN_NHWC_MIN_CHANNELS = 16
 def channels_last_hazard(model: torch.nn.Module) -> str | None:
     """The first conv that makes channels-last training unsafe on the CPU, described, or None."""
     for name, module in model.named_modules():
-        if (isinstance(module, torch.nn.Conv2d) and module.kernel_size == (1, 1) and module.stride != (1, 1)
-                and module.in_channels // module.groups < ONEDNN_NHWC_MIN_CHANNELS):
+        if not (isinstance(module, torch.nn.Conv2d) and module.kernel_size == (1, 1) and module.stride != (1, 1)):
+            continue
+        channels = module.in_channels // module.groups
+        if channels < ONEDNN_NHWC_MIN_CHANNELS:
             sh, sw = module.stride
             stride = str(sh) if sh == sw else f"{sh}x{sw}"
-            return f"{name} is a 1x1 stride-{stride} conv on {module.in_channels // module.groups} channels"
+            return f"{name} is a 1x1 stride-{stride} conv on {channels} channels"
     return None
