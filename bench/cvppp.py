@@ -2,6 +2,7 @@
 
     python bench/cvppp.py --data PATH/A1 --split tune --tag dice --train-args "--loss-weight instance=1"
     python bench/cvppp.py --data PATH/A1 --models unet-cbam                  # the reported row (~40 min on 2 cores)
+    python bench/cvppp.py --data PATH/A1 --split tune --tag synth6 --pretrain-epochs 6 --train-args "--epochs 20"
     python bench/cvppp.py --out cvppp-bench --table-only                      # the rows measured so far
 
 Two protocols, so that no recipe value is chosen on the plants it is reported on:
@@ -19,6 +20,11 @@ Each run is an `instseg train` subprocess into `--out/<split>/<model>[-<tag>]`, 
 `--out/results.json`, so runs can go one at a time. "min to ref" is the training time (wall,
 validation included) at the end of the first epoch whose validation SBD reached the reference
 row's SBD (read only, never used to choose).
+
+`--pretrain-epochs N` first trains the same model on the synthetic leaves for N epochs (the
+`cvppp` preset's size and schedule, 384 renders per epoch; once per model, into
+`--out/pretrain/<model>-synthN`, reused by later runs) and fine-tunes from its last.pt with
+`--weights`; the row's training minutes then add the pretraining's.
 """
 
 from __future__ import annotations
@@ -78,6 +84,21 @@ def train(name: str, model: str, data: Path, val_list: Path, out: Path, extra: l
     return time.perf_counter() - start
 
 
+def pretrain(model: str, epochs: int, out: Path, may_train: bool) -> tuple[Path, float]:
+    """The synthetic pretraining's weights for `model` (trained unless already there) and its minutes."""
+    run = out / "pretrain" / f"{model}-synth{epochs}"
+    if not (run / "last.pt").exists():
+        if not may_train:
+            sys.exit(f"error: {run / 'last.pt'} is missing: run without --evaluate-only to pretrain")
+        command = [sys.executable, "-m", "instseg", "train", "--model", model, "--data", "synthetic",
+                   "--preset", "cvppp", "--epochs", str(epochs), "--train-size", "384", "--val-size", "16",
+                   "--out", str(run.parent), "--name", run.name]
+        print("$", shlex.join(command), flush=True)
+        subprocess.run(command, check=True, env={**os.environ, "COLUMNS": "100"})
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return run / "last.pt", records[-1]["seconds"] / 60
+
+
 def first_reaching(run: Path, sbd: float) -> float | None:
     """Training seconds at the end of the first epoch whose validation SBD reached `sbd`."""
     for line in (run / "metrics.jsonl").read_text().splitlines():
@@ -87,7 +108,8 @@ def first_reaching(run: Path, sbd: float) -> float | None:
     return None
 
 
-def measure(model: str, run: Path, wall: float | None, split: str, cluster: str, train_args: str) -> dict:
+def measure(model: str, run: Path, wall: float | None, split: str, cluster: str, train_args: str,
+            pretrain_epochs: int = 0, pretrain_minutes: float = 0.0) -> dict:
     report = instseg.load(run / SCORED).evaluate(cluster={"method": cluster})
     summary = report.summary
     config = json.loads((run / "config.json").read_text())
@@ -97,7 +119,9 @@ def measure(model: str, run: Path, wall: float | None, split: str, cluster: str,
         "model": model, "split": split, "scored": f"{SCORED} (epoch {report.source.get('epoch')})",
         "cluster": cluster, "train_args": train_args, "sbd": summary["sbd"]["mean"], "sbd_std": summary["sbd"]["std"],
         "fg_dice": summary["fg_dice"]["mean"], "dic": summary["dic"]["mean"], "abs_dic": summary["abs_dic"]["mean"],
-        "train_minutes": records[-1]["seconds"] / 60, "wall_minutes": None if wall is None else wall / 60,
+        "train_minutes": records[-1]["seconds"] / 60 + pretrain_minutes, "pretrain_epochs": pretrain_epochs,
+        "pretrain_minutes": pretrain_minutes,
+        "wall_minutes": None if wall is None else wall / 60,
         "epochs": len(records),
         "minutes_to_reference": _minutes(first_reaching(run, reference[0] if reference else TARGET_SBD)),
         "device": config["device"], "preset": config["config"].get("preset"),
@@ -140,6 +164,8 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="Names the run <model>-<tag> (levers on the tuning split).")
     parser.add_argument("--cluster", default="kmeans", help="Clustering of the scored predictions (fixed).")
     parser.add_argument("--train-args", default="", help="Extra `instseg train` options, e.g. \"--epochs 30\".")
+    parser.add_argument("--pretrain-epochs", type=int, default=0,
+                        help="Pretrain on the synthetic leaves for this many epochs first, then fine-tune (0: none).")
     parser.add_argument("--table-only", action="store_true", help="Print the rows measured so far.")
     parser.add_argument("--evaluate-only", action="store_true", help="Score existing runs in --out, no training.")
     args = parser.parse_args()
@@ -154,8 +180,13 @@ def main() -> None:
         extra = ["--cluster", args.cluster, *shlex.split(args.train_args)]
         for model in args.models:
             name = f"{model}-{args.tag}" if args.tag else model
-            wall = None if args.evaluate_only else train(name, model, data, val_list, runs, extra)
-            rows[f"{args.split}/{name}"] = measure(model, runs / name, wall, args.split, args.cluster, args.train_args)
+            weights, pretrain_minutes = [], 0.0
+            if args.pretrain_epochs:
+                last, pretrain_minutes = pretrain(model, args.pretrain_epochs, args.out, not args.evaluate_only)
+                weights = ["--weights", str(last)]
+            wall = None if args.evaluate_only else train(name, model, data, val_list, runs, [*extra, *weights])
+            rows[f"{args.split}/{name}"] = measure(model, runs / name, wall, args.split, args.cluster,
+                                                   args.train_args, args.pretrain_epochs, pretrain_minutes)
             args.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(results_path, json.dumps(rows, indent=2))
     print(table(rows))
