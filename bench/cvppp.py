@@ -129,6 +129,15 @@ def measure(model: str, run: Path, wall: float | None, split: str, cluster: str,
     }
 
 
+def save_row(results: Path, key: str, row: dict) -> dict[str, dict]:
+    """Add one row to results.json as it is on disk now (another bench run may have added rows since)."""
+    rows = json.loads(results.read_text()) if results.exists() else {}
+    rows[key] = row
+    results.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(results, json.dumps(rows, indent=2))
+    return rows
+
+
 def _minutes(seconds: float | None) -> float | None:
     return None if seconds is None else seconds / 60
 
@@ -185,10 +194,9 @@ def main() -> None:
                 last, pretrain_minutes = pretrain(model, args.pretrain_epochs, args.out, not args.evaluate_only)
                 weights = ["--weights", str(last)]
             wall = None if args.evaluate_only else train(name, model, data, val_list, runs, [*extra, *weights])
-            rows[f"{args.split}/{name}"] = measure(model, runs / name, wall, args.split, args.cluster,
-                                                   args.train_args, args.pretrain_epochs, pretrain_minutes)
-            args.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(results_path, json.dumps(rows, indent=2))
+            row = measure(model, runs / name, wall, args.split, args.cluster, args.train_args,
+                          args.pretrain_epochs, pretrain_minutes)
+            rows = save_row(results_path, f"{args.split}/{name}", row)
     print(table(rows))
 
 
