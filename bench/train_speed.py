@@ -11,6 +11,9 @@ images/s of the last epoch (the first pays for torch.compile's compilation and w
 from the run's own metrics.jsonl; the first epoch's is printed beside it. On a CPU a faster
 epoch is more epochs in the same budget, which is accuracy.
 
+`ddp-2x1` splits the cores the other way: two torchrun processes of one thread each (gloo
+DistributedDataParallel), 4 images each, instead of one process with every core.
+
 `--against REF` first runs the preset with the code of git commit REF (a temporary worktree on
 PYTHONPATH), so a change to the code itself is measured side by side with what it replaces.
 """
@@ -35,13 +38,18 @@ VARIANTS = {  # name -> extra `instseg train` options on top of the cvppp preset
     "batch-16": ["--batch-size", "16", "--lr", "2.8e-3"],
     "fp32": ["--no-amp"],
     "no-instance-term": ["--loss-weight", "instance=0"],  # the ceiling of making the instance term cheaper
+    "ddp-2x1": ["--batch-size", "4"],  # 2 processes x 4 images: the preset's global batch of 8
 }
+PROCESSES = {"ddp-2x1": 2}  # variants launched by torchrun as that many single-threaded processes (gloo)
 
 
 def run(variant: str, model: str, data: str, epochs: int, out: Path, source: Path | None = None) -> dict:
     """One variant's training run (with the code under `source`, a checkout's src/, when given)."""
     name = variant if source is None else f"{variant}@ref"
-    command = [sys.executable, "-m", "instseg", "train", "--model", model, "--data", data, "--preset", "cvppp",
+    processes = PROCESSES.get(variant, 1)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    command = [*(launcher if processes > 1 else [sys.executable]), "-m", "instseg", "train", "--model", model,
+               "--data", data, "--preset", "cvppp",
                "--epochs", str(epochs), "--cluster", "kmeans", "--out", str(out), "--name", name,
                *VARIANTS[variant]]
     if data.startswith("cvppp:"):
@@ -49,7 +57,7 @@ def run(variant: str, model: str, data: str, epochs: int, out: Path, source: Pat
     else:
         command += ["--image-size", "256", "--train-size", "96", "--val-size", "4"]
     print("$", shlex.join(command), flush=True)
-    env = {**os.environ, "COLUMNS": "100"}
+    env = {**os.environ, "COLUMNS": "100", **({"OMP_NUM_THREADS": "1"} if processes > 1 else {})}
     if source is not None:
         env["PYTHONPATH"] = str(source)
     done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
