@@ -72,15 +72,25 @@ def tuning_data(data: Path, out: Path) -> Path:
     return folder
 
 
+def run_shown(command: list[str]) -> None:
+    """Print a subprocess's command line, then run it (a failure stops the bench)."""
+    print("$", shlex.join(command), flush=True)
+    subprocess.run(command, check=True, env={**os.environ, "COLUMNS": "100"})
+
+
+def epoch_records(run: Path) -> list[dict]:
+    """A run's metrics.jsonl: one record per epoch."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 def train(name: str, model: str, data: Path, val_list: Path, out: Path, extra: list[str]) -> float:
     """Run `instseg train` for one model; its wall time in seconds."""
     if (out / name).exists():
         sys.exit(f"error: {out / name} exists: move it away, or score it with --evaluate-only")
     command = [sys.executable, "-m", "instseg", "train", "--model", model, "--data", f"cvppp:{data}",
                "--val-list", str(val_list), "--out", str(out), "--name", name, *extra]
-    print("$", shlex.join(command), flush=True)
     start = time.perf_counter()
-    subprocess.run(command, check=True, env={**os.environ, "COLUMNS": "100"})
+    run_shown(command)
     return time.perf_counter() - start
 
 
@@ -93,16 +103,13 @@ def pretrain(model: str, epochs: int, out: Path, may_train: bool) -> tuple[Path,
         command = [sys.executable, "-m", "instseg", "train", "--model", model, "--data", "synthetic",
                    "--preset", "cvppp", "--epochs", str(epochs), "--train-size", "384", "--val-size", "16",
                    "--out", str(run.parent), "--name", run.name]
-        print("$", shlex.join(command), flush=True)
-        subprocess.run(command, check=True, env={**os.environ, "COLUMNS": "100"})
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return run / "last.pt", records[-1]["seconds"] / 60
+        run_shown(command)
+    return run / "last.pt", epoch_records(run)[-1]["seconds"] / 60
 
 
 def first_reaching(run: Path, sbd: float) -> float | None:
     """Training seconds at the end of the first epoch whose validation SBD reached `sbd`."""
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record in epoch_records(run):
         if record["val"]["sbd"] >= sbd:
             return record["seconds"]
     return None
@@ -113,7 +120,7 @@ def measure(model: str, run: Path, wall: float | None, split: str, cluster: str,
     report = instseg.load(run / SCORED).evaluate(cluster={"method": cluster})
     summary = report.summary
     config = json.loads((run / "config.json").read_text())
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = epoch_records(run)
     reference = REFERENCE.get(model)
     return {
         "model": model, "split": split, "scored": f"{SCORED} (epoch {report.source.get('epoch')})",

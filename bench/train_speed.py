@@ -47,8 +47,9 @@ def run(variant: str, model: str, data: str, epochs: int, out: Path, source: Pat
     """One variant's training run (with the code under `source`, a checkout's src/, when given)."""
     name = variant if source is None else f"{variant}@ref"
     processes = PROCESSES.get(variant, 1)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    command = [*(launcher if processes > 1 else [sys.executable]), "-m", "instseg", "train", "--model", model,
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+                if processes > 1 else [sys.executable])
+    command = [*launcher, "-m", "instseg", "train", "--model", model,
                "--data", data, "--preset", "cvppp",
                "--epochs", str(epochs), "--cluster", "kmeans", "--out", str(out), "--name", name,
                *VARIANTS[variant]]
